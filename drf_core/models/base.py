@@ -1,0 +1,115 @@
+"""What every text-to-video backend offers the sampler, the LoRA code and the trainer.
+
+A backend owns one model family's pieces (text encoder, denoiser, scheduler config, VAE) and
+exposes them as small steps: encode prompts once (so the text encoder can be freed), make noise,
+make a fresh scheduler, predict one denoising step with classifier-free guidance, decode latents to
+frames in 0..1 with gradient. The sampler (`sampler.py`) drives these steps; it never sees a
+family's classes. A second backend over ComfyUI's own MODEL / VAE can implement the same methods.
+
+Knows nothing about rewards, critics or training loops.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..config import VideoSpec
+
+
+@dataclass
+class PromptEmbeddings:
+    """Text conditioning for a batch: `positive[i]` pairs with `negative[i]` (None without CFG)."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor | None
+
+    def select(self, indices: Sequence[int]) -> PromptEmbeddings:
+        index = torch.as_tensor(list(indices), device=self.positive.device)
+        return PromptEmbeddings(
+            self.positive.index_select(0, index),
+            None if self.negative is None else self.negative.index_select(0, index),
+        )
+
+
+class DenoisingScheduler(ABC):
+    """A fresh, stateful scheduler for one sampling run (multistep solvers keep history)."""
+
+    timesteps: torch.Tensor
+
+    @abstractmethod
+    def step(self, model_output: torch.Tensor, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """One solver step; differentiable with respect to `model_output` and `latents`."""
+
+
+class VideoBackend(ABC):
+    """One text-to-video model family. Implementations register in `models.VIDEO_BACKENDS`."""
+
+    family: ClassVar[str]
+    # Names of LoRA target-module presets -> module-name suffixes of `denoiser`.
+    lora_target_presets: ClassVar[dict[str, list[str]]]
+
+    device: torch.device
+    dtype: torch.dtype
+    # Where the folder came from (for LoRA metadata and reports).
+    source: str
+
+    @property
+    @abstractmethod
+    def denoiser(self) -> torch.nn.Module:
+        """The module LoRA trains (for Wan: `WanTransformer3DModel`)."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: Sequence[str], negative_prompt: str, guidance_scale: float) -> PromptEmbeddings:
+        """Text embeddings, computed without gradient; cached so repeated prompts cost nothing."""
+
+    @abstractmethod
+    def release_text_encoder(self) -> None:
+        """Free the text encoder (cached embeddings stay usable)."""
+
+    @abstractmethod
+    def init_noise(self, spec: VideoSpec, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Initial latents, drawn exactly as the family's own pipeline draws them."""
+
+    @abstractmethod
+    def new_scheduler(self, num_inference_steps: int, name: str = "default", flow_shift: float | None = None) -> DenoisingScheduler:
+        """A fresh scheduler with its timesteps set."""
+
+    @abstractmethod
+    def predict(
+        self, latents: torch.Tensor, timestep: torch.Tensor, embeddings: PromptEmbeddings, guidance_scale: float
+    ) -> torch.Tensor:
+        """The model output for one step, classifier-free guidance applied."""
+
+    @abstractmethod
+    def set_block_checkpointing(self, enabled: bool) -> None:
+        """Checkpoint each transformer block of `denoiser` (recompute in backward)."""
+
+    @abstractmethod
+    def num_frames_out(self, spec: VideoSpec) -> int:
+        """How many frames a video of `spec` has after decoding (the family may round)."""
+
+    @abstractmethod
+    def decode(
+        self,
+        latents: torch.Tensor,
+        frame_indices: Sequence[int] | None = None,
+        checkpoint_per_latent_frame: bool = False,
+    ) -> torch.Tensor:
+        """Frames `[B, F, 3, H, W]` float32 in 0..1, differentiable w.r.t. `latents`.
+
+        With `frame_indices`, only those output frames are returned, and latent frames after the
+        last one needed are not decoded at all.
+        """
+
+    @abstractmethod
+    def native_module_name(self, module_name: str) -> str:
+        """The original checkpoint's name for a `denoiser` module (what ComfyUI's LoRA loader applies)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for LoRA metadata and reports."""
+        return {"family": self.family, "source": self.source}

@@ -1,0 +1,1 @@
+"""ComfyUI node adapters over `drf_core` (arrive with the node-pack issue)."""
