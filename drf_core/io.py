@@ -1,0 +1,71 @@
+"""Safe file output: atomic writes and names that cannot leave their folder.
+
+Every file the engine writes (LoRA, checkpoints, metrics, previews, reports) goes through
+`atomic_write` so a crash or an interrupt never leaves a half-written file under the final name.
+Knows nothing about what is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import DRFInputError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
+
+    The temporary file lives in the same folder, so the final `os.replace` is atomic.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def safe_child_path(folder: str | Path, name: str, suffix: str | None = None) -> Path:
+    """`folder/name` (with `suffix` added when missing), refusing names that leave `folder`.
+
+    Sub-folders inside `folder` are allowed ("wan/my_style"); absolute paths, `..` and names
+    that resolve (through symlinks) outside `folder` raise `DRFInputError`.
+    """
+    if not name or not name.strip():
+        raise DRFInputError("the file name is empty; give a name such as 'my_style'")
+    if "\x00" in name:
+        raise DRFInputError("the file name contains a NUL character")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise DRFInputError(f"file name {name!r} must stay inside {folder}; use a plain name without '..' or '/' at the start")
+    if suffix and relative.suffix.lower() != suffix.lower():
+        relative = relative.with_name(relative.name + suffix)
+    root = Path(folder).resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise DRFInputError(f"file name {name!r} resolves outside {folder}; choose another name")
+    return target
