@@ -1,0 +1,77 @@
+"""VLM critics: a registry keyed by the transformers `model_type` of a folder, and `load_critic`.
+
+`load_critic(folder)` reads `<folder>/config.json`, picks the critic class registered for its
+`model_type` and loads it on the asked device and dtype. Adding a model family is one module and
+one `CRITICS.add(...)` line here.
+
+Knows nothing about rewards or training; checks only what a folder is, the classes load the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import resolve_device, resolve_dtype
+from ..errors import ModelFolderError
+from ..registry import Registry
+from .base import AnswerLogProbs, Critic
+from .qwen2_5_vl import Qwen2VLCritic, QwenVLCritic
+
+CRITICS: Registry[type[Critic]] = Registry("critic")
+CRITICS.add("qwen2_5_vl", QwenVLCritic)
+CRITICS.add("qwen2_vl", Qwen2VLCritic)
+
+__all__ = ["CRITICS", "AnswerLogProbs", "Critic", "Qwen2VLCritic", "QwenVLCritic", "load_critic"]
+
+
+def _critic_model_type(folder: Path) -> str:
+    """The folder's `model_type`, after checking that it is a transformers VLM folder at all."""
+    supported = ", ".join(CRITICS.names())
+    if not folder.exists():
+        raise ModelFolderError(
+            f"critic model folder {folder} does not exist; give the local folder of a vision-language model "
+            f"({supported}), e.g. one downloaded with `huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct "
+            "--local-dir <folder>`"
+        )
+    if not folder.is_dir():
+        raise ModelFolderError(f"critic model path {folder} is a file; give the folder that holds config.json")
+    if (folder / "model_index.json").is_file():
+        raise ModelFolderError(
+            f"{folder} is a diffusers pipeline folder (it has model_index.json), not a vision-language model; give "
+            f"the critic a transformers VLM folder ({supported}) such as Qwen2.5-VL-7B-Instruct"
+        )
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelFolderError(
+            f"{folder} has no config.json, so it is not a transformers model folder; give the folder that holds the "
+            "VLM's config.json, weights and tokenizer (the top folder of the download)"
+        )
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelFolderError(f"{config_file} cannot be read as JSON ({error}); re-download the file") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in CRITICS:
+        raise ModelFolderError(
+            f"{folder} holds a model of type {model_type!r}, which is not a supported critic; supported "
+            f"vision-language model types: {supported} (e.g. Qwen/Qwen2.5-VL-7B-Instruct)"
+        )
+    return model_type
+
+
+def load_critic(path: str | Path, dtype: Any = "auto", device: Any = "auto") -> Critic:
+    """Load the critic in a local transformers folder.
+
+    `dtype`: "auto" (bf16 on CUDA, fp32 elsewhere), "bf16", "fp16", "fp32" or a `torch.dtype`;
+    `device`: "auto", "cpu", "cuda", "cuda:N" or a `torch.device`. All parameters are frozen and
+    the model is in eval mode. Nothing is downloaded.
+    """
+    import torch
+
+    folder = Path(path).expanduser()
+    model_type = _critic_model_type(folder)
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    return CRITICS.get(model_type).from_folder(folder, dtype=dtype, device=device)

@@ -1,0 +1,150 @@
+"""Our ComfyUI-format LoRA, applied by a REAL ComfyUI's own loader (needs COMFYUI_DIR; skipped otherwise).
+
+The test builds a small diffusers `WanTransformer3DModel`, writes its weights in the original Wan
+layout, trains-like perturbs a LoRA on every Linear/Conv layer, exports it with `save_lora(...,
+"comfyui")`, and runs `comfy_scripts/apply_lora.py` with ComfyUI's interpreter. That script loads
+the model with `comfy.sd.load_diffusion_model_state_dict` (ComfyUI's own family detection), applies
+the LoRA with `comfy.sd.load_lora_for_models` (as core LoraLoaderModelOnly does) and patches the
+weights. Checked: ComfyUI recognises the model without missing/unexpected weights, loads every LoRA
+key (no "lora key not loaded"), changes exactly the LoRA layers' weights, and each patched weight
+equals `W + (alpha / rank) * B @ A`.
+
+ComfyUI derives the number of heads as `dim // 128` and fixes the text width at 4096, so the model
+here has dim 128 (one head of 128) and text_dim 4096 instead of the sizes of `drf_core.tiny`; with
+dim 24 ComfyUI would build a model with 0 heads.
+
+Environment: COMFYUI_DIR (a ComfyUI checkout) and COMFYUI_PYTHON (default
+$COMFYUI_DIR/../venv/bin/python).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+from drf_core.config import LoRAConfig
+from drf_core.lora import add_lora, lora_module_weights, lora_parameters, save_lora
+from drf_core.models.wan_keys import diffusers_to_native_wan_module
+
+pytestmark = pytest.mark.comfyui
+
+SCRIPT = Path(__file__).parent / "comfy_scripts" / "apply_lora.py"
+RANK, ALPHA = 4, 6.0
+
+
+def _comfyui() -> tuple[Path, Path]:
+    comfy_dir = os.environ.get("COMFYUI_DIR")
+    if not comfy_dir:
+        pytest.skip("COMFYUI_DIR is not set; point it at a ComfyUI checkout to run the real-loader test")
+    comfy_dir_path = Path(comfy_dir)
+    python = Path(os.environ.get("COMFYUI_PYTHON", comfy_dir_path.parent / "venv" / "bin" / "python"))
+    if not (comfy_dir_path / "comfy" / "sd.py").is_file():
+        pytest.skip(f"COMFYUI_DIR={comfy_dir} is not a ComfyUI checkout (no comfy/sd.py)")
+    if not python.is_file():
+        pytest.skip(f"ComfyUI's python {python} does not exist; set COMFYUI_PYTHON")
+    return comfy_dir_path, python
+
+
+def _wan_for_comfyui(image_to_video: bool):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(3)
+    extra = {"in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 128} if image_to_video else {"in_channels": 16}
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=1,
+        attention_head_dim=128,
+        out_channels=16,
+        text_dim=4096,  # fixed in ComfyUI's Wan model (UMT5-XXL width)
+        freq_dim=256,
+        ffn_dim=64,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        rope_max_seq_len=32,
+        **extra,
+    ).eval()
+
+
+def _native_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights under the original Wan names (modulation tables are parameters, not layers)."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        module, _, leaf = name.rpartition(".")
+        if leaf == "scale_shift_table":
+            native = f"{module}.modulation" if module else "head.modulation"
+        else:
+            native = f"{diffusers_to_native_wan_module(module)}.{leaf}"
+        state[native] = tensor.detach().contiguous()
+    return state
+
+
+@pytest.mark.parametrize("image_to_video", [False, True], ids=["t2v", "i2v"])
+def test_comfyui_applies_every_key_of_our_lora(tmp_path, image_to_video):
+    comfy_dir, python = _comfyui()
+    model = _wan_for_comfyui(image_to_video)
+    model_file = tmp_path / "wan_native.safetensors"
+    safetensors.torch.save_file(_native_state_dict(model), str(model_file))
+
+    layer_types = (nn.Linear, nn.Conv3d)
+    targets = [name for name, module in model.named_modules() if isinstance(module, layer_types)]
+    add_lora(model, LoRAConfig(rank=RANK, alpha=ALPHA), targets)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for param in lora_parameters(model):
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    files = {
+        fmt: save_lora(
+            tmp_path / f"drf_{fmt}.safetensors",
+            model,
+            LoRAConfig(rank=RANK, alpha=ALPHA),
+            fmt,
+            diffusers_to_native_wan_module,
+            {"family": "wan"},
+        )
+        for fmt in ("comfyui", "diffusers")
+    }
+
+    # The diffusers-format file is the negative control: ComfyUI must NOT apply diffusers names to Wan,
+    # and must say so, which shows that the warning capture and the weight comparison can fail.
+    command = [str(python), str(SCRIPT), "--comfyui-dir", str(comfy_dir), "--model", str(model_file)]
+    command += ["--lora", str(files["comfyui"]), "--lora", str(files["diffusers"]), "--out-dir", str(tmp_path)]
+    run = subprocess.run(command, cwd=comfy_dir, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, f"ComfyUI script failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
+    report = json.loads((tmp_path / "report.json").read_text())
+    ours, control = report["loras"]
+    summary = {k: v for k, v in ours.items() if k not in ("max_abs_diff", "changed_weights")}
+    summary["largest_difference_to_expected"] = max(ours["max_abs_diff"].values(), default=None)
+    print(json.dumps({**report, "loras": None, "comfyui_lora": summary}, indent=1))  # noqa: T201
+
+    assert report["model_class"] == "WAN21"
+    assert report["model_type"] == ("i2v" if image_to_video else "t2v")
+    assert report["load_warnings"] == [], "ComfyUI found missing/unexpected weights in our original-layout model"
+    assert ours["lora_warnings"] == [], "ComfyUI did not apply every LoRA key"
+    assert ours["missing_weights"] == []
+    expected_weights = {f"diffusion_model.{diffusers_to_native_wan_module(m)}.weight" for m in targets}
+    assert ours["lora_layers"] == len(targets)
+    assert set(ours["changed_weights"]) == expected_weights, "ComfyUI changed other weights than the LoRA layers"
+    assert ours["largest_lora_delta"] > 1e-3  # the LoRA really changes the weights
+    assert max(ours["max_abs_diff"].values()) <= 1e-6, "ComfyUI's patched weights differ from W + alpha/rank B@A"
+
+    assert any("lora key not loaded" in message for message in control["lora_warnings"])
+    assert control["changed_weights"] == []
+
+    # Our side: ComfyUI's patched weights equal the weights our in-memory LoRA model computes with.
+    patched = safetensors.torch.load_file(str(tmp_path / "patched_0.safetensors"))
+    for name, weights in lora_module_weights(model).items():
+        layer = model.get_submodule(name)
+        base = layer.base_layer.weight.detach()
+        delta = (weights.up.flatten(1) @ weights.down.flatten(1)).reshape(base.shape)
+        expected = base + layer.scaling["drf"] * delta
+        got = patched[f"diffusion_model.{diffusers_to_native_wan_module(name)}.weight"]
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=f"patched weight of {name}")
