@@ -110,6 +110,15 @@ class VideoBackend(ABC):
     def native_module_name(self, module_name: str) -> str:
         """The original checkpoint's name for a `denoiser` module (what ComfyUI's LoRA loader applies)."""
 
+    @abstractmethod
+    def module_name_from_native(self, native_name: str) -> str:
+        """The inverse of `native_module_name` (to read ComfyUI-format LoRA files back)."""
+
+    @classmethod
+    def from_folder(cls, path: str, dtype: torch.dtype, device: torch.device) -> VideoBackend:
+        """Load the family's model folder (`models.load_video_backend` checks the folder first)."""
+        raise NotImplementedError(f"{cls.__name__} cannot load from a folder")
+
     def describe(self) -> dict[str, Any]:
         """Facts for LoRA metadata and reports."""
         return {"family": self.family, "source": self.source}

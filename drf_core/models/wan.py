@@ -437,6 +437,11 @@ class WanBackend(VideoBackend):
 
         return diffusers_to_native_wan_module(module_name)
 
+    def module_name_from_native(self, native_name: str) -> str:
+        from .wan_keys import native_to_diffusers_wan_module
+
+        return native_to_diffusers_wan_module(native_name)
+
     def describe(self) -> dict[str, Any]:
         config = self.denoiser.config
         return {
