@@ -47,7 +47,9 @@ class _Serializable:
             obj = dacite.from_dict(cls, data, config=dacite.Config(strict=True, cast=[tuple]))
         except dacite.UnexpectedDataError as error:
             allowed = ", ".join(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-            raise DRFInputError(f"{where}: unknown field(s) {sorted(error.keys)}; known top-level fields: {allowed}") from None
+            raise DRFInputError(
+                f"{where}: unknown field(s) {sorted(error.keys)}; known top-level fields: {allowed}"
+            ) from None
         except dacite.DaciteError as error:
             raise DRFInputError(f"{where}: {error}") from None
         obj.validate()  # type: ignore[attr-defined]
@@ -238,10 +240,15 @@ class TrainConfig(_Serializable):
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     # Save a resumable checkpoint every N optimizer steps (0: only at the end / on interrupt).
     checkpoint_interval: int = 50
-    # Decode a no-gradient preview for the progress callback every N steps (0: never).
-    preview_interval: int = 10
+    # How many of the newest checkpoints to keep on disk (older ones are deleted).
+    keep_last_checkpoints: int = 3
     # Stop with an error after this many non-finite steps in a row.
     max_consecutive_nonfinite: int = 3
+    # Memory: recompute the critic's layer activations in backward (much less memory, ~30% slower).
+    critic_gradient_checkpointing: bool = True
+    # Memory: free the text encoder once the prompts are encoded (UMT5-XXL is ~10.6 GiB in bf16);
+    # a loaded model then cannot encode new prompts until it is loaded again.
+    release_text_encoder: bool = False
 
     def validate(self, where: str = "train") -> None:
         _check(len(self.prompts) > 0, f"{where}.prompts", "give at least one prompt")
@@ -256,7 +263,7 @@ class TrainConfig(_Serializable):
             f"must be 'auto', 'bf16' or 'fp32', got {self.mixed_precision!r}",
         )
         _check(self.checkpoint_interval >= 0, f"{where}.checkpoint_interval", "must be 0 or more")
-        _check(self.preview_interval >= 0, f"{where}.preview_interval", "must be 0 or more")
+        _check(self.keep_last_checkpoints >= 1, f"{where}.keep_last_checkpoints", "must be at least 1")
         _check(self.max_consecutive_nonfinite >= 1, f"{where}.max_consecutive_nonfinite", "must be at least 1")
         self.video.validate(f"{where}.video")
         self.sampler.validate(f"{where}.sampler")

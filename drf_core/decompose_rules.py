@@ -40,7 +40,7 @@ def _words(text: str) -> set[str]:
     return set(text.split())
 
 
-_NUMBERS = {w: i + 1 for i, w in enumerate("one two three four five six seven eight nine ten".split())}  # noqa: SIM905
+_NUMBERS = {w: i + 1 for i, w in enumerate("one two three four five six seven eight nine ten".split())}
 _NUMBER_WORDS = {i: w for w, i in _NUMBERS.items()}
 _QUANTIFIERS = {
     "several": "several", "many": "many", "a few": "a few", "few": "a few", "a couple of": "two",

@@ -61,7 +61,9 @@ def safe_child_path(folder: str | Path, name: str, suffix: str | None = None) ->
         raise DRFInputError("the file name contains a NUL character")
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts:
-        raise DRFInputError(f"file name {name!r} must stay inside {folder}; use a plain name without '..' or '/' at the start")
+        raise DRFInputError(
+            f"file name {name!r} must stay inside {folder}; use a plain name without '..' or '/' at the start"
+        )
     if suffix and relative.suffix.lower() != suffix.lower():
         relative = relative.with_name(relative.name + suffix)
     root = Path(folder).resolve()

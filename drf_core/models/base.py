@@ -76,7 +76,9 @@ class VideoBackend(ABC):
         """Initial latents, drawn exactly as the family's own pipeline draws them."""
 
     @abstractmethod
-    def new_scheduler(self, num_inference_steps: int, name: str = "default", flow_shift: float | None = None) -> DenoisingScheduler:
+    def new_scheduler(
+        self, num_inference_steps: int, name: str = "default", flow_shift: float | None = None
+    ) -> DenoisingScheduler:
         """A fresh scheduler with its timesteps set."""
 
     @abstractmethod

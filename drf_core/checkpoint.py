@@ -1,0 +1,138 @@
+"""Resumable training checkpoints: LoRA weights, optimizer, LR schedule, RNG states, step.
+
+A checkpoint is a folder `checkpoints/step_000042/` with
+  `lora.safetensors`   the trainable parameters by name (float32),
+  `optimizer.pt`       optimizer + LR-scheduler state and RNG states (tensors, numbers, lists only;
+                       read back with `torch.load(weights_only=True)`, which never unpickles code),
+  `state.json`         the step, the training config and bookkeeping, readable by people.
+It is written into a hidden temporary folder and renamed into place, so a crash mid-write never
+leaves a checkpoint that looks complete. Knows nothing about models or rewards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import DRFInputError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    parameters: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any]
+    scheduler_state: dict[str, Any]
+    rng_state: dict[str, Any]
+    state: dict[str, Any]
+    path: Path
+
+
+def capture_rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """The sampling generator plus torch's global CPU and CUDA states (dropout, init)."""
+    state: dict[str, Any] = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(generator: torch.Generator, state: dict[str, Any]) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    parameters: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    scheduler_state: dict[str, Any],
+    rng_state: dict[str, Any],
+    state: dict[str, Any],
+    keep_last: int = 3,
+) -> Path:
+    """Write checkpoint `step` atomically and delete all but the newest `keep_last`."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:06d}.", dir=root))
+    try:
+        tensors = {name: p.detach().to("cpu", torch.float32).contiguous() for name, p in parameters.items()}
+        save_file(tensors, str(tmp / "lora.safetensors"), metadata={"step": str(step)})
+        torch.save(
+            {"optimizer": optimizer_state, "scheduler": scheduler_state, "rng": rng_state},
+            tmp / "optimizer.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved checkpoint %s", final)
+    for old in list_checkpoints(output_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under `output_dir`, oldest first."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and (child / "state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def find_checkpoint(path: str | Path) -> Path | None:
+    """`path` itself when it is a checkpoint folder, else the newest checkpoint of a run folder."""
+    path = Path(path)
+    if (path / "state.json").is_file() and (path / "lora.safetensors").is_file():
+        return path
+    checkpoints = list_checkpoints(path)
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint onto the CPU (optimizer.load_state_dict moves state to the parameters' device)."""
+    path = Path(path)
+    missing = [name for name in ("state.json", "lora.safetensors", "optimizer.pt") if not (path / name).is_file()]
+    if missing:
+        raise DRFInputError(
+            f"{path} is not a complete training checkpoint (missing {', '.join(missing)}); "
+            "point at a run folder or one of its checkpoints/step_* folders"
+        )
+    state = json.loads((path / "state.json").read_text())
+    parameters = load_file(str(path / "lora.safetensors"), device="cpu")
+    extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    return Checkpoint(
+        step=int(state["step"]),
+        parameters=parameters,
+        optimizer_state=extra["optimizer"],
+        scheduler_state=extra["scheduler"],
+        rng_state=extra["rng"],
+        state=state,
+        path=path,
+    )

@@ -1,0 +1,281 @@
+"""Logit-level rewards: a critic's answers about the frames become one differentiable number.
+
+- yes/no questions: the logits of ("Yes", "No") at the answer position, oriented so the first
+  column is the answer a faithful video gives, turned into a score by a `YES_NO_REWARDS` entry
+  (log-probability normalised over {Yes, No}, probability, or logit margin);
+- explanation queries: the teacher-forced log-likelihood of the target answer, each token weighted
+  by whether its word carries meaning (`EXPLANATION_REWARDS`, "token-aware");
+- per aspect: the weighted mean of its yes/no scores, blended with its explanation score by
+  `RewardConfig.explanation_weight`; total: the aspect-weight-normalised sum.
+
+Every number is also reported per aspect and per question (`RewardResult`), so a user sees what
+the model got wrong. Knows nothing about diffusion models or training; it only calls a `Critic`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import CriticInputConfig, RewardConfig
+from .critics.base import AnswerLogProbs, Critic
+from .errors import DRFInputError
+from .questions import QuestionSet
+from .registry import Registry
+
+logger = logging.getLogger(__name__)
+
+# --- yes/no rewards: logits [Q, 2] (expected answer first) -> scores [Q] ------------------------
+
+YesNoReward = Callable[[torch.Tensor], torch.Tensor]
+YES_NO_REWARDS: Registry[YesNoReward] = Registry("yes/no reward")
+
+
+@YES_NO_REWARDS.register("log_prob")
+def yes_no_log_prob(logits: torch.Tensor) -> torch.Tensor:
+    """log p(expected) - logsumexp(log p(Yes), log p(No)): at most 0, the paper's default."""
+    return torch.log_softmax(logits, dim=-1)[:, 0]
+
+
+@YES_NO_REWARDS.register("probability")
+def yes_no_probability(logits: torch.Tensor) -> torch.Tensor:
+    """p(expected | {Yes, No}) in 0..1: bounded, so one question cannot dominate."""
+    return torch.softmax(logits, dim=-1)[:, 0]
+
+
+@YES_NO_REWARDS.register("logit_margin")
+def yes_no_logit_margin(logits: torch.Tensor) -> torch.Tensor:
+    """logit(expected) - logit(other): unbounded; strongest gradient, easiest to over-optimise."""
+    return logits[:, 0] - logits[:, 1]
+
+
+# --- explanation rewards: per-token log-probs + weights -> one score ---------------------------
+
+ExplanationReward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EXPLANATION_REWARDS: Registry[ExplanationReward | None] = Registry("explanation reward")
+
+
+@EXPLANATION_REWARDS.register("token_weighted_log_likelihood")
+def token_weighted_log_likelihood(token_logprobs: torch.Tensor, token_weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean per-token log-likelihood: content words count more than function words."""
+    weights = token_weights.to(token_logprobs)
+    return (token_logprobs * weights).sum() / weights.sum().clamp_min(1e-8)
+
+
+@EXPLANATION_REWARDS.register("mean_log_likelihood")
+def mean_log_likelihood(token_logprobs: torch.Tensor, token_weights: torch.Tensor) -> torch.Tensor:
+    """Plain mean per-token log-likelihood (every token weighs the same)."""
+    return token_logprobs.mean()
+
+
+EXPLANATION_REWARDS.add("none", None)
+
+# Words that carry little of a prompt's meaning; their tokens get `function_word_weight`.
+FUNCTION_WORDS = frozenset(
+    """a an the this that these those there here it its it's they them their he she his her him we our
+    you your i me my is are was were be been being am do does did has have had will would can could shall
+    should may might must of in on at to from by for with without about into onto over under above below
+    between through during before after up down out off as than then so and or but nor if while because
+    not no yes very just also too only all any some each every both either neither such own same other
+    which who whom whose what when where why how""".split()
+)
+
+_WORD = re.compile(r"[A-Za-z0-9']+")
+
+
+def token_weights(answer: str, token_spans: Sequence[tuple[int, int]], function_word_weight: float) -> torch.Tensor:
+    """One weight per answer token: 1.0 for tokens inside a content word, `function_word_weight`
+    for tokens inside function words or made only of spaces and punctuation."""
+    words = [(m.start(), m.end(), m.group().lower()) for m in _WORD.finditer(answer)]
+    weights = []
+    for start, end in token_spans:
+        weight = function_word_weight
+        for word_start, word_end, word in words:
+            if word_start < end and start < word_end and word not in FUNCTION_WORDS:
+                weight = 1.0
+                break
+        weights.append(weight)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass
+class QuestionScore:
+    """One question's contribution, for people: what was asked and how the video fared."""
+
+    aspect: str
+    kind: str  # "yes_no" or "explanation"
+    question: str
+    value: float  # the reward term (log-prob, probability, margin or weighted log-likelihood)
+    weight: float
+    expected: str = ""  # yes/no: the answer a faithful video gives
+    probability: float | None = None  # yes/no: p(expected | {Yes, No})
+    target: str = ""  # explanation: the target answer
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if value not in ("", None)}
+
+
+@dataclass
+class RewardResult:
+    """`total` is differentiable; the per-aspect and per-question numbers are detached floats."""
+
+    total: torch.Tensor
+    per_aspect: dict[str, float] = field(default_factory=dict)
+    per_question: list[QuestionScore] = field(default_factory=list)
+
+    def worst_questions(self, count: int = 3) -> list[QuestionScore]:
+        """Yes/no questions the video fails most clearly (lowest probability of the expected answer)."""
+        yes_no = [q for q in self.per_question if q.probability is not None]
+        return sorted(yes_no, key=lambda q: q.probability)[:count]  # type: ignore[arg-type, return-value]
+
+
+def _weighted_mean(values: list[torch.Tensor], weights: list[float]) -> torch.Tensor | None:
+    total_weight = sum(weights)
+    if not values or total_weight <= 0:
+        return None
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / total_weight  # type: ignore[return-value]
+
+
+class DRFReward:
+    """Scores frames against a `QuestionSet` with a frozen critic; differentiable in the frames."""
+
+    def __init__(self, critic: Critic, config: RewardConfig, critic_input: CriticInputConfig) -> None:
+        config.validate()
+        critic_input.validate()
+        self.critic = critic
+        self.config = config
+        self.critic_input = critic_input
+        self.yes_no_reward = YES_NO_REWARDS.get(config.yes_no)
+        self.explanation_reward = EXPLANATION_REWARDS.get(config.explanation)
+
+    def aspect_weights(self, questions: QuestionSet) -> dict[str, float]:
+        weights = {aspect.name: aspect.weight for aspect in questions.aspects}
+        for name, weight in self.config.aspect_weights.items():
+            if name not in weights:
+                raise DRFInputError(
+                    f"reward.aspect_weights names aspect {name!r}, which the questions do not have; "
+                    f"their aspects are {sorted(weights)}"
+                )
+            weights[name] = weight
+        if sum(weights.values()) <= 0:
+            raise DRFInputError("all aspect weights are zero; give at least one aspect a positive weight")
+        return weights
+
+    def __call__(self, frames: torch.Tensor, questions: QuestionSet) -> RewardResult:
+        """Reward of one video `frames` `[F, 3, H, W]` in 0..1."""
+        if frames.ndim != 4 or frames.shape[1] != 3:
+            raise DRFInputError(f"frames must be [F, 3, H, W]; got shape {tuple(frames.shape)}")
+        if frames.shape[0] == 0:
+            raise DRFInputError("no frames to score; choose a frame selection that keeps at least one frame")
+        aspect_weights = self.aspect_weights(questions)
+        yes_no_scores = self._score_yes_no(frames, questions)
+        explanation_scores = self._score_explanations(frames, questions)
+
+        per_question: list[QuestionScore] = []
+        aspect_values: dict[str, torch.Tensor] = {}
+        for aspect in questions.aspects:
+            yes_no_terms, yes_no_weights = [], []
+            for question in aspect.yes_no:
+                value, probability = yes_no_scores[(aspect.name, question.question)]
+                yes_no_terms.append(value)
+                yes_no_weights.append(question.weight)
+                per_question.append(
+                    QuestionScore(
+                        aspect.name,
+                        "yes_no",
+                        question.question,
+                        float(value.detach()),
+                        question.weight,
+                        expected=question.expected,
+                        probability=probability,
+                    )
+                )
+            explanation_terms, explanation_weights = [], []
+            for query in aspect.explanations if self.explanation_reward is not None else []:
+                value = explanation_scores[(aspect.name, query.question, query.target)]
+                explanation_terms.append(value)
+                explanation_weights.append(query.weight)
+                per_question.append(
+                    QuestionScore(
+                        aspect.name,
+                        "explanation",
+                        query.question,
+                        float(value.detach()),
+                        query.weight,
+                        target=query.target,
+                    )
+                )
+            yes_no_part = _weighted_mean(yes_no_terms, yes_no_weights)
+            explanation_part = _weighted_mean(explanation_terms, explanation_weights)
+            blend = self.config.explanation_weight
+            if yes_no_part is not None and explanation_part is not None:
+                aspect_values[aspect.name] = (yes_no_part + blend * explanation_part) / (1.0 + blend)
+            elif yes_no_part is not None or explanation_part is not None:
+                aspect_values[aspect.name] = yes_no_part if yes_no_part is not None else explanation_part
+        scored = {name: w for name, w in aspect_weights.items() if name in aspect_values and w > 0}
+        if not scored:
+            raise DRFInputError(
+                "no aspect with a positive weight has a question to score; add questions or change the weights"
+            )
+        norm = sum(scored.values())
+        total = sum(aspect_values[name] * (w / norm) for name, w in scored.items())
+        return RewardResult(
+            total=total,  # type: ignore[arg-type]
+            per_aspect={name: float(value.detach()) for name, value in aspect_values.items()},
+            per_question=per_question,
+        )
+
+    def _score_yes_no(self, frames: torch.Tensor, questions: QuestionSet) -> dict:
+        pairs = [(aspect.name, q) for aspect in questions.aspects for q in aspect.yes_no]
+        if not pairs:
+            return {}
+        texts = list(dict.fromkeys(q.question for _, q in pairs))
+        logits = self.critic.score_yes_no(frames, texts, self.critic_input).float()
+        row = {text: i for i, text in enumerate(texts)}
+        scores = {}
+        for aspect_name, question in pairs:
+            yes_no = logits[row[question.question]]
+            oriented = yes_no if question.expected == "yes" else yes_no.flip(0)
+            value = self.yes_no_reward(oriented.unsqueeze(0))[0]
+            probability = float(torch.softmax(oriented.detach(), dim=-1)[0])
+            scores[(aspect_name, question.question)] = (value, probability)
+        return scores
+
+    def _score_explanations(self, frames: torch.Tensor, questions: QuestionSet) -> dict:
+        if self.explanation_reward is None:
+            return {}
+        keys = list(dict.fromkeys((a.name, q.question, q.target) for a in questions.aspects for q in a.explanations))
+        if not keys:
+            return {}
+        unique = list(dict.fromkeys((question, target) for _, question, target in keys))
+        scored: list[AnswerLogProbs] = self.critic.score_answers(
+            frames, [q for q, _ in unique], [t for _, t in unique], self.critic_input
+        )
+        values = {}
+        for (question, target), answer in zip(unique, scored, strict=True):
+            weights = token_weights(answer.answer, answer.token_spans, self.config.function_word_weight)
+            values[(question, target)] = self.explanation_reward(answer.token_logprobs.float(), weights)
+        return {key: values[(key[1], key[2])] for key in keys}
+
+
+def reward_summary(result: RewardResult) -> str:
+    """A few readable lines: total, per aspect, and the questions the video fails most."""
+    lines = [f"total reward {float(result.total.detach()):+.4f}"]
+    lines += [f"  {name}: {value:+.4f}" for name, value in result.per_aspect.items()]
+    worst = result.worst_questions()
+    if worst:
+        lines.append("  weakest answers:")
+        lines += [
+            f"    [{q.aspect}] {q.question} (expected {q.expected}, p={q.probability:.2f})"
+            for q in worst
+            if q.probability is not None and not math.isnan(q.probability)
+        ]
+    return "\n".join(lines)

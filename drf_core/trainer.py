@@ -1,0 +1,395 @@
+"""The Diffusion-DRF training loop: sample -> decode -> critique -> backward into the LoRA.
+
+One optimizer step: for each of `gradient_accumulation` micro-batches, draw noise and K, run the
+sampler (T-K steps without gradient, K with), decode the selected frames with gradient, score
+each video against its prompt's `QuestionSet`, and backpropagate `-reward`. Then clip, step
+AdamW and the warmup schedule, and append a row to `metrics.jsonl`.
+
+It also owns the run's safety: resumable checkpoints every `checkpoint_interval` steps, on
+interrupt (Ctrl-C or `should_stop()`), and on failure; a guard that skips non-finite steps and
+stops after `max_consecutive_nonfinite` in a row; exact resume (same RNG, optimizer and LR state).
+
+Knows the `VideoBackend`, `Critic` and reward interfaces, never a model family; never ComfyUI
+(progress and interrupts come in through callbacks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .checkpoint import capture_rng_state, find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from .config import TrainConfig
+from .critics.base import Critic
+from .errors import DRFInputError, TrainingDivergedError
+from .frames import select_frames
+from .io import write_text_atomic
+from .lora import add_lora, lora_parameters
+from .models.base import VideoBackend
+from .questions import QuestionSet
+from .reward import DRFReward
+from .sampler import draw_truncation_steps, sample_latents
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+ADAPTER_NAME = "drf"
+
+
+@dataclass
+class ProgressEvent:
+    """Sent after every optimizer step (and once when training ends)."""
+
+    step: int
+    total_steps: int
+    metrics: dict[str, Any]
+    # The frames just scored, detached on the CPU, `[F, 3, H, W]` in 0..1 (first video of the step).
+    preview: torch.Tensor | None = None
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_step: int
+    interrupted: bool
+    metrics: list[dict[str, Any]]
+    checkpoint: Path | None
+    last_preview: torch.Tensor | None = None
+    lora_files: dict[str, Path] = field(default_factory=dict)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # The process's peak resident set (Linux reports KiB); a lifetime peak, not per step.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _is_finite(value: torch.Tensor | float) -> bool:
+    return bool(torch.isfinite(torch.as_tensor(value)).all())
+
+
+class Trainer:
+    """Trains a LoRA on `backend.denoiser` to raise `critic`'s reward for `question_sets`.
+
+    `question_sets` holds one `QuestionSet` per prompt of `config.prompts` (matched by prompt
+    text). `progress(event)` is called after each step; `should_stop()` is polled between steps
+    and between denoising steps, and a True answer saves a checkpoint and returns.
+    """
+
+    def __init__(
+        self,
+        backend: VideoBackend,
+        critic: Critic,
+        question_sets: Sequence[QuestionSet],
+        config: TrainConfig,
+        output_dir: str | Path,
+        progress: Callable[[ProgressEvent], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        config.validate()
+        self.backend = backend
+        self.critic = critic
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.progress = progress
+        self.should_stop = should_stop or (lambda: False)
+        self.questions = self._match_questions(config.prompts, question_sets)
+        self.reward = DRFReward(critic, config.reward, config.critic_input)
+        presets = backend.lora_target_presets
+        if config.lora.target_preset not in presets:
+            raise DRFInputError(
+                f"train.lora.target_preset {config.lora.target_preset!r} is not known for {backend.family}; "
+                f"choose one of {sorted(presets)}"
+            )
+        num_frames = backend.num_frames_out(config.video)
+        self.frame_indices = select_frames(
+            config.decode.frame_selection, num_frames, config.decode.frame_selection_count
+        )
+        self.device = backend.device
+        self.generator = torch.Generator(device="cpu")
+        self.step = 0
+        self.consecutive_nonfinite = 0
+        self.metrics: list[dict[str, Any]] = []
+        self.last_preview: torch.Tensor | None = None
+        self._last_saved_step = -1
+
+        torch.manual_seed(config.seed)
+        self.generator.manual_seed(config.seed)
+        self.parameters = add_lora(
+            backend.denoiser, config.lora, presets[config.lora.target_preset], adapter_name=ADAPTER_NAME
+        )
+        self.named_parameters = {name: p for name, p in backend.denoiser.named_parameters() if p.requires_grad}
+        self.optimizer = torch.optim.AdamW(
+            self.parameters,
+            lr=config.optimizer.learning_rate,
+            betas=config.optimizer.betas,
+            weight_decay=config.optimizer.weight_decay,
+            eps=config.optimizer.eps,
+        )
+        warmup = config.optimizer.warmup_steps
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+        )
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _match_questions(prompts: Sequence[str], question_sets: Sequence[QuestionSet]) -> dict[str, QuestionSet]:
+        by_prompt = {qs.prompt: qs for qs in question_sets}
+        missing = [p for p in prompts if p not in by_prompt]
+        if missing:
+            raise DRFInputError(
+                f"no questions for prompt(s) {missing}; decompose each training prompt into a QuestionSet first"
+            )
+        return {p: by_prompt[p] for p in prompts}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        mode = self.config.mixed_precision
+        use_bf16 = mode == "bf16" or (mode == "auto" and self.device.type == "cuda")
+        if not use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _prompts_for(self, step: int, micro: int) -> list[str]:
+        """Prompts cycle in order, so a run (and its resume) sees them deterministically."""
+        per_micro = self.config.videos_per_step
+        start = (step * self.config.gradient_accumulation + micro) * per_micro
+        prompts = self.config.prompts
+        return [prompts[(start + i) % len(prompts)] for i in range(per_micro)]
+
+    # --- resume --------------------------------------------------------------------------------
+
+    def _resume_fields(self) -> dict[str, Any]:
+        """Settings a resumed run must share with the run that wrote the checkpoint."""
+        c = self.config
+        return {
+            "prompts": c.prompts,
+            "seed": c.seed,
+            "lora": c.lora.to_dict(),
+            "videos_per_step": c.videos_per_step,
+            "gradient_accumulation": c.gradient_accumulation,
+        }
+
+    def resume(self, path: str | Path) -> bool:
+        """Continue from the checkpoint at `path` (a checkpoint or a run folder). False if none."""
+        found = find_checkpoint(path)
+        if found is None:
+            return False
+        checkpoint = load_checkpoint(found)
+        saved = checkpoint.state.get("resume_fields", {})
+        for key, value in self._resume_fields().items():
+            if key in saved and json.loads(json.dumps(saved[key])) != json.loads(json.dumps(value)):
+                raise DRFInputError(
+                    f"cannot resume from {found}: train.{key} was {saved[key]!r} there and is {value!r} now; "
+                    "use the same setting, or start a new run in another output folder"
+                )
+        unknown = sorted(set(checkpoint.parameters) ^ set(self.named_parameters))
+        if unknown:
+            raise DRFInputError(
+                f"cannot resume from {found}: its LoRA parameters do not match this model's ({unknown[:3]}...); "
+                "resume with the same video model and LoRA settings"
+            )
+        with torch.no_grad():
+            for name, param in self.named_parameters.items():
+                param.copy_(checkpoint.parameters[name])
+        self.optimizer.load_state_dict(checkpoint.optimizer_state)
+        self.lr_schedule.load_state_dict(checkpoint.scheduler_state)
+        restore_rng_state(self.generator, checkpoint.rng_state)
+        self.step = checkpoint.step
+        self._last_saved_step = checkpoint.step
+        self.consecutive_nonfinite = int(checkpoint.state.get("consecutive_nonfinite", 0))
+        self.metrics = [row for row in self._read_metrics() if row["step"] <= self.step]
+        self._rewrite_metrics()
+        logger.info("resumed from %s at step %d", found, self.step)
+        return True
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def _read_metrics(self) -> list[dict[str, Any]]:
+        path = self.output_dir / METRICS_FILE
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def _rewrite_metrics(self) -> None:
+        write_text_atomic(self.output_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.metrics))
+
+    def _append_metrics(self, row: dict[str, Any]) -> None:
+        self.metrics.append(row)
+        with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def save_checkpoint(self) -> Path:
+        path = save_checkpoint(
+            self.output_dir,
+            self.step,
+            self.named_parameters,
+            self.optimizer.state_dict(),
+            self.lr_schedule.state_dict(),
+            capture_rng_state(self.generator),
+            {
+                "resume_fields": self._resume_fields(),
+                "consecutive_nonfinite": self.consecutive_nonfinite,
+                "config": self.config.to_dict(),
+                "questions": {p: qs.to_dict() for p, qs in self.questions.items()},
+                "backend": self.backend.describe(),
+                "drf_version": __version__,
+            },
+            keep_last=self.config.keep_last_checkpoints,
+        )
+        self._last_saved_step = self.step
+        return path
+
+    def _checkpoint_if_unsaved(self) -> Path | None:
+        if self.step == self._last_saved_step:
+            found = find_checkpoint(self.output_dir)
+            return found
+        return self.save_checkpoint()
+
+    def _encode_all_prompts(self) -> None:
+        """Encode every training prompt once; then the text encoder may be freed."""
+        c = self.config
+        self.backend.encode_prompts(c.prompts, c.negative_prompt, c.sampler.guidance_scale)
+        if c.release_text_encoder:
+            self.backend.release_text_encoder()
+
+    # --- the step ------------------------------------------------------------------------------
+
+    def _micro_batch(self, micro: int) -> tuple[torch.Tensor, list[dict[str, float]], torch.Tensor]:
+        c = self.config
+        prompts = self._prompts_for(self.step, micro)
+        embeddings = self.backend.encode_prompts(prompts, c.negative_prompt, c.sampler.guidance_scale)
+        noise = self.backend.init_noise(c.video, len(prompts), self.generator)
+        grad_steps = draw_truncation_steps(c.sampler, self.generator)
+        with self._autocast():
+            latents = sample_latents(
+                self.backend, embeddings, noise, c.sampler, grad_steps, should_stop=self.should_stop
+            )
+            frames = self.backend.decode(latents, self.frame_indices, c.decode.checkpoint_per_latent_frame)
+            results = [self.reward(frames[i], self.questions[p]) for i, p in enumerate(prompts)]
+        totals = torch.stack([r.total.float() for r in results])
+        return totals, [r.per_aspect for r in results], frames[0].detach().float().cpu()
+
+    def _train_step(self) -> dict[str, Any]:
+        c = self.config
+        started = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        rewards: list[float] = []
+        aspects: dict[str, list[float]] = {}
+        finite = True
+        for micro in range(c.gradient_accumulation):
+            totals, per_aspect, preview = self._micro_batch(micro)
+            loss = -totals.mean() / c.gradient_accumulation
+            if not _is_finite(loss):
+                finite = False
+                break
+            loss.backward()
+            rewards += totals.detach().tolist()
+            for row in per_aspect:
+                for name, value in row.items():
+                    aspects.setdefault(name, []).append(value)
+            self.last_preview = preview
+        max_norm = c.optimizer.max_grad_norm if c.optimizer.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)) if finite else float("nan")
+        lr = self.lr_schedule.get_last_lr()[0]
+        skipped = not (finite and _is_finite(grad_norm))
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.consecutive_nonfinite += 1
+            logger.warning(
+                "step %d: non-finite loss or gradient; skipped (%d in a row)", self.step + 1, self.consecutive_nonfinite
+            )
+        else:
+            self.optimizer.step()
+            self.lr_schedule.step()
+            self.consecutive_nonfinite = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        reward = sum(rewards) / len(rewards) if rewards else float("nan")
+        return {
+            "step": self.step,
+            "reward": reward,
+            "loss": -reward,
+            "reward_per_aspect": {name: sum(v) / len(v) for name, v in aspects.items()},
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "seconds": time.perf_counter() - started,
+            "peak_memory_mb": _peak_memory_mb(self.device),
+            "skipped": skipped,
+        }
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def train(self, resume_from: str | Path | None = None) -> TrainResult:
+        """Run until `config.steps`; returns early (with a checkpoint) when interrupted."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if resume_from is not None and not self.resume(resume_from):
+            logger.info("no checkpoint under %s; starting a new run", resume_from)
+        if self.step == 0:
+            self.metrics = []
+            self._rewrite_metrics()
+        self._encode_all_prompts()
+        self.backend.denoiser.train()
+        self.critic.set_gradient_checkpointing(self.config.critic_gradient_checkpointing)
+        interrupted = False
+        try:
+            while self.step < self.config.steps:
+                if self.should_stop():
+                    interrupted = True
+                    break
+                row = self._train_step()
+                self._append_metrics(row)
+                if self.progress is not None:
+                    self.progress(ProgressEvent(self.step, self.config.steps, row, self.last_preview))
+                if self.consecutive_nonfinite >= self.config.max_consecutive_nonfinite:
+                    path = self._checkpoint_if_unsaved()
+                    raise TrainingDivergedError(
+                        f"{self.consecutive_nonfinite} steps in a row gave non-finite losses or gradients; "
+                        f"lower the learning rate or max_grad_norm, then resume from {path}"
+                    )
+                interval = self.config.checkpoint_interval
+                if interval and self.step % interval == 0:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            interrupted = True
+            logger.warning("interrupted during step %d; the unfinished step is discarded", self.step + 1)
+        except TrainingDivergedError:
+            raise
+        except BaseException:
+            if self.step > 0:
+                saved = self._checkpoint_if_unsaved()
+                logger.error("training failed at step %d; resumable checkpoint: %s", self.step + 1, saved)
+            raise
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.backend.denoiser.eval()
+            self.critic.set_gradient_checkpointing(False)
+        checkpoint = self._checkpoint_if_unsaved() if self.step > 0 else None
+        if interrupted:
+            logger.warning(
+                "training stopped at step %d of %d; resume from %s", self.step, self.config.steps, checkpoint
+            )
+        return TrainResult(
+            output_dir=self.output_dir,
+            final_step=self.step,
+            interrupted=interrupted,
+            metrics=list(self.metrics),
+            checkpoint=checkpoint,
+            last_preview=self.last_preview,
+        )
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(lora_parameters(self.backend.denoiser))

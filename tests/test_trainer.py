@@ -1,0 +1,260 @@
+"""The training loop on tiny models: reward goes up, resume is exact, failures keep the work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from drf_core.checkpoint import list_checkpoints
+from drf_core.config import (
+    CriticInputConfig,
+    DecodeConfig,
+    LoRAConfig,
+    OptimizerConfig,
+    RewardConfig,
+    SamplerConfig,
+    TrainConfig,
+    VideoSpec,
+)
+from drf_core.critics import load_critic
+from drf_core.decompose import decompose
+from drf_core.errors import DRFInputError, TrainingDivergedError
+from drf_core.lora import remove_lora
+from drf_core.models import load_video_backend
+from drf_core.reward import DRFReward
+from drf_core.sampler import sample_video
+from drf_core.trainer import METRICS_FILE, Trainer
+
+PROMPT = "two red apples on a wooden table, the camera slowly pans left"
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models):
+    backend = load_video_backend(tiny_models.wan, "fp32", "cpu")
+    critic = load_critic(tiny_models.qwen, "fp32", "cpu")
+    return backend, critic
+
+
+@pytest.fixture()
+def fresh(models):
+    """The shared models with any adapter from a previous test removed."""
+    backend, critic = models
+    remove_lora(backend.denoiser)
+    yield backend, critic
+    remove_lora(backend.denoiser)
+
+
+def small_config(**overrides) -> TrainConfig:
+    values = dict(
+        prompts=[PROMPT],
+        steps=4,
+        seed=0,
+        video=VideoSpec(32, 32, 5),
+        sampler=SamplerConfig(num_inference_steps=4, truncated_backprop_steps=2, guidance_scale=3.0),
+        decode=DecodeConfig("all", 1, True),
+        critic_input=CriticInputConfig(height=28, width=28),
+        lora=LoRAConfig(rank=4, alpha=4.0, target_preset="attention_ffn"),
+        optimizer=OptimizerConfig(learning_rate=3e-2, warmup_steps=2),
+        checkpoint_interval=2,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def questions():
+    return decompose(PROMPT)
+
+
+def lora_state(backend) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in backend.denoiser.named_parameters() if "lora_" in n}
+
+
+def test_training_raises_reward_on_held_out_seeds(fresh, questions, tmp_path):
+    backend, critic = fresh
+    config = small_config(
+        steps=10,
+        video=VideoSpec(64, 64, 9),
+        critic_input=CriticInputConfig(height=56, width=56),
+        sampler=SamplerConfig(num_inference_steps=8, truncated_backprop_steps=2, guidance_scale=3.0),
+        optimizer=OptimizerConfig(learning_rate=3e-2),
+        checkpoint_interval=0,
+    )
+    reward = DRFReward(critic, config.reward, config.critic_input)
+
+    def held_out_reward() -> float:
+        videos = [
+            sample_video(backend, [PROMPT], "", config.video, config.sampler, torch.Generator().manual_seed(100 + s))
+            for s in range(3)
+        ]
+        with torch.no_grad():
+            return sum(float(reward(v[0], questions).total) for v in videos) / len(videos)
+
+    before = held_out_reward()
+    result = Trainer(backend, critic, [questions], config, tmp_path).train()
+    after = held_out_reward()
+    assert result.final_step == 10 and not result.interrupted
+    assert after > before + 0.005, (before, after)
+    rewards = [row["reward"] for row in result.metrics]
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_only_lora_parameters_receive_gradients(fresh, questions, tmp_path):
+    backend, critic = fresh
+    trainer = Trainer(backend, critic, [questions], small_config(steps=1), tmp_path)
+    # Gradients are zeroed after the optimizer step, so look just before it.
+    step = trainer.optimizer.step
+    holders: list[str] = []
+
+    def checked_step(*args, **kwargs):
+        for module in (backend.denoiser, backend.vae, critic.model):
+            for name, p in module.named_parameters():
+                if p.grad is not None:
+                    holders.append(name)
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = checked_step
+    trainer.train()
+    assert holders, "no parameter received a gradient"
+    assert all("lora_" in name for name in holders), [n for n in holders if "lora_" not in n]
+    lora_names = {n for n, p in backend.denoiser.named_parameters() if p.requires_grad}
+    assert set(holders) == lora_names
+
+
+def test_resume_is_bit_exact(models, questions, tmp_path):
+    backend, critic = models
+    remove_lora(backend.denoiser)
+    straight = Trainer(backend, critic, [questions], small_config(steps=4), tmp_path / "straight").train()
+    straight_state = lora_state(backend)
+    remove_lora(backend.denoiser)
+
+    first = Trainer(backend, critic, [questions], small_config(steps=2), tmp_path / "split").train()
+    assert first.final_step == 2
+    remove_lora(backend.denoiser)  # a new process would start from scratch
+    second = Trainer(backend, critic, [questions], small_config(steps=4), tmp_path / "split")
+    result = second.train(resume_from=tmp_path / "split")
+    resumed_state = lora_state(backend)
+    remove_lora(backend.denoiser)
+
+    assert result.final_step == 4
+    assert straight_state.keys() == resumed_state.keys()
+    for name in straight_state:
+        assert torch.equal(straight_state[name], resumed_state[name]), name
+    assert [r["reward"] for r in straight.metrics] == [r["reward"] for r in result.metrics]
+    lines = (tmp_path / "split" / METRICS_FILE).read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_changed_lora_settings(fresh, questions, tmp_path):
+    backend, critic = fresh
+    Trainer(backend, critic, [questions], small_config(steps=2), tmp_path).train()
+    remove_lora(backend.denoiser)
+    changed = small_config(steps=4, lora=LoRAConfig(rank=8, alpha=8.0, target_preset="attention_ffn"))
+    with pytest.raises(DRFInputError, match=r"train\.lora"):
+        Trainer(backend, critic, [questions], changed, tmp_path).train(resume_from=tmp_path)
+
+
+def test_stop_callback_saves_a_resumable_checkpoint(fresh, questions, tmp_path):
+    backend, critic = fresh
+    events = []
+    trainer = Trainer(
+        backend,
+        critic,
+        [questions],
+        small_config(steps=4, checkpoint_interval=0),
+        tmp_path,
+        progress=events.append,
+        should_stop=lambda: len(events) >= 1,
+    )
+    result = trainer.train()
+    assert result.interrupted and result.final_step == 1
+    assert result.checkpoint is not None and result.checkpoint.name == "step_000001"
+    assert events[0].preview is not None and events[0].preview.shape[1] == 3
+    assert float(events[0].preview.min()) >= 0.0 and float(events[0].preview.max()) <= 1.0
+    assert set(events[0].metrics) >= {"reward", "reward_per_aspect", "loss", "grad_norm", "lr", "seconds"}
+
+
+def test_keyboard_interrupt_mid_step_keeps_last_finished_step(fresh, questions, tmp_path):
+    backend, critic = fresh
+    trainer = Trainer(backend, critic, [questions], small_config(steps=4, checkpoint_interval=0), tmp_path)
+    original = trainer._micro_batch
+    calls = []
+
+    def interrupting(micro):
+        calls.append(micro)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(micro)
+
+    trainer._micro_batch = interrupting
+    result = trainer.train()
+    assert result.interrupted and result.final_step == 2
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000002"]
+
+
+def test_failure_leaves_checkpoint_and_reraises(fresh, questions, tmp_path):
+    backend, critic = fresh
+    trainer = Trainer(backend, critic, [questions], small_config(steps=4, checkpoint_interval=0), tmp_path)
+    original = trainer._micro_batch
+    calls = []
+
+    def failing(micro):
+        calls.append(micro)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(micro)
+
+    trainer._micro_batch = failing
+    with pytest.raises(RuntimeError, match="simulated"):
+        trainer.train()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000001"]
+
+
+def test_nonfinite_steps_are_skipped_then_stop(fresh, questions, tmp_path):
+    backend, critic = fresh
+    trainer = Trainer(backend, critic, [questions], small_config(steps=6, max_consecutive_nonfinite=2), tmp_path)
+    original = trainer._micro_batch
+    calls = []
+
+    def poisoned(micro):
+        calls.append(micro)
+        totals, aspects, preview = original(micro)
+        if len(calls) >= 2:
+            totals = totals * float("nan")
+        return totals, aspects, preview
+
+    trainer._micro_batch = poisoned
+    with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
+        trainer.train()
+    before = lora_state(backend)
+    rows = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert [r["skipped"] for r in rows] == [False, True, True]
+    checkpoint = list_checkpoints(tmp_path)[-1]
+    saved = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    assert saved["optimizer"]["state"], "optimizer state of the good step is kept"
+    # skipped steps did not change the weights: they equal the checkpoint of step 1's update
+    stored = load_file(str(checkpoint / "lora.safetensors"))
+    for name, value in before.items():
+        assert torch.equal(stored[name], value)
+
+
+def test_bad_inputs_raise_clear_errors(fresh, questions, tmp_path):
+    backend, critic = fresh
+    with pytest.raises(DRFInputError, match="no questions for prompt"):
+        Trainer(backend, critic, [questions], small_config(prompts=["a cat"]), tmp_path)
+    with pytest.raises(DRFInputError, match="K=5 is larger"):
+        small_config(sampler=SamplerConfig(num_inference_steps=4, truncated_backprop_steps=5)).validate()
+    with pytest.raises(DRFInputError, match=r"prompts\[0\]"):
+        small_config(prompts=["  "]).validate()
+    with pytest.raises(DRFInputError, match="target_preset"):
+        Trainer(backend, critic, [questions], small_config(lora=LoRAConfig(target_preset="everything")), tmp_path)
+    with pytest.raises(DRFInputError, match="frame_selection_count"):
+        small_config(decode=DecodeConfig("prefix", 0)).validate()
+    with pytest.raises(DRFInputError, match=r"reward\.aspect_weights"):
+        Trainer(
+            backend, critic, [questions], small_config(reward=RewardConfig(aspect_weights={"STYLE": 1.0})), tmp_path
+        ).train()
