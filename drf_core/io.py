@@ -18,6 +18,12 @@ from typing import Any
 from .errors import DRFInputError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
@@ -29,6 +35,7 @@ def atomic_write(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(handle)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file normal permissions
     try:
         yield tmp
         with open(tmp, "rb+") as written:
@@ -47,6 +54,14 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_image_atomic(image: Any, path: str | Path) -> Path:
+    """A PIL image, format from the suffix (PNG, JPEG, WebP)."""
+    path = Path(path)
+    with atomic_write(path, suffix=path.suffix) as tmp:
+        image.save(tmp)
+    return path
 
 
 def safe_child_path(folder: str | Path, name: str, suffix: str | None = None) -> Path:

@@ -15,7 +15,7 @@
   strings.
 - `read_lora_file` reads any of the supported key layouts (`KEY_LAYOUTS`: ComfyUI / original names,
   kohya `lora_unet_`, diffusers `transformer.`, bare peft names) into the denoiser's own module
-  names; `apply_lora_file` recreates the adapter from it exactly (preview) or trainable (resume).
+  names; `apply_lora` recreates the adapter from it exactly (preview) or trainable (resume).
 
 Model families enter only through two name maps passed in by the caller (the denoiser's module
 name <-> the original checkpoint's module name), so this module knows no model family. Files are
@@ -83,6 +83,29 @@ class LoRAModuleWeights:
         return self.alpha / self.rank
 
 
+@dataclass
+class LoRAWeights:
+    """A LoRA in the denoiser's own module names: read from a file, or a snapshot of a trained adapter."""
+
+    path: Path | None
+    key_layout: str
+    modules: dict[str, LoRAModuleWeights]
+    metadata: dict[str, str]
+
+    @property
+    def rank(self) -> int:
+        """The most common rank (`modules[...].rank` has each layer's own)."""
+        return _most_common([w.rank for w in self.modules.values()])
+
+    @property
+    def alpha(self) -> float:
+        return _most_common([w.alpha for w in self.modules.values()])
+
+    @property
+    def target_modules(self) -> list[str]:
+        return list(self.modules)
+
+
 # --- Injection and access --------------------------------------------------------------------------------
 
 
@@ -105,7 +128,7 @@ def _require_layers(denoiser: nn.Module, adapter_name: str) -> dict[str, Any]:
     layers = _lora_layers(denoiser, adapter_name)
     if not layers:
         raise DRFInputError(
-            f"the model has no LoRA adapter named {adapter_name!r}; add one with add_lora() or apply_lora_file()"
+            f"the model has no LoRA adapter named {adapter_name!r}; add one with add_lora() or apply_lora()"
         )
     return layers
 
@@ -338,6 +361,53 @@ def _header_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
+def save_lora_weights(
+    path: str | Path,
+    lora: LoRAWeights,
+    fmt: str = "comfyui",
+    native_name: NameMap | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    dropout: float = 0.0,
+    dtype: str = "fp32",
+) -> Path:
+    """Write `lora` to `path` (safetensors, atomically) in format `fmt` of `LORA_FORMATS`.
+
+    `native_name` maps the denoiser's module names to the original checkpoint's (needed by
+    "comfyui"). The header carries `lora.metadata`, then `metadata` (non-string values as JSON),
+    then the entries that describe the file itself. Callers usually pass base_model, family,
+    training_steps, questions, prompts and target_preset. `dtype` ("fp32", "bf16", "fp16") is the
+    storage type of lora_A / lora_B; alphas stay float32.
+    """
+    export = LORA_FORMATS.get(fmt)
+    save_dtype = SAVE_DTYPES.get(dtype)
+    modules = lora.modules
+    tensors = {
+        key: (tensor.to(save_dtype) if tensor.dim() > 0 else tensor).detach().to("cpu").contiguous()
+        for key, tensor in export.tensors(modules, native_name).items()
+    }
+    header = {str(key): _header_text(value) for key, value in {**lora.metadata, **(metadata or {})}.items()}
+    for stale in (DIFFUSERS_ADAPTER_METADATA_KEY, "lora_format"):  # describe the source file, not this one
+        header.pop(stale, None)
+    header.update(  # these describe the file itself; they replace caller entries of the same name
+        {
+            "format": "pt",  # the safetensors convention for torch files
+            "lora_format": fmt,
+            "rank": json.dumps(lora.rank),
+            "alpha": json.dumps(lora.alpha),
+            "dropout": json.dumps(dropout),
+            "target_modules": json.dumps(sorted(modules)),
+            "dtype": dtype,
+            "drf_version": __version__,
+        }
+    )
+    header.update(export.header(modules, dropout))
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp), metadata=header)
+    logger.info("saved %s LoRA (%d layers) to %s", fmt, len(modules), path)
+    return path
+
+
 def save_lora(
     path: str | Path,
     denoiser: nn.Module,
@@ -348,39 +418,22 @@ def save_lora(
     adapter_name: str = "drf",
     dtype: str = "fp32",
 ) -> Path:
-    """Write the adapter to `path` (safetensors, atomically) in format `fmt` of `LORA_FORMATS`.
+    """Write the denoiser's adapter `adapter_name` to `path` (see `save_lora_weights`)."""
+    return save_lora_weights(
+        path, snapshot_lora(denoiser, adapter_name), fmt, native_name, metadata, lora_config.dropout, dtype
+    )
 
-    `native_name` maps the denoiser's module names to the original checkpoint's (needed by
-    "comfyui"). `metadata` adds header entries; non-string values are stored as JSON. Callers
-    usually pass base_model, family, training_steps, questions, prompts and target_preset.
-    `dtype` ("fp32", "bf16", "fp16") is the storage type of lora_A / lora_B; alphas stay float32.
-    """
-    export = LORA_FORMATS.get(fmt)
-    save_dtype = SAVE_DTYPES.get(dtype)
-    modules = lora_module_weights(denoiser, adapter_name)
-    tensors = {
-        key: (tensor.to(save_dtype) if tensor.dim() > 0 else tensor).detach().to("cpu").contiguous()
-        for key, tensor in export.tensors(modules, native_name).items()
+
+def snapshot_lora(
+    denoiser: nn.Module, adapter_name: str = "drf", metadata: Mapping[str, Any] | None = None
+) -> LoRAWeights:
+    """A detached CPU copy of the adapter's weights, independent of later training or removal."""
+    modules = {
+        name: LoRAModuleWeights(w.down.detach().to("cpu", copy=True), w.up.detach().to("cpu", copy=True), w.alpha)
+        for name, w in lora_module_weights(denoiser, adapter_name).items()
     }
     header = {str(key): _header_text(value) for key, value in (metadata or {}).items()}
-    header.update(  # these describe the file itself; they replace caller entries of the same name
-        {
-            "format": "pt",  # the safetensors convention for torch files
-            "lora_format": fmt,
-            "rank": json.dumps(_most_common([w.rank for w in modules.values()])),
-            "alpha": json.dumps(_most_common([w.alpha for w in modules.values()])),
-            "dropout": json.dumps(lora_config.dropout),
-            "target_modules": json.dumps(sorted(modules)),
-            "dtype": dtype,
-            "drf_version": __version__,
-        }
-    )
-    header.update(export.header(modules, lora_config.dropout))
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        safetensors.torch.save_file(tensors, str(tmp), metadata=header)
-    logger.info("saved %s LoRA (%d layers) to %s", fmt, len(modules), path)
-    return path
+    return LoRAWeights(path=None, key_layout="peft", modules=modules, metadata=header)
 
 
 # --- Reading back ----------------------------------------------------------------------------------------
@@ -435,29 +488,6 @@ KEY_LAYOUTS.add("diffusers", LoRAKeyLayout(f"{DIFFUSERS_COMPONENT}.", "diffusers
 KEY_LAYOUTS.add("peft", LoRAKeyLayout("", "bare module names (peft save_lora_adapter)", lambda base, _: base))
 
 
-@dataclass
-class LoRAFile:
-    """A LoRA read from disk, in the denoiser's own module names."""
-
-    path: Path
-    key_layout: str
-    modules: dict[str, LoRAModuleWeights]
-    metadata: dict[str, str]
-
-    @property
-    def rank(self) -> int:
-        """The most common rank (`modules[...].rank` has each layer's own)."""
-        return _most_common([w.rank for w in self.modules.values()])
-
-    @property
-    def alpha(self) -> float:
-        return _most_common([w.alpha for w in self.modules.values()])
-
-    @property
-    def target_modules(self) -> list[str]:
-        return list(self.modules)
-
-
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         where = "is a folder" if path.is_dir() else "does not exist"
@@ -471,6 +501,18 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             f"{path} is not a readable safetensors file ({error}); LoRAs are read from .safetensors files only"
         ) from error
     return tensors, header
+
+
+def read_lora_header(path: str | Path) -> dict[str, str]:
+    """The safetensors header of a LoRA file (training facts, format, family), without its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise DRFInputError(f"LoRA file {path} does not exist; give the path of a .safetensors LoRA file")
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as error:
+        raise DRFInputError(f"{path} is not a readable safetensors file ({error})") from error
 
 
 def _split_key(key: str) -> tuple[str, str] | None:
@@ -527,7 +569,7 @@ def _exact_alpha(stored: float, header: Mapping[str, str]) -> float:
     return exact if torch.tensor(exact, dtype=torch.float32).item() == stored else stored
 
 
-def read_lora_file(path: str | Path, native_to_module: NameMap, family: str | None = None) -> LoRAFile:
+def read_lora_file(path: str | Path, native_to_module: NameMap, family: str | None = None) -> LoRAWeights:
     """Read a LoRA safetensors file into the denoiser's module names.
 
     `native_to_module` maps the original checkpoint's module names (ComfyUI / kohya keys) to the
@@ -589,13 +631,13 @@ def read_lora_file(path: str | Path, native_to_module: NameMap, family: str | No
         modules[module] = LoRAModuleWeights(down=down, up=up, alpha=alpha)
     ranks = sorted({w.rank for w in modules.values()})
     logger.info("read %s LoRA %s: %d layers, rank %s", layout_name, path, len(modules), ranks)
-    return LoRAFile(path=path, key_layout=layout_name, modules=modules, metadata=header)
+    return LoRAWeights(path=path, key_layout=layout_name, modules=modules, metadata=header)
 
 
-def _check_fits(denoiser: nn.Module, lora_file: LoRAFile) -> None:
+def _check_fits(denoiser: nn.Module, lora: LoRAWeights) -> None:
     """Every layer exists, is Linear/Conv, and `up @ down` has the layer's weight shape."""
     missing, mismatched = [], []
-    for name, weights in lora_file.modules.items():
+    for name, weights in lora.modules.items():
         try:
             layer = denoiser.get_submodule(name)
         except AttributeError:
@@ -614,19 +656,18 @@ def _check_fits(denoiser: nn.Module, lora_file: LoRAFile) -> None:
             )
     if missing:
         raise DRFInputError(
-            f"{lora_file.path} has LoRA weights for {len(missing)} layer(s) this model does not have "
+            f"{lora.path} has LoRA weights for {len(missing)} layer(s) this model does not have "
             f"(e.g. {missing[:3]}); it was made for another model or model size"
         )
     if mismatched:
         raise DRFInputError(
-            f"{lora_file.path} does not fit this model ({'; '.join(mismatched[:3])}); "
-            "it was made for another model size"
+            f"{lora.path} does not fit this model ({'; '.join(mismatched[:3])}); it was made for another model size"
         )
 
 
-def apply_lora_file(
+def apply_lora(
     denoiser: nn.Module,
-    lora_file: LoRAFile,
+    lora: LoRAWeights,
     adapter_name: str = "drf",
     strength: float = 1.0,
     trainable: bool = False,
@@ -642,16 +683,17 @@ def apply_lora_file(
     if trainable and strength != 1.0:
         raise DRFInputError(f"resuming training needs strength 1.0, got {strength}; strength is for previews only")
     _refuse_existing(denoiser, adapter_name)
-    _check_fits(denoiser, lora_file)
-    _inject(denoiser, peft_config_for(lora_file.modules, dropout), adapter_name)
+    _check_fits(denoiser, lora)
+    _inject(denoiser, peft_config_for(lora.modules, dropout), adapter_name)
     params = _finish_adapter(denoiser, adapter_name, trainable)
     layers = _lora_layers(denoiser, adapter_name)
     with torch.no_grad():
-        for name, weights in lora_file.modules.items():
+        for name, weights in lora.modules.items():
             layer = layers[name]
             layer.lora_A[adapter_name].weight.copy_(weights.down)
             layer.lora_B[adapter_name].weight.copy_(weights.up)
             if strength != 1.0:
                 layer.set_scale(adapter_name, strength)
-    logger.info("applied LoRA %s as %r on %d layers (strength %g)", lora_file.path, adapter_name, len(layers), strength)
+    source = lora.path or "in-memory LoRA"
+    logger.info("applied %s as %r on %d layers (strength %g)", source, adapter_name, len(layers), strength)
     return params

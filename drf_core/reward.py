@@ -62,9 +62,15 @@ EXPLANATION_REWARDS: Registry[ExplanationReward | None] = Registry("explanation 
 
 @EXPLANATION_REWARDS.register("token_weighted_log_likelihood")
 def token_weighted_log_likelihood(token_logprobs: torch.Tensor, token_weights: torch.Tensor) -> torch.Tensor:
-    """Weighted mean per-token log-likelihood: content words count more than function words."""
+    """Weighted mean per-token log-likelihood: content words count more than function words.
+
+    When every weight is 0 (an answer of function words only, with `function_word_weight` 0), it is
+    the plain mean: a weighted mean of nothing would be a constant 0 that passes no gradient.
+    """
+    if not bool((token_weights > 0).any()):  # `token_weights` is built on the CPU: no device sync
+        return token_logprobs.mean()
     weights = token_weights.to(token_logprobs)
-    return (token_logprobs * weights).sum() / weights.sum().clamp_min(1e-8)
+    return (token_logprobs * weights).sum() / weights.sum()
 
 
 @EXPLANATION_REWARDS.register("mean_log_likelihood")
@@ -85,13 +91,14 @@ FUNCTION_WORDS = frozenset(
     which who whom whose what when where why how""".split()
 )
 
-_WORD = re.compile(r"[A-Za-z0-9']+")
+# A word: letters and digits of any script, with apostrophes inside ("it's", "cat's").
+_WORD = re.compile(r"[\w'’]+")
 
 
 def token_weights(answer: str, token_spans: Sequence[tuple[int, int]], function_word_weight: float) -> torch.Tensor:
     """One weight per answer token: 1.0 for tokens inside a content word, `function_word_weight`
     for tokens inside function words or made only of spaces and punctuation."""
-    words = [(m.start(), m.end(), m.group().lower()) for m in _WORD.finditer(answer)]
+    words = [(m.start(), m.end(), m.group().lower().replace("’", "'").strip("'")) for m in _WORD.finditer(answer)]
     weights = []
     for start, end in token_spans:
         weight = function_word_weight
@@ -135,6 +142,11 @@ class RewardResult:
         """Yes/no questions the video fails most clearly (lowest probability of the expected answer)."""
         yes_no = [q for q in self.per_question if q.probability is not None]
         return sorted(yes_no, key=lambda q: q.probability)[:count]  # type: ignore[arg-type, return-value]
+
+
+def _at_least_float32(values: torch.Tensor) -> torch.Tensor:
+    """Half-precision critic outputs become float32; float64 ones (gradient checks) stay float64."""
+    return values if values.dtype == torch.float64 else values.float()
 
 
 def _weighted_mean(values: list[torch.Tensor], weights: list[float]) -> torch.Tensor | None:
@@ -184,7 +196,7 @@ class DRFReward:
         for aspect in questions.aspects:
             yes_no_terms, yes_no_weights = [], []
             for question in aspect.yes_no:
-                value, probability = yes_no_scores[(aspect.name, question.question)]
+                value, probability = yes_no_scores[(question.question, question.expected)]
                 yes_no_terms.append(value)
                 yes_no_weights.append(question.weight)
                 per_question.append(
@@ -238,15 +250,17 @@ class DRFReward:
         if not pairs:
             return {}
         texts = list(dict.fromkeys(q.question for _, q in pairs))
-        logits = self.critic.score_yes_no(frames, texts, self.critic_input).float()
+        logits = _at_least_float32(self.critic.score_yes_no(frames, texts, self.critic_input))
         row = {text: i for i, text in enumerate(texts)}
         scores = {}
-        for aspect_name, question in pairs:
-            yes_no = logits[row[question.question]]
-            oriented = yes_no if question.expected == "yes" else yes_no.flip(0)
+        # Keyed by (text, expected): one text may be asked with either expected answer.
+        for key in dict.fromkeys((q.question, q.expected) for _, q in pairs):
+            text, expected = key
+            yes_no = logits[row[text]]
+            oriented = yes_no if expected == "yes" else yes_no.flip(0)
             value = self.yes_no_reward(oriented.unsqueeze(0))[0]
             probability = float(torch.softmax(oriented.detach(), dim=-1)[0])
-            scores[(aspect_name, question.question)] = (value, probability)
+            scores[key] = (value, probability)
         return scores
 
     def _score_explanations(self, frames: torch.Tensor, questions: QuestionSet) -> dict:
@@ -262,7 +276,7 @@ class DRFReward:
         values = {}
         for (question, target), answer in zip(unique, scored, strict=True):
             weights = token_weights(answer.answer, answer.token_spans, self.config.function_word_weight)
-            values[(question, target)] = self.explanation_reward(answer.token_logprobs.float(), weights)
+            values[(question, target)] = self.explanation_reward(_at_least_float32(answer.token_logprobs), weights)
         return {key: values[(key[1], key[2])] for key in keys}
 
 

@@ -23,7 +23,7 @@ from drf_core.lora import (
     DIFFUSERS_ADAPTER_METADATA_KEY,
     LORA_FORMATS,
     add_lora,
-    apply_lora_file,
+    apply_lora,
     has_lora,
     lora_module_weights,
     lora_parameters,
@@ -292,17 +292,17 @@ def test_comfyui_export_names_original_wan_layers(kind, transformer_dir):
 @pytest.mark.parametrize("fmt", ["comfyui", "diffusers"])
 def test_loading_back_reproduces_the_trained_model(fmt, transformer_dir, tmp_path):
     model = trained(transformer_dir)
-    lora_file = read_lora_file(save(model, tmp_path, fmt), native_to_diffusers_wan_module, family="wan")
-    assert lora_file.key_layout == fmt and (lora_file.rank, lora_file.alpha) == (RANK, ALPHA)
-    assert set(lora_file.target_modules) == set(lora_module_weights(model))
+    lora = read_lora_file(save(model, tmp_path, fmt), native_to_diffusers_wan_module, family="wan")
+    assert lora.key_layout == fmt and (lora.rank, lora.alpha) == (RANK, ALPHA)
+    assert set(lora.target_modules) == set(lora_module_weights(model))
 
     preview = load_transformer(transformer_dir)
-    assert apply_lora_file(preview, lora_file) == []
+    assert apply_lora(preview, lora) == []
     assert not any(p.requires_grad for p in preview.parameters())
     assert torch.equal(run(preview), run(model))
 
     resumed = load_transformer(transformer_dir)
-    params = apply_lora_file(resumed, lora_file, trainable=True)
+    params = apply_lora(resumed, lora, trainable=True)
     assert {id(p) for p in params} == {id(p) for p in resumed.parameters() if p.requires_grad}
     assert {p.dtype for p in params} == {torch.float32}
     saved, restored = lora_state_dict(model), lora_state_dict(resumed)
@@ -348,17 +348,17 @@ def test_mixed_ranks_apply_per_layer_and_export_again(transformer_dir, tmp_path)
     tensors[f"{odd}.lora_B.weight"] = torch.randn(24, 2, generator=generator)
     tensors[f"{odd}.alpha"] = torch.tensor(3.0)
     safetensors.torch.save_file(tensors, str(tmp_path / "mixed.safetensors"))
-    lora_file = read_lora_file(tmp_path / "mixed.safetensors", native_to_diffusers_wan_module)
+    lora = read_lora_file(tmp_path / "mixed.safetensors", native_to_diffusers_wan_module)
 
     mixed = load_transformer(transformer_dir)
-    apply_lora_file(mixed, lora_file)
+    apply_lora(mixed, lora)
     layer = mixed.get_submodule("blocks.1.attn2.to_out.0")
     assert (layer.r["drf"], layer.scaling["drf"]) == (2, 1.5)
     assert mixed.get_submodule("blocks.0.attn2.to_out.0").scaling["drf"] == ALPHA / RANK
     # Reference: the same deltas merged into the base weights by hand.
     merged = load_transformer(transformer_dir)
     with torch.no_grad():
-        for name, weights in lora_file.modules.items():
+        for name, weights in lora.modules.items():
             merged.get_submodule(name).weight += weights.scale * (weights.up @ weights.down)
     torch.testing.assert_close(run(mixed), run(merged), rtol=1e-5, atol=1e-5)
 
@@ -368,15 +368,15 @@ def test_mixed_ranks_apply_per_layer_and_export_again(transformer_dir, tmp_path)
 
 def test_strength_scales_the_lora(transformer_dir, tmp_path):
     model = trained(transformer_dir)
-    lora_file = read_lora_file(save(model, tmp_path, "comfyui"), native_to_diffusers_wan_module)
+    lora = read_lora_file(save(model, tmp_path, "comfyui"), native_to_diffusers_wan_module)
     off = load_transformer(transformer_dir)
-    apply_lora_file(off, lora_file, strength=0.0)
+    apply_lora(off, lora, strength=0.0)
     assert torch.equal(run(off), run(load_transformer(transformer_dir)))
     half = load_transformer(transformer_dir)
-    apply_lora_file(half, lora_file, strength=0.5)
+    apply_lora(half, lora, strength=0.5)
     assert half.get_submodule("blocks.0.attn1.to_q").scaling["drf"] == 0.5 * ALPHA / RANK
     with pytest.raises(DRFInputError, match=r"strength 1\.0"):
-        apply_lora_file(load_transformer(transformer_dir), lora_file, strength=0.5, trainable=True)
+        apply_lora(load_transformer(transformer_dir), lora, strength=0.5, trainable=True)
 
 
 def test_fractional_alpha_survives_the_float32_alpha_tensor(transformer_dir, tmp_path):
@@ -384,7 +384,7 @@ def test_fractional_alpha_survives_the_float32_alpha_tensor(transformer_dir, tmp
     model = trained(transformer_dir, config, ["attn1.to_q", "ffn.net.2"])
     path = save_lora(tmp_path / "a.safetensors", model, config, "comfyui", diffusers_to_native_wan_module)
     preview = load_transformer(transformer_dir)
-    apply_lora_file(preview, read_lora_file(path, native_to_diffusers_wan_module))
+    apply_lora(preview, read_lora_file(path, native_to_diffusers_wan_module))
     assert preview.get_submodule("blocks.0.attn1.to_q").scaling["drf"] == 0.1 / 3
     assert torch.equal(run(preview), run(model))
 
@@ -394,9 +394,9 @@ def test_preview_adapter_beside_a_training_adapter(transformer_dir, tmp_path):
     """A second, frozen adapter becomes the active one; switching back restores the trained adapter."""
     model = trained(transformer_dir)
     trained_output = run(model)
-    lora_file = read_lora_file(save(model, tmp_path, "comfyui"), native_to_diffusers_wan_module)
-    lora_file.modules = {name: w for name, w in lora_file.modules.items() if "attn1" in name}
-    apply_lora_file(model, lora_file, adapter_name="preview")
+    lora = read_lora_file(save(model, tmp_path, "comfyui"), native_to_diffusers_wan_module)
+    lora.modules = {name: w for name, w in lora.modules.items() if "attn1" in name}
+    apply_lora(model, lora, adapter_name="preview")
     assert not any(p.requires_grad for p in lora_parameters(model, "preview"))
     assert not torch.equal(run(model), trained_output)  # only "preview" (a subset of the layers) is active
     model.set_adapter("drf")
@@ -417,8 +417,8 @@ def test_metadata_round_trip(transformer_dir, tmp_path):
         "target_preset": "attention_ffn",
         "rank": "999",  # save_lora's own value wins
     }
-    lora_file = read_lora_file(save(model, tmp_path, "comfyui", metadata=metadata), native_to_diffusers_wan_module)
-    header = lora_file.metadata
+    lora = read_lora_file(save(model, tmp_path, "comfyui", metadata=metadata), native_to_diffusers_wan_module)
+    header = lora.metadata
     assert all(isinstance(value, str) for value in header.values())
     assert header["format"] == "pt" and header["lora_format"] == "comfyui"
     assert (header["rank"], header["alpha"]) == ("4", "8.0")
@@ -429,7 +429,7 @@ def test_metadata_round_trip(transformer_dir, tmp_path):
     assert header["target_preset"] == "attention_ffn" and header["drf_version"] == __version__
     assert json.loads(header["target_modules"]) == sorted(lora_module_weights(model))
     with pytest.raises(DRFInputError, match="'wan' model family, not 'ltx_video'"):
-        read_lora_file(lora_file.path, native_to_diffusers_wan_module, family="ltx_video")
+        read_lora_file(lora.path, native_to_diffusers_wan_module, family="ltx_video")
 
 
 def test_bf16_storage_keeps_alpha_fp32(transformer_dir, tmp_path):
@@ -439,7 +439,7 @@ def test_bf16_storage_keeps_alpha_fp32(transformer_dir, tmp_path):
     assert {t.dtype for k, t in tensors.items() if "lora_" in k} == {torch.bfloat16}
     assert {t.dtype for k, t in tensors.items() if k.endswith(".alpha")} == {torch.float32}
     resumed = load_transformer(transformer_dir)
-    apply_lora_file(resumed, read_lora_file(path, native_to_diffusers_wan_module), trainable=True)
+    apply_lora(resumed, read_lora_file(path, native_to_diffusers_wan_module), trainable=True)
     for key, value in lora_state_dict(resumed).items():
         assert value.dtype == torch.float32
         assert torch.equal(value, lora_state_dict(model)[key].to(torch.bfloat16).float())
@@ -513,12 +513,12 @@ def test_lora_that_does_not_fit_the_model_is_refused(transformer_dir, tmp_path):
     deep = {"transformer.blocks.7.attn1.to_q.lora_A.weight": torch.zeros(4, 24)}
     deep["transformer.blocks.7.attn1.to_q.lora_B.weight"] = torch.zeros(24, 4)
     with pytest.raises(DRFInputError, match=r"layer\(s\) this model does not have.*blocks\.7\.attn1\.to_q"):
-        apply_lora_file(load_transformer(transformer_dir), read(deep, "deep.safetensors"))
+        apply_lora(load_transformer(transformer_dir), read(deep, "deep.safetensors"))
     wide = {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.zeros(4, 1536)}
     wide["diffusion_model.blocks.0.self_attn.q.lora_B.weight"] = torch.zeros(1536, 4)
     model = load_transformer(transformer_dir)
     with pytest.raises(DRFInputError, match=r"does not fit this model.*another model size"):
-        apply_lora_file(model, read(wide, "wide.safetensors"))
+        apply_lora(model, read(wide, "wide.safetensors"))
     assert not has_lora(model)  # refused before anything was injected
 
 

@@ -43,9 +43,7 @@ class Critic(ABC):
     dtype: torch.dtype
 
     @abstractmethod
-    def score_yes_no(
-        self, frames: torch.Tensor, questions: Sequence[str], visual: CriticInputConfig
-    ) -> torch.Tensor:
+    def score_yes_no(self, frames: torch.Tensor, questions: Sequence[str], visual: CriticInputConfig) -> torch.Tensor:
         """Logits of the answers ("Yes", "No") at the answer position, shape `[Q, 2]`, float32.
 
         All questions share the one video: the vision tower runs once and the language model once
@@ -63,9 +61,7 @@ class Critic(ABC):
         """Teacher-forced log-likelihood of `answers[i]` given the frames and `queries[i]`."""
 
     @abstractmethod
-    def generate(
-        self, frames: torch.Tensor, question: str, visual: CriticInputConfig, max_new_tokens: int = 64
-    ) -> str:
+    def generate(self, frames: torch.Tensor, question: str, visual: CriticInputConfig, max_new_tokens: int = 64) -> str:
         """Greedy answer text to `question` about the frames (no gradient)."""
 
     @abstractmethod

@@ -12,6 +12,8 @@ Knows no model family's internals (those live in one module per family, e.g. `wa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,13 @@ from ..errors import ModelFolderError
 from ..registry import Registry
 from .base import DenoisingScheduler, PromptEmbeddings, VideoBackend
 from .wan import WanBackend
+from .wan_keys import diffusers_to_native_wan_module, native_to_diffusers_wan_module
 
 __all__ = [
+    "MODULE_NAME_MAPS",
     "VIDEO_BACKENDS",
     "DenoisingScheduler",
+    "ModuleNameMap",
     "PromptEmbeddings",
     "VideoBackend",
     "WanBackend",
@@ -35,6 +40,19 @@ __all__ = [
 
 VIDEO_BACKENDS: Registry[type[VideoBackend]] = Registry("text-to-video pipeline")
 VIDEO_BACKENDS.add(WanBackend.pipeline_class, WanBackend)
+
+
+@dataclass(frozen=True)
+class ModuleNameMap:
+    """A family's denoiser module names <-> its original checkpoint's (ComfyUI's) names."""
+
+    to_native: Callable[[str], str]
+    from_native: Callable[[str], str]
+
+
+# By `VideoBackend.family`: lets LoRA files be converted between formats without loading a model.
+MODULE_NAME_MAPS: Registry[ModuleNameMap] = Registry("model family")
+MODULE_NAME_MAPS.add(WanBackend.family, ModuleNameMap(diffusers_to_native_wan_module, native_to_diffusers_wan_module))
 
 _EXAMPLE_FOLDER = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 

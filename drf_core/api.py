@@ -1,0 +1,234 @@
+"""One function per user action: what the command line and each ComfyUI node call.
+
+- `train_lora`: a fresh (or resumed) Diffusion-DRF run on a loaded video model and critic; returns
+  the trained LoRA as a CPU snapshot and leaves the video model as it found it (no adapter), so a
+  model kept loaded between runs (ComfyUI) always starts from the base.
+- `sample_videos`: videos for prompts, optionally with a LoRA at some strength (same seed, same noise).
+- `critique`: reward, per-aspect and per-question scores, the critic's own explanations, a chart
+  and gradient heatmaps for a video.
+- `export_lora` / `load_lora`: LoRA files between formats, without loading a model.
+
+Knows the engine's pieces; never ComfyUI (progress and interrupts arrive as callbacks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from . import __version__
+from .config import CriticInputConfig, RewardConfig, SamplerConfig, TrainConfig, VideoSpec
+from .critics.base import Critic
+from .errors import DRFInputError
+from .heatmap import reward_heatmaps
+from .lora import (
+    LoRAWeights,
+    apply_lora,
+    read_lora_file,
+    read_lora_header,
+    remove_lora,
+    save_lora_weights,
+    snapshot_lora,
+)
+from .media import check_frames
+from .models import MODULE_NAME_MAPS
+from .models.base import VideoBackend
+from .plots import plot_question_scores, plot_reward_curves
+from .questions import QuestionSet
+from .reward import DRFReward, RewardResult, reward_summary
+from .sampler import sample_video
+from .trainer import ADAPTER_NAME, ProgressEvent, Trainer, TrainResult
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_ADAPTER = "drf_preview"
+
+
+@dataclass
+class TrainedLoRA:
+    """A finished (or interrupted) run: the LoRA, its metrics and where its checkpoints are."""
+
+    lora: LoRAWeights
+    run: TrainResult
+    family: str
+
+    def reward_curve(self) -> Image.Image:
+        return plot_reward_curves(self.run.metrics)
+
+
+def lora_metadata(backend: VideoBackend, config: TrainConfig, questions: Sequence[QuestionSet], steps: int) -> dict:
+    """What a LoRA file's header says about how it was made (all JSON-able)."""
+    described = backend.describe()
+    return {
+        "base_model": described.get("source", ""),
+        "family": backend.family,
+        "trainer": "Diffusion-DRF",
+        "training_steps": steps,
+        "rank": config.lora.rank,
+        "alpha": config.lora.alpha,
+        "target_preset": config.lora.target_preset,
+        "prompts": list(config.prompts),
+        "questions": [qs.to_dict() for qs in questions],
+        "reward": config.reward.to_dict(),
+        "sampler": config.sampler.to_dict(),
+        "drf_version": __version__,
+    }
+
+
+def train_lora(
+    backend: VideoBackend,
+    critic: Critic,
+    question_sets: Sequence[QuestionSet],
+    config: TrainConfig,
+    output_dir: str | Path,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = True,
+) -> TrainedLoRA:
+    """Train a LoRA; with `resume`, continue the newest checkpoint in `output_dir` if there is one.
+
+    The run's prompts are `config.prompts`; each needs its `QuestionSet` in `question_sets`.
+    """
+    remove_lora(backend.denoiser, ADAPTER_NAME)
+    trainer = Trainer(backend, critic, question_sets, config, output_dir, progress=progress, should_stop=should_stop)
+    try:
+        run = trainer.train(resume_from=output_dir if resume else None)
+        metadata = lora_metadata(backend, config, question_sets, run.final_step)
+        lora = snapshot_lora(backend.denoiser, ADAPTER_NAME, metadata)
+    finally:
+        remove_lora(backend.denoiser, ADAPTER_NAME)
+    return TrainedLoRA(lora=lora, run=run, family=backend.family)
+
+
+def save_trained_lora(
+    lora: LoRAWeights, path: str | Path, family: str, fmt: str = "comfyui", dtype: str = "fp32"
+) -> Path:
+    """Write a LoRA in a `LORA_FORMATS` format; ComfyUI names come from the family's name map."""
+    names = MODULE_NAME_MAPS.get(family)
+    dropout = json.loads(lora.metadata.get("dropout", "0") or "0")
+    return save_lora_weights(path, lora, fmt, names.to_native, {"family": family}, dropout=dropout, dtype=dtype)
+
+
+def load_lora(path: str | Path, family: str) -> LoRAWeights:
+    """Read a LoRA file of any supported layout into the family's denoiser names."""
+    names = MODULE_NAME_MAPS.get(family)
+    return read_lora_file(path, names.from_native, family=family)
+
+
+def export_lora(source: str | Path, target: str | Path, fmt: str, family: str | None = None) -> Path:
+    """Convert a LoRA file to another format (`family` defaults to the file header's)."""
+    family = family or read_lora_header(source).get("family")
+    if not family:
+        raise DRFInputError(
+            f"{source} does not say which model family it is for; pass the family (one of {MODULE_NAME_MAPS.names()})"
+        )
+    lora = load_lora(source, family)
+    return save_trained_lora(lora, target, family, fmt)
+
+
+def sample_videos(
+    backend: VideoBackend,
+    prompts: Sequence[str],
+    spec: VideoSpec,
+    sampler: SamplerConfig,
+    seed: int,
+    negative_prompt: str = "",
+    lora: LoRAWeights | None = None,
+    strength: float = 1.0,
+    on_step: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """`[B, F, 3, H, W]` videos in 0..1; with `lora`, the same noise as without (same seed)."""
+    if not prompts or not all(p.strip() for p in prompts):
+        raise DRFInputError("the prompt is empty; write what the video should show")
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    if lora is not None:
+        apply_lora(backend.denoiser, lora, PREVIEW_ADAPTER, strength=strength)
+    try:
+        return sample_video(
+            backend, list(prompts), negative_prompt, spec, sampler, generator, on_step=on_step, should_stop=should_stop
+        )
+    finally:
+        if lora is not None:
+            remove_lora(backend.denoiser, PREVIEW_ADAPTER)
+            if hasattr(backend.denoiser, "set_adapters") and getattr(backend.denoiser, "peft_config", None):
+                backend.denoiser.set_adapters(list(backend.denoiser.peft_config))
+
+
+@dataclass
+class Critique:
+    """A critic's verdict on one video, for people."""
+
+    result: RewardResult
+    explanations: list[dict[str, str]] = field(default_factory=list)
+    heatmaps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return float(self.result.total.detach())
+
+    def chart(self) -> Image.Image:
+        return plot_question_scores(self.result)
+
+    def report(self) -> str:
+        """Markdown: the summary, every question's score, and the critic's free-text answers."""
+        lines = ["# Critique", "", "```", reward_summary(self.result), "```", ""]
+        for aspect in dict.fromkeys(q.aspect for q in self.result.per_question):
+            lines += [f"## {aspect}: {self.result.per_aspect.get(aspect, float('nan')):+.4f}", ""]
+            for q in self.result.per_question:
+                if q.aspect != aspect:
+                    continue
+                if q.kind == "yes_no":
+                    verdict = "ok" if (q.probability or 0) >= 0.5 else "FAILS"
+                    lines.append(
+                        f"- {q.question} expected {q.expected}: p={q.probability:.3f} ({verdict}), score {q.value:+.4f}"
+                    )
+                else:
+                    lines.append(f'- {q.question} target "{q.target}": weighted log-likelihood {q.value:+.4f}')
+            answers = [e for e in self.explanations if e["aspect"] == aspect]
+            if answers:
+                lines += ["", "  The critic says:"]
+                lines += [f'  - {e["question"]} -> "{e["answer"]}"' for e in answers]
+            lines.append("")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "per_aspect": self.result.per_aspect,
+            "per_question": [q.to_dict() for q in self.result.per_question],
+            "explanations": self.explanations,
+        }
+
+
+def critique(
+    critic: Critic,
+    frames: torch.Tensor,
+    questions: QuestionSet,
+    reward_config: RewardConfig | None = None,
+    critic_input: CriticInputConfig | None = None,
+    explain: bool = True,
+    heatmaps: bool = False,
+    max_new_tokens: int = 64,
+) -> Critique:
+    """Score `frames` `[F, 3, H, W]` against `questions`; optionally explain and map the gradients."""
+    check_frames(frames)
+    reward_config = reward_config or RewardConfig()
+    critic_input = critic_input or CriticInputConfig()
+    frames = frames.detach().float()
+    with torch.no_grad():
+        result = DRFReward(critic, reward_config, critic_input)(frames, questions)
+    explanations = []
+    if explain:
+        for aspect, query in questions.iter_explanations():
+            answer = critic.generate(frames, query.question, critic_input, max_new_tokens=max_new_tokens)
+            explanations.append({"aspect": aspect.name, "question": query.question, "answer": answer.strip()})
+    maps = reward_heatmaps(critic, frames, questions, reward_config, critic_input) if heatmaps else {}
+    return Critique(result=result, explanations=explanations, heatmaps=maps)

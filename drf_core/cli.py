@@ -1,0 +1,260 @@
+"""`python -m drf_core <command>`: the engine from a terminal, with progress bars.
+
+Commands: `make-tiny-models`, `demo`, `train`, `critique`, `decompose`, `export`. Each parses its
+arguments, calls one function of `api` / `demo` / `decompose`, and reports through logging (the
+JSON that `decompose` and `critique --json` produce goes to stdout, so it can be piped).
+Bad input ends with the error's message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import DRFInputError, TrainingDivergedError
+from .io import save_image_atomic, write_text_atomic
+
+logger = logging.getLogger("drf_core")
+
+COMMANDS: dict[str, tuple[str, callable]] = {}  # type: ignore[valid-type]
+
+
+def command(name: str, help_text: str):
+    def decorator(function):
+        COMMANDS[name] = (help_text, function)
+        return function
+
+    return decorator
+
+
+class _TrainingProgress:
+    """A trainer progress callback drawing a tqdm bar (opened at the first step, after loading)."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar: tqdm | None = None
+
+    def __call__(self, event) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=event.total_steps, desc=self.description, unit="step", dynamic_ncols=True)
+        self.bar.n = event.step
+        aspects = " ".join(f"{k}={v:+.3f}" for k, v in event.metrics.get("reward_per_aspect", {}).items())
+        self.bar.set_postfix_str(f"reward={event.metrics['reward']:+.4f} {aspects}")
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+@command("make-tiny-models", "write a tiny random Wan folder and a tiny Qwen2.5-VL folder (no download)")
+def cmd_make_tiny_models(args: argparse.Namespace) -> int:
+    from .tiny import write_tiny_models
+
+    paths = write_tiny_models(args.directory, seed=args.seed)
+    logger.info("tiny Wan text-to-video model: %s", paths.wan)
+    logger.info("tiny Qwen2.5-VL critic:      %s", paths.qwen)
+    return 0
+
+
+@command("demo", "tiny models, a built-in prompt, training, before/after preview and report")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    progress = _TrainingProgress("training")
+    try:
+        result = run_demo(args.out, steps=args.steps, seed=args.seed, progress=progress)
+    finally:
+        progress.close()
+    verdict = "rose" if result.reward_after > result.reward_before else "did not rise"
+    logger.info(
+        "held-out reward %s: %+.4f -> %+.4f (training reward %+.4f -> %+.4f)",
+        verdict,
+        result.reward_before,
+        result.reward_after,
+        result.train_first,
+        result.train_last,
+    )
+    for name, path in result.files.items():
+        logger.info("  %-15s %s", name, path)
+    return 0
+
+
+@command("train", "train a LoRA from a run config file (real models from local folders)")
+def cmd_train(args: argparse.Namespace) -> int:
+    from .api import save_trained_lora, train_lora
+    from .config import RunConfig
+    from .critics import load_critic
+    from .decompose import decompose
+    from .models import load_video_backend
+    from .questions import QuestionSet
+
+    run = RunConfig.from_file(args.config)
+    output = Path(args.out or run.output_dir)
+    models = run.models
+    backend = load_video_backend(models.video_model, models.video_dtype, models.video_device)
+    critic = load_critic(models.critic_model, models.critic_dtype, models.critic_device)
+    if run.questions_file:
+        loaded = json.loads(Path(run.questions_file).read_text())
+        items = loaded if isinstance(loaded, list) else [loaded]
+        question_sets = [QuestionSet.from_dict(item, source=run.questions_file) for item in items]
+    else:
+        chat = critic if run.decomposer == "llm" else None
+        question_sets = [decompose(p, method=run.decomposer, chat=chat) for p in run.train.prompts]
+    output.mkdir(parents=True, exist_ok=True)
+    for i, qs in enumerate(question_sets):
+        qs.save(output / f"questions_{i}.json")
+    progress = _TrainingProgress("training")
+    try:
+        trained = train_lora(
+            backend, critic, question_sets, run.train, output, progress=progress, resume=run.resume and not args.fresh
+        )
+    finally:
+        progress.close()
+    for fmt, name in (("comfyui", "drf_lora.safetensors"), ("diffusers", "drf_lora_diffusers.safetensors")):
+        path = save_trained_lora(trained.lora, output / name, trained.family, fmt)
+        logger.info("LoRA (%s format): %s", fmt, path)
+    save_image_atomic(trained.reward_curve(), output / "reward_curve.png")
+    if trained.run.interrupted:
+        logger.warning("stopped at step %d; run the same command again to resume", trained.run.final_step)
+        return 130
+    return 0
+
+
+@command("critique", "score a video (file or frames folder) against a prompt's questions, with explanations")
+def cmd_critique(args: argparse.Namespace) -> int:
+    from .api import critique
+    from .config import CriticInputConfig, RewardConfig
+    from .critics import load_critic
+    from .decompose import decompose
+    from .media import load_frames, save_animation
+    from .questions import QuestionSet
+
+    critic = load_critic(args.critic, args.dtype, args.device)
+    if args.questions:
+        questions = QuestionSet.load(args.questions)
+    else:
+        if not args.prompt:
+            raise DRFInputError("give --prompt (to decompose) or --questions FILE")
+        questions = decompose(args.prompt, method=args.decomposer, chat=critic if args.decomposer == "llm" else None)
+    frames = load_frames(args.video, max_frames=args.max_frames)
+    visual = CriticInputConfig(height=args.size, width=args.size)
+    result = critique(
+        critic, frames, questions, RewardConfig(), visual, explain=not args.no_explain, heatmaps=bool(args.out)
+    )
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_image_atomic(result.chart(), out / "scores.png")
+        write_text_atomic(out / "critique.md", result.report())
+        for aspect, heat in result.heatmaps.items():
+            save_animation(heat, out / f"heatmap_{aspect}.gif")
+        logger.info("wrote scores.png, critique.md and heatmap_*.gif to %s", out)
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write(result.report() + "\n")
+    return 0
+
+
+@command("decompose", "print the QuestionSet JSON for a prompt")
+def cmd_decompose(args: argparse.Namespace) -> int:
+    from .decompose import CausalLMChat, decompose
+
+    chat = CausalLMChat(args.model) if args.model else None
+    questions = decompose(args.prompt, method=args.method, chat=chat)
+    if args.out:
+        questions.save(args.out)
+        logger.info("wrote %s", args.out)
+    sys.stdout.write(questions.to_json() + "\n")
+    return 0
+
+
+@command("export", "convert a LoRA file between formats (comfyui, diffusers)")
+def cmd_export(args: argparse.Namespace) -> int:
+    from .api import export_lora
+
+    path = export_lora(args.lora, args.out, args.to, family=args.family)
+    logger.info("wrote %s (%s format)", path, args.to)
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .decompose import DECOMPOSERS
+    from .lora import LORA_FORMATS
+
+    parser = argparse.ArgumentParser(prog="python -m drf_core", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    parsers = {name: sub.add_parser(name, help=help_text) for name, (help_text, _) in COMMANDS.items()}
+
+    p = parsers["make-tiny-models"]
+    p.add_argument("directory", help="where to write wan/ and qwen2_5_vl/")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = parsers["demo"]
+    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    p.add_argument("--steps", type=int, default=30, help="training steps (default: 30)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = parsers["train"]
+    p.add_argument("--config", required=True, help="run config JSON (see README)")
+    p.add_argument("--out", help="output folder (default: the config's output_dir)")
+    p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
+
+    p = parsers["critique"]
+    p.add_argument("--critic", required=True, help="local Qwen2.5-VL folder")
+    p.add_argument("--video", required=True, help="video file, animated GIF/WebP, or folder of frames")
+    p.add_argument("--prompt", help="the prompt the video was made from")
+    p.add_argument("--questions", help="a QuestionSet JSON file instead of --prompt")
+    p.add_argument("--decomposer", default="rules", choices=DECOMPOSERS.names())
+    p.add_argument("--size", type=int, default=448, help="VLM input size, a multiple of 28 (default 448)")
+    p.add_argument("--max-frames", type=int, default=16, help="frames sampled from the video (default 16)")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-explain", action="store_true", help="skip the critic's free-text answers")
+    p.add_argument("--out", help="folder for scores.png, critique.md and gradient heatmaps")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the markdown report")
+
+    p = parsers["decompose"]
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--method", default="rules", choices=DECOMPOSERS.names())
+    p.add_argument("--model", help="local instruct LM folder for --method llm")
+    p.add_argument("--out", help="also save the JSON to this file")
+
+    p = parsers["export"]
+    p.add_argument("--lora", required=True, help="LoRA .safetensors file (any supported layout)")
+    p.add_argument("--to", required=True, choices=LORA_FORMATS.names())
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--family", help="model family, if the file's header does not say (e.g. wan)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("httpx", "urllib3", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _, function = COMMANDS[args.command]
+    try:
+        return function(args)
+    except (DRFInputError, TrainingDivergedError) as error:
+        logger.error("%s", error)
+        return 2
+    except KeyboardInterrupt:
+        logger.warning("interrupted")
+        return 130
