@@ -110,9 +110,10 @@ class SamplerConfig(_Serializable):
     scheduler: str = "default"
     # Flow shift for a replaced scheduler (None: keep the folder's value).
     flow_shift: float | None = None
-    # A key of `sampler.CHECKPOINTING`: "none", "step" (each denoiser call) or "block" (each
-    # transformer block inside each call; the lowest memory).
-    checkpointing: str = "block"
+    # A key of `sampler.CHECKPOINTING`: "none", "step" (each denoiser call), "block" (each
+    # transformer block; memory still grows with K) or "step_block" (each call, recomputed block by
+    # block: the least memory and flat in K, one extra forward per gradient step). bench/ measures them.
+    checkpointing: str = "step_block"
 
     def validate(self, where: str = "sampler") -> None:
         steps = self.num_inference_steps

@@ -179,6 +179,28 @@ def _checkpointed_predict(backend: VideoBackend) -> Predict:
     return predict
 
 
+def _checkpointed_predict_with_blocks(backend: VideoBackend) -> Predict:
+    """Checkpoint each denoiser call; when backward recomputes it, checkpoint its blocks too.
+
+    Per gradient step only the call's inputs are kept (flat in K, like "step"), and the
+    recomputation holds one block's activations at a time instead of the whole call's (like
+    "block"). Block checkpointing is switched on inside the checkpointed function, so it is also on
+    when backward reruns it. Costs one more forward per gradient step than "block".
+    """
+
+    def blocks_checkpointed(latents, timestep, embeddings, guidance_scale):
+        backend.set_block_checkpointing(True)
+        try:
+            return backend.predict(latents, timestep, embeddings, guidance_scale)
+        finally:
+            backend.set_block_checkpointing(False)
+
+    def predict(latents, timestep, embeddings, guidance_scale):
+        return checkpoint(blocks_checkpointed, latents, timestep, embeddings, guidance_scale, use_reentrant=False)
+
+    return predict
+
+
 CHECKPOINTING: Registry[CheckpointingMode] = Registry("checkpointing mode")
 CHECKPOINTING.add("none", CheckpointingMode("keep every activation (most memory)", _nothing, _plain_predict))
 CHECKPOINTING.add(
@@ -187,7 +209,15 @@ CHECKPOINTING.add(
 CHECKPOINTING.add(
     "block",
     CheckpointingMode(
-        "recompute each transformer block in backward (least memory)", _block_checkpointing, _plain_predict
+        "recompute each transformer block in backward (memory grows with K)", _block_checkpointing, _plain_predict
+    ),
+)
+CHECKPOINTING.add(
+    "step_block",
+    CheckpointingMode(
+        "recompute each denoiser call, block by block (least memory, flat in K)",
+        _nothing,
+        _checkpointed_predict_with_blocks,
     ),
 )
 

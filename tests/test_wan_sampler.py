@@ -277,6 +277,7 @@ def test_checkpointed_gradients_equal_plain_backprop(lora_backend, lora_grads):
         ("step", False, (4, 0), "step checkpointing recomputes each denoiser call in the window (2 steps x CFG)"),
         ("block", False, (4, 0), "diffusers' block checkpointing is active (eval mode, grad on)"),
         ("block", True, (4, 2), "each latent frame's decoder call is recomputed"),
+        ("step_block", False, (8, 0), "each call is recomputed, and inside that recomputation each block again"),
     ]:
         grads, recomputed = lora_grads(mode, checkpoint_vae=checkpoint_vae)
         _assert_same_grads(grads, plain)
@@ -400,7 +401,7 @@ def test_truncation_steps_drawn_deterministically():
 def test_registries_list_the_choices():
     assert VIDEO_BACKENDS.names() == ["WanPipeline"]
     assert SCHEDULERS.names() == ["unipc", "flow_euler"]
-    assert CHECKPOINTING.names() == ["none", "step", "block"]
+    assert CHECKPOINTING.names() == ["none", "step", "block", "step_block"]
 
 
 # ----------------------------------------------------------------------------------------------
