@@ -80,6 +80,7 @@ _TINY_WORDS = (
 
 
 TINY_QWEN_INITIALIZER_RANGE = 0.1
+TINY_WAN_TEXT_DIM = 4096  # UMT5-XXL's width, which ComfyUI's Wan model assumes
 
 
 @dataclass(frozen=True)
@@ -127,18 +128,22 @@ def write_tiny_wan(directory: str | Path, seed: int = 0, scheduler: str = "unipc
         temperal_downsample=[False, True, True],
     )
     _seeded(seed + 1)
+    # ComfyUI's Wan model derives its head count as dim // 128 and fixes the text width at 4096
+    # (UMT5-XXL), so one head of 128 and a 4096-wide text encoder make this transformer loadable
+    # by ComfyUI's own UNETLoader too (see `wan_keys.native_wan_state_dict`).
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
+        num_attention_heads=1,
+        attention_head_dim=128,
         in_channels=16,
         out_channels=16,
-        text_dim=32,
+        text_dim=TINY_WAN_TEXT_DIM,
         freq_dim=256,
-        ffn_dim=32,
+        ffn_dim=64,
         num_layers=2,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
+        eps=1e-6,
         rope_max_seq_len=32,
     )
     _seeded(seed + 2)
@@ -146,7 +151,7 @@ def write_tiny_wan(directory: str | Path, seed: int = 0, scheduler: str = "unipc
     text_encoder = UMT5EncoderModel(
         UMT5Config(
             vocab_size=len(tokenizer),
-            d_model=32,
+            d_model=TINY_WAN_TEXT_DIM,
             d_kv=8,
             d_ff=64,
             num_layers=2,
@@ -171,6 +176,22 @@ def write_tiny_wan(directory: str | Path, seed: int = 0, scheduler: str = "unipc
     pipe.save_pretrained(directory)
     logger.info("wrote tiny Wan text-to-video folder to %s", directory)
     return directory
+
+
+def write_tiny_wan_native(wan_folder: str | Path, path: str | Path) -> Path:
+    """The transformer of a (tiny) diffusers Wan folder as one original-layout safetensors file,
+    the kind ComfyUI's UNETLoader reads from `models/diffusion_models`."""
+    from diffusers import WanTransformer3DModel
+    from safetensors.torch import save_file
+
+    from .models.wan_keys import native_wan_state_dict
+
+    transformer = WanTransformer3DModel.from_pretrained(Path(wan_folder) / "transformer", local_files_only=True)
+    state = {k: v.detach().contiguous() for k, v in native_wan_state_dict(transformer.state_dict()).items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
 
 
 def build_tiny_qwen_tokenizer(yes_no_single_tokens: bool = True):

@@ -9,9 +9,12 @@ weights. Checked: ComfyUI recognises the model without missing/unexpected weight
 key (no "lora key not loaded"), changes exactly the LoRA layers' weights, and each patched weight
 equals `W + (alpha / rank) * B @ A`.
 
-ComfyUI derives the number of heads as `dim // 128` and fixes the text width at 4096, so the model
-here has dim 128 (one head of 128) and text_dim 4096 instead of the sizes of `drf_core.tiny`; with
-dim 24 ComfyUI would build a model with 0 heads.
+ComfyUI derives the number of heads as `dim // 128` and fixes the text width at 4096, so the models
+here (and `drf_core.tiny`'s) have dim 128 (one head of 128) and text_dim 4096.
+
+`test_comfyui_applies_a_trained_demo_lora` does what a user does: trains a LoRA on the tiny Wan folder
+with the engine (`api.train_lora`, as the demo does), saves it in ComfyUI format, and has ComfyUI
+apply it to the same transformer written as an original-layout checkpoint (`write_tiny_wan_native`).
 
 Environment: COMFYUI_DIR (a ComfyUI checkout) and COMFYUI_PYTHON (default
 $COMFYUI_DIR/../venv/bin/python).
@@ -31,7 +34,7 @@ from torch import nn
 
 from drf_core.config import LoRAConfig
 from drf_core.lora import add_lora, lora_module_weights, lora_parameters, save_lora
-from drf_core.models.wan_keys import diffusers_to_native_wan_module
+from drf_core.models.wan_keys import diffusers_to_native_wan_module, native_wan_state_dict
 
 pytestmark = pytest.mark.comfyui
 
@@ -75,16 +78,7 @@ def _wan_for_comfyui(image_to_video: bool):
 
 
 def _native_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights under the original Wan names (modulation tables are parameters, not layers)."""
-    state = {}
-    for name, tensor in model.state_dict().items():
-        module, _, leaf = name.rpartition(".")
-        if leaf == "scale_shift_table":
-            native = f"{module}.modulation" if module else "head.modulation"
-        else:
-            native = f"{diffusers_to_native_wan_module(module)}.{leaf}"
-        state[native] = tensor.detach().contiguous()
-    return state
+    return {k: v.detach().contiguous() for k, v in native_wan_state_dict(model.state_dict()).items()}
 
 
 @pytest.mark.parametrize("image_to_video", [False, True], ids=["t2v", "i2v"])
@@ -148,3 +142,50 @@ def test_comfyui_applies_every_key_of_our_lora(tmp_path, image_to_video):
         expected = base + layer.scaling["drf"] * delta
         got = patched[f"diffusion_model.{diffusers_to_native_wan_module(name)}.weight"]
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=f"patched weight of {name}")
+
+
+def _apply_with_comfyui(comfy_dir: Path, python: Path, model_file: Path, loras: list[Path], out_dir: Path) -> dict:
+    command = [str(python), str(SCRIPT), "--comfyui-dir", str(comfy_dir), "--model", str(model_file)]
+    for lora in loras:
+        command += ["--lora", str(lora)]
+    run = subprocess.run(
+        [*command, "--out-dir", str(out_dir)], cwd=comfy_dir, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, f"ComfyUI script failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
+    return json.loads((out_dir / "report.json").read_text())
+
+
+def test_comfyui_applies_a_trained_demo_lora(tiny_models, tmp_path):
+    comfy_dir, python = _comfyui()
+    from drf_core.api import save_trained_lora, train_lora
+    from drf_core.config import CriticInputConfig, DecodeConfig, SamplerConfig, TrainConfig, VideoSpec
+    from drf_core.critics import load_critic
+    from drf_core.decompose import decompose
+    from drf_core.models import load_video_backend
+    from drf_core.tiny import write_tiny_wan_native
+
+    prompt = "two red apples on a wooden table, the camera slowly pans left"
+    config = TrainConfig(
+        prompts=[prompt],
+        steps=2,
+        video=VideoSpec(32, 32, 5),
+        sampler=SamplerConfig(num_inference_steps=3, truncated_backprop_steps=1, guidance_scale=3.0),
+        decode=DecodeConfig("all", 1),
+        critic_input=CriticInputConfig(height=28, width=28),
+        lora=LoRAConfig(rank=4, alpha=4.0, target_preset="attention_ffn"),
+    )
+    backend = load_video_backend(tiny_models.wan, "fp32", "cpu")
+    critic = load_critic(tiny_models.qwen, "fp32", "cpu")
+    trained = train_lora(backend, critic, [decompose(prompt)], config, tmp_path / "run", resume=False)
+    lora_file = save_trained_lora(trained.lora, tmp_path / "drf_lora.safetensors", "wan", "comfyui")
+    model_file = write_tiny_wan_native(tiny_models.wan, tmp_path / "wan_tiny_native.safetensors")
+
+    report = _apply_with_comfyui(comfy_dir, python, model_file, [lora_file], tmp_path)
+    (applied,) = report["loras"]
+    assert report["model_class"] == "WAN21" and report["model_type"] == "t2v"
+    assert report["load_warnings"] == []
+    assert applied["lora_warnings"] == [], "ComfyUI reported LoRA keys it did not load"
+    assert applied["missing_weights"] == []
+    expected = {f"diffusion_model.{diffusers_to_native_wan_module(m)}.weight" for m in trained.lora.modules}
+    assert set(applied["changed_weights"]) == expected
+    assert max(applied["max_abs_diff"].values()) <= 1e-6

@@ -33,6 +33,7 @@ from drf_core.lora import (
     save_lora,
 )
 from drf_core.models.wan_keys import diffusers_to_native_wan_module, native_to_diffusers_wan_module
+from drf_core.tiny import TINY_WAN_TEXT_DIM
 
 # The Wan presets as module-name suffixes ("attention" is the first eight).
 ATTENTION_FFN = [
@@ -88,7 +89,7 @@ def load_transformer(transformer_dir, dtype=torch.float32) -> WanTransformer3DMo
 def fixed_inputs(dtype=torch.float32):
     generator = torch.Generator().manual_seed(7)
     latents = torch.randn(1, 16, 2, 8, 8, generator=generator).to(dtype)
-    text = torch.randn(1, 7, 32, generator=generator).to(dtype)
+    text = torch.randn(1, 7, TINY_WAN_TEXT_DIM, generator=generator).to(dtype)
     return latents, torch.tensor([500.0]), text
 
 
@@ -344,8 +345,8 @@ def test_mixed_ranks_apply_per_layer_and_export_again(transformer_dir, tmp_path)
     tensors = safetensors.torch.load_file(str(save(model, tmp_path, "comfyui")))
     generator = torch.Generator().manual_seed(3)
     odd = "diffusion_model.blocks.1.cross_attn.o"
-    tensors[f"{odd}.lora_A.weight"] = torch.randn(2, 24, generator=generator)
-    tensors[f"{odd}.lora_B.weight"] = torch.randn(24, 2, generator=generator)
+    tensors[f"{odd}.lora_A.weight"] = torch.randn(2, 128, generator=generator)
+    tensors[f"{odd}.lora_B.weight"] = torch.randn(128, 2, generator=generator)
     tensors[f"{odd}.alpha"] = torch.tensor(3.0)
     safetensors.torch.save_file(tensors, str(tmp_path / "mixed.safetensors"))
     lora = read_lora_file(tmp_path / "mixed.safetensors", native_to_diffusers_wan_module)
@@ -363,7 +364,7 @@ def test_mixed_ranks_apply_per_layer_and_export_again(transformer_dir, tmp_path)
     torch.testing.assert_close(run(mixed), run(merged), rtol=1e-5, atol=1e-5)
 
     again = LORA_FORMATS.get("comfyui").tensors(lora_module_weights(mixed), diffusers_to_native_wan_module)
-    assert again[f"{odd}.alpha"].item() == 3.0 and again[f"{odd}.lora_A.weight"].shape == (2, 24)
+    assert again[f"{odd}.alpha"].item() == 3.0 and again[f"{odd}.lora_A.weight"].shape == (2, 128)
 
 
 def test_strength_scales_the_lora(transformer_dir, tmp_path):

@@ -30,6 +30,7 @@ from drf_core.sampler import (
     sample_latents,
     sample_video,
 )
+from drf_core.tiny import TINY_WAN_TEXT_DIM
 
 PROMPT = "two red apples on a wooden table"
 NEGATIVE = "blurry"
@@ -414,7 +415,7 @@ def test_prompt_cache_and_release_text_encoder(tiny_models):
     calls = _count_calls(backend.text_encoder)
     first = backend.encode_prompts([PROMPT], NEGATIVE, 5.0)
     assert calls[0] == 2 and first.negative is not None
-    assert first.positive.shape == (1, 512, 32), "padded to the pipeline's max_sequence_length"
+    assert first.positive.shape == (1, 512, TINY_WAN_TEXT_DIM), "padded to the pipeline's max_sequence_length"
     assert backend.encode_prompts([PROMPT], NEGATIVE, 1.0).negative is None, "no CFG at guidance <= 1"
     again = backend.encode_prompts([PROMPT, PROMPT], NEGATIVE, 5.0)
     assert calls[0] == 2, "cached prompts are not encoded again"

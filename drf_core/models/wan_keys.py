@@ -94,3 +94,19 @@ def diffusers_to_native_wan_module(name: str) -> str:
 def native_to_diffusers_wan_module(name: str) -> str:
     """`blocks.0.self_attn.q` -> `blocks.0.attn1.to_q` (the inverse of `diffusers_to_native_wan_module`)."""
     return _translate(name, _NATIVE_BLOCK_MODULES, _NATIVE_TOP_LEVEL_MODULES, "original Wan name expected")
+
+
+def native_wan_state_dict(state_dict: dict) -> dict:
+    """A `WanTransformer3DModel` state dict under the original Wan names (what ComfyUI's
+    `UNETLoader` reads from `models/diffusion_models`). Modulation tables are parameters, not
+    layers: diffusers' `blocks.N.scale_shift_table` is `blocks.N.modulation`, the top-level one is
+    `head.modulation`."""
+    native = {}
+    for name, tensor in state_dict.items():
+        module, _, leaf = name.rpartition(".")
+        if leaf == "scale_shift_table":
+            key = f"{module}.modulation" if module else "head.modulation"
+        else:
+            key = f"{diffusers_to_native_wan_module(module)}.{leaf}"
+        native[key] = tensor
+    return native
