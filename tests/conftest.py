@@ -17,3 +17,41 @@ def tiny_models(tmp_path_factory) -> TinyModelPaths:
     """Tiny Wan and Qwen2.5-VL folders, written by `drf_core.tiny` into a session temp dir."""
     logging.getLogger("drf_core").setLevel(logging.INFO)
     return write_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tiny_models):
+    return tiny_models.qwen
+
+
+@pytest.fixture(scope="module")
+def critic(qwen_dir):
+    from drf_core.critics import load_critic
+
+    return load_critic(qwen_dir, dtype="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def processor(qwen_dir):
+    """The official Qwen2.5-VL processor of the tiny folder (the reference our preprocessing must equal)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(qwen_dir, local_files_only=True)
+
+
+@pytest.fixture
+def float64_throughout(monkeypatch):
+    """transformers rounds RMS norms and the vision rotary embedding to float32 even in a float64 model, which
+    buries central differences in rounding noise; keep those two spots in the input dtype for the check."""
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as modeling
+
+    def rms_norm(self, hidden_states):
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+    def rotary(q, k, cos, sin):
+        cos, sin = cos.unsqueeze(-2).to(q.dtype), sin.unsqueeze(-2).to(q.dtype)
+        return q * cos + modeling.rotate_half(q) * sin, k * cos + modeling.rotate_half(k) * sin
+
+    monkeypatch.setattr(modeling.Qwen2_5_VLRMSNorm, "forward", rms_norm)
+    monkeypatch.setattr(modeling, "apply_rotary_pos_emb_vision", rotary)

@@ -65,42 +65,6 @@ def _question_set() -> QuestionSet:
     ).validate()
 
 
-@pytest.fixture(scope="module")
-def qwen_dir(tiny_models):
-    return tiny_models.qwen
-
-
-@pytest.fixture(scope="module")
-def critic(qwen_dir):
-    return load_critic(qwen_dir, dtype="fp32", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def processor(qwen_dir):
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(qwen_dir, local_files_only=True)
-
-
-@pytest.fixture
-def float64_throughout(monkeypatch):
-    """transformers rounds RMS norms and the vision rotary embedding to float32 even in a float64 model, which
-    buries central differences in rounding noise; keep those two spots in the input dtype for the check.
-    (Copied from tests/test_critic_qwen.py.)"""
-    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as modeling
-
-    def rms_norm(self, hidden_states):
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
-
-    def rotary(q, k, cos, sin):
-        cos, sin = cos.unsqueeze(-2).to(q.dtype), sin.unsqueeze(-2).to(q.dtype)
-        return q * cos + modeling.rotate_half(q) * sin, k * cos + modeling.rotate_half(k) * sin
-
-    monkeypatch.setattr(modeling.Qwen2_5_VLRMSNorm, "forward", rms_norm)
-    monkeypatch.setattr(modeling, "apply_rotary_pos_emb_vision", rotary)
-
-
 # ------------------------------------------------------------------------------------- a scripted critic
 class ScriptedCritic(Critic):
     """Answers with fixed logits / token log-probs, scaled by `2 * frames.mean()` (1.0 for frames of 0.5), so
