@@ -34,7 +34,7 @@ from .critics.base import Critic
 from .errors import DRFInputError, TrainingDivergedError
 from .frames import select_frames
 from .io import write_text_atomic
-from .lora import add_lora, lora_parameters
+from .lora import add_lora
 from .models.base import VideoBackend
 from .questions import QuestionSet
 from .reward import DRFReward
@@ -390,6 +390,3 @@ class Trainer:
             checkpoint=checkpoint,
             last_preview=self.last_preview,
         )
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return list(lora_parameters(self.backend.denoiser))

@@ -69,6 +69,18 @@ def questions():
     return decompose(PROMPT)
 
 
+def on_micro_batch(trainer: Trainer, hook) -> None:
+    """Route the trainer's micro-batches through `hook(call_number, run)`; `run()` does the real one."""
+    original = trainer._micro_batch
+    calls = []
+
+    def wrapped(micro):
+        calls.append(micro)
+        return hook(len(calls), lambda: original(micro))
+
+    trainer._micro_batch = wrapped
+
+
 def lora_state(backend) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in backend.denoiser.named_parameters() if "lora_" in n}
 
@@ -181,16 +193,13 @@ def test_stop_callback_saves_a_resumable_checkpoint(fresh, questions, tmp_path):
 def test_keyboard_interrupt_mid_step_keeps_last_finished_step(fresh, questions, tmp_path):
     backend, critic = fresh
     trainer = Trainer(backend, critic, [questions], small_config(steps=4, checkpoint_interval=0), tmp_path)
-    original = trainer._micro_batch
-    calls = []
 
-    def interrupting(micro):
-        calls.append(micro)
-        if len(calls) == 3:
+    def interrupting(call, run):
+        if call == 3:
             raise KeyboardInterrupt
-        return original(micro)
+        return run()
 
-    trainer._micro_batch = interrupting
+    on_micro_batch(trainer, interrupting)
     result = trainer.train()
     assert result.interrupted and result.final_step == 2
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000002"]
@@ -199,16 +208,13 @@ def test_keyboard_interrupt_mid_step_keeps_last_finished_step(fresh, questions, 
 def test_failure_leaves_checkpoint_and_reraises(fresh, questions, tmp_path):
     backend, critic = fresh
     trainer = Trainer(backend, critic, [questions], small_config(steps=4, checkpoint_interval=0), tmp_path)
-    original = trainer._micro_batch
-    calls = []
 
-    def failing(micro):
-        calls.append(micro)
-        if len(calls) == 2:
+    def failing(call, run):
+        if call == 2:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return original(micro)
+        return run()
 
-    trainer._micro_batch = failing
+    on_micro_batch(trainer, failing)
     with pytest.raises(RuntimeError, match="simulated"):
         trainer.train()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000001"]
@@ -217,17 +223,14 @@ def test_failure_leaves_checkpoint_and_reraises(fresh, questions, tmp_path):
 def test_nonfinite_steps_are_skipped_then_stop(fresh, questions, tmp_path):
     backend, critic = fresh
     trainer = Trainer(backend, critic, [questions], small_config(steps=6, max_consecutive_nonfinite=2), tmp_path)
-    original = trainer._micro_batch
-    calls = []
 
-    def poisoned(micro):
-        calls.append(micro)
-        totals, aspects, preview = original(micro)
-        if len(calls) >= 2:
+    def poisoned(call, run):
+        totals, aspects, preview = run()
+        if call >= 2:
             totals = totals * float("nan")
         return totals, aspects, preview
 
-    trainer._micro_batch = poisoned
+    on_micro_batch(trainer, poisoned)
     with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
         trainer.train()
     before = lora_state(backend)
