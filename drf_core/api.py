@@ -91,13 +91,25 @@ def train_lora(
     progress: Callable[[ProgressEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: bool = True,
+    initial_lora: LoRAWeights | None = None,
 ) -> TrainedLoRA:
     """Train a LoRA; with `resume`, continue the newest checkpoint in `output_dir` if there is one.
 
     The run's prompts are `config.prompts`; each needs its `QuestionSet` in `question_sets`.
+    `initial_lora` starts a new run from a saved LoRA's weights instead of a fresh adapter (a
+    checkpoint in `output_dir`, when resumed, still wins: it holds the run's later state).
     """
     remove_lora(backend.denoiser, ADAPTER_NAME)
-    trainer = Trainer(backend, critic, question_sets, config, output_dir, progress=progress, should_stop=should_stop)
+    trainer = Trainer(
+        backend,
+        critic,
+        question_sets,
+        config,
+        output_dir,
+        progress=progress,
+        should_stop=should_stop,
+        initial_lora=initial_lora,
+    )
     try:
         run = trainer.train(resume_from=output_dir if resume else None)
         metadata = lora_metadata(backend, config, question_sets, run.final_step)

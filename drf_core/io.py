@@ -64,11 +64,13 @@ def save_image_atomic(image: Any, path: str | Path) -> Path:
     return path
 
 
-def safe_child_path(folder: str | Path, name: str, suffix: str | None = None) -> Path:
+def safe_child_path(folder: str | Path, name: str, suffix: str | None = None, follow_symlinks: bool = False) -> Path:
     """`folder/name` (with `suffix` added when missing), refusing names that leave `folder`.
 
     Sub-folders inside `folder` are allowed ("wan/my_style"); absolute paths, `..` and names
-    that resolve (through symlinks) outside `folder` raise `DRFInputError`.
+    that resolve (through symlinks) outside `folder` raise `DRFInputError`. With
+    `follow_symlinks` (for reading models a user linked into the folder) only the name itself
+    is checked, and the returned path keeps the link.
     """
     if not name or not name.strip():
         raise DRFInputError("the file name is empty; give a name such as 'my_style'")
@@ -81,6 +83,8 @@ def safe_child_path(folder: str | Path, name: str, suffix: str | None = None) ->
         )
     if suffix and relative.suffix.lower() != suffix.lower():
         relative = relative.with_name(relative.name + suffix)
+    if follow_symlinks:
+        return Path(folder) / relative
     root = Path(folder).resolve()
     target = (root / relative).resolve()
     if target != root and root not in target.parents:

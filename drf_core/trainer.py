@@ -34,7 +34,7 @@ from .critics.base import Critic
 from .errors import DRFInputError, TrainingDivergedError
 from .frames import select_frames
 from .io import write_text_atomic
-from .lora import add_lora
+from .lora import LoRAWeights, add_lora, apply_lora
 from .models.base import VideoBackend
 from .questions import QuestionSet
 from .reward import DRFReward
@@ -96,6 +96,7 @@ class Trainer:
         output_dir: str | Path,
         progress: Callable[[ProgressEvent], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        initial_lora: LoRAWeights | None = None,
     ) -> None:
         config.validate()
         self.backend = backend
@@ -126,9 +127,14 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         self.generator.manual_seed(config.seed)
-        self.parameters = add_lora(
-            backend.denoiser, config.lora, presets[config.lora.target_preset], adapter_name=ADAPTER_NAME
-        )
+        if initial_lora is None:
+            self.parameters = add_lora(
+                backend.denoiser, config.lora, presets[config.lora.target_preset], adapter_name=ADAPTER_NAME
+            )
+        else:  # continue from a LoRA file: its layers, ranks and weights (config.lora's rank is unused)
+            self.parameters = apply_lora(
+                backend.denoiser, initial_lora, ADAPTER_NAME, trainable=True, dropout=config.lora.dropout
+            )
         self.named_parameters = {name: p for name, p in backend.denoiser.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(
             self.parameters,

@@ -1,0 +1,236 @@
+"""The one module that touches ComfyUI: V3 node classes, folders, progress, interrupts, memory.
+
+- `v3_node(node)` builds a `comfy_api.latest.io.ComfyNode` class from a `DRFNode`'s spec; its
+  `execute` runs the node's `run` inside `torch.inference_mode(False)` (ComfyUI runs graphs in
+  inference mode; training needs autograd) with a `ComfyContext`, and returns `io.NodeOutput`
+  with the node's previews and text as `ui`.
+- `ComfyFolders` answers the nodes' folder questions with `folder_paths` (and registers the `vlm`
+  model folder, merged with `LLM`, without replacing one `extra_model_paths.yaml` made).
+- `install_memory_hook()` makes ComfyUI's memory requests (`free_memory`, which "Unload models"
+  and its own model loads go through) also release this pack's cached models.
+
+Imported only inside ComfyUI (the pack's `__init__.py` checks); everything else stays host-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import comfy.model_management as model_management
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io
+from PIL import Image
+
+from ..drf_core.errors import DRFInputError
+from ..drf_core.io import safe_child_path, save_image_atomic
+from ..drf_core.media import save_animation, to_pil
+from . import NODES
+from .model_cache import MODEL_CACHE
+from .spec import DRFNode, InputSpec, NodeResult, NodeSpec, Preview
+
+logger = logging.getLogger(__name__)
+
+# Model folder kinds this pack adds: kind -> folder names under models/ it also lists.
+EXTRA_FOLDER_KINDS = {"vlm": ("vlm", "LLM")}
+PREVIEW_JPEG_SIZE = 512
+
+
+def register_model_folders() -> None:
+    """Add the `vlm` kind, keeping any paths `extra_model_paths.yaml` already gave it."""
+    for kind, names in EXTRA_FOLDER_KINDS.items():
+        paths, extensions = folder_paths.folder_names_and_paths.get(kind, ([], set()))
+        for name in names:
+            path = os.path.join(folder_paths.models_dir, name)
+            if path not in paths:
+                paths.append(path)
+        folder_paths.folder_names_and_paths[kind] = (paths, extensions or {"folder"})
+
+
+class ComfyFolders:
+    """`ModelFolders` backed by ComfyUI's `folder_paths`."""
+
+    def _bases(self, kind: str) -> list[Path]:
+        try:
+            return [Path(p) for p in folder_paths.get_folder_paths(kind)]
+        except KeyError:
+            return []
+
+    def list_folders(self, kind: str, marker: str) -> list[str]:
+        names: set[str] = set()
+        for base in self._bases(kind):
+            if base.is_dir():
+                for root, _dirs, files in os.walk(base, followlinks=True):
+                    if marker in files and Path(root) != base:
+                        names.add(Path(root).relative_to(base).as_posix())
+        return sorted(names)
+
+    def list_files(self, kind: str, suffixes: Any) -> list[str]:
+        return sorted(name for name in folder_paths.get_filename_list(kind) if name.endswith(tuple(suffixes)))
+
+    def resolve(self, kind: str, name: str) -> Path:
+        for base in self._bases(kind):
+            path = safe_child_path(base, name, "", follow_symlinks=True)
+            if path.exists():
+                return path
+        where = ", ".join(str(b) for b in self._bases(kind)) or f"models/{kind}"
+        raise DRFInputError(f"{name!r} is not in {where}; put it there and press R (refresh) in ComfyUI")
+
+    def save_dir(self, kind: str) -> Path:
+        return Path(folder_paths.get_folder_paths(kind)[0])
+
+    def output_dir(self) -> Path:
+        return Path(folder_paths.get_output_directory())
+
+    def temp_dir(self) -> Path:
+        return Path(folder_paths.get_temp_directory())
+
+
+FOLDERS = ComfyFolders()
+
+
+class ComfyContext:
+    """`NodeContext` for one executing node: its progress bar, its text, ComfyUI's interrupt flag."""
+
+    def __init__(self, unique_id: str | None) -> None:
+        self.folders = FOLDERS
+        self.unique_id = unique_id
+        self._bar: comfy.utils.ProgressBar | None = None
+
+    def progress(self, value: int, total: int, preview: Image.Image | None = None) -> None:
+        if model_management.processing_interrupted():
+            return  # the bar's hook would raise here; the engine stops at its next check instead
+        if self._bar is None:
+            self._bar = comfy.utils.ProgressBar(total, node_id=self.unique_id)
+        shown = ("JPEG", preview, PREVIEW_JPEG_SIZE) if preview is not None else None
+        self._bar.update_absolute(value, total, shown)
+
+    def show_text(self, text: str) -> None:
+        from server import PromptServer
+
+        if self.unique_id is not None and PromptServer.instance is not None:
+            PromptServer.instance.send_progress_text(text, self.unique_id)
+
+    def interrupted(self) -> bool:
+        return model_management.processing_interrupted()
+
+    def raise_if_interrupted(self) -> None:
+        model_management.throw_exception_if_processing_interrupted()
+
+
+def _save_preview(preview: Preview, folder: Path) -> dict[str, str]:
+    if preview.animated and preview.frames.shape[0] > 1:
+        path = folder / f"drf_preview_{uuid.uuid4().hex[:12]}.webp"
+        save_animation(preview.frames.permute(0, 3, 1, 2), path, fps=preview.fps)
+    else:
+        path = folder / f"drf_preview_{uuid.uuid4().hex[:12]}.png"
+        save_image_atomic(to_pil(preview.frames[:1].permute(0, 3, 1, 2))[0], path)
+    return {"filename": path.name, "subfolder": "", "type": "temp"}
+
+
+def ui_output(result: NodeResult) -> dict[str, Any] | None:
+    """ComfyUI's `ui` dict: previews written to the temp folder, the node's text."""
+    ui: dict[str, Any] = {}
+    if result.previews:
+        folder = FOLDERS.temp_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        ui["images"] = [_save_preview(p, folder) for p in result.previews]
+        ui["animated"] = (any(p.animated for p in result.previews),)
+    if result.text:
+        ui["text"] = (result.text,)
+    return ui or None
+
+
+_COMFY_TYPES = {"IMAGE": io.Image, "STRING": io.String, "FLOAT": io.Float, "INT": io.Int, "BOOLEAN": io.Boolean}
+
+
+def _comfy_type(name: str) -> Any:
+    return _COMFY_TYPES.get(name) or io.Custom(name)
+
+
+def v3_input(item: InputSpec) -> Any:
+    common = {"tooltip": item.tooltip, "optional": item.optional, "display_name": item.display_name}
+    if item.type == "INT":
+        control = item.control_after_generate or None
+        return io.Int.Input(
+            item.name, default=item.default, min=item.min, max=item.max, step=item.step,
+            control_after_generate=control, **common,
+        )  # fmt: skip
+    if item.type == "FLOAT":
+        return io.Float.Input(item.name, default=item.default, min=item.min, max=item.max, step=item.step, **common)
+    if item.type == "STRING":
+        return io.String.Input(item.name, default=item.default, multiline=item.multiline, **common)
+    if item.type == "BOOLEAN":
+        return io.Boolean.Input(item.name, default=item.default, **common)
+    if item.type == "COMBO":
+        options = item.option_list(FOLDERS)
+        default = item.default if item.default in options else (options[0] if options else None)
+        return io.Combo.Input(item.name, options=options, default=default, **common)
+    return _comfy_type(item.type).Input(item.name, **common)
+
+
+def v3_schema(spec: NodeSpec) -> io.Schema:
+    return io.Schema(
+        node_id=spec.node_id,
+        display_name=spec.display_name,
+        category=spec.category,
+        description=spec.description,
+        inputs=[v3_input(item) for item in spec.inputs],
+        outputs=[_comfy_type(o.type).Output(id=o.name, display_name=o.name, tooltip=o.tooltip) for o in spec.outputs],
+        hidden=[io.Hidden.unique_id],
+        is_output_node=spec.is_output_node,
+    )
+
+
+def v3_node(node: type[DRFNode]) -> type[io.ComfyNode]:
+    """A ComfyUI V3 node class for `node` (schema read again on every `/object_info`)."""
+
+    def define_schema(cls) -> io.Schema:
+        return v3_schema(node.SPEC)
+
+    def execute(cls, **inputs: Any) -> io.NodeOutput:
+        ctx = ComfyContext(cls.hidden.unique_id if cls.hidden is not None else None)
+        with torch.inference_mode(False):
+            result = node.run(ctx, **inputs)
+        return io.NodeOutput(*result.outputs, ui=ui_output(result))
+
+    namespace = {
+        "__doc__": node.SPEC.description,
+        "__module__": __name__,
+        "define_schema": classmethod(define_schema),
+        "execute": classmethod(execute),
+    }
+    return type(node.__name__, (io.ComfyNode,), namespace)
+
+
+_ORIGINAL_FREE_MEMORY = "_drf_original_free_memory"
+
+
+def install_memory_hook() -> None:
+    """Release this pack's models when ComfyUI frees memory on their device and still lacks it."""
+    if hasattr(model_management, _ORIGINAL_FREE_MEMORY):
+        return
+    original = model_management.free_memory
+
+    def free_memory(memory_required, device, *args, **kwargs):
+        unloaded = original(memory_required, device, *args, **kwargs)
+        if MODEL_CACHE.loaded() and model_management.get_free_memory(device) < memory_required:
+            MODEL_CACHE.release(device)
+        return unloaded
+
+    setattr(model_management, _ORIGINAL_FREE_MEMORY, original)
+    model_management.free_memory = free_memory
+
+
+def node_class_mappings() -> tuple[dict[str, type], dict[str, str]]:
+    """`NODE_CLASS_MAPPINGS` and `NODE_DISPLAY_NAME_MAPPINGS` for ComfyUI's loader."""
+    register_model_folders()
+    install_memory_hook()
+    classes = {node.SPEC.node_id: v3_node(node) for node in NODES}
+    names = {node.SPEC.node_id: node.SPEC.display_name for node in NODES}
+    return classes, names

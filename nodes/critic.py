@@ -1,0 +1,115 @@
+"""Critique Video: the critic's verdict on a video, as a report, a chart and gradient heatmaps.
+
+The frames scored are the ones training would score (the reward settings' frame selection), so a
+critique explains the reward the trainer sees. Heatmaps are the reward's gradient with respect to
+the pixels, per aspect: where changing the video would raise that aspect's score most.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..drf_core import api
+from ..drf_core.errors import DRFInputError
+from ..drf_core.frames import select_frames
+from ..drf_core.media import from_pil, label_images, to_pil
+from .reward import RewardSettings
+from .spec import (
+    CRITIC,
+    QUESTIONS,
+    REWARD,
+    Boolean,
+    DRFNode,
+    Int,
+    NodeContext,
+    NodeResult,
+    NodeSpec,
+    OutputSpec,
+    Preview,
+    Socket,
+    category,
+    comfy_image,
+    engine_frames,
+)
+
+HEATMAP_GAP = 4
+
+
+def heatmap_strip(heatmaps: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Aspect name -> `[F, 3, H, W]` maps, side by side and labelled -> one `[F, 3, H, W']` video."""
+    names = list(heatmaps)
+    first = heatmaps[names[0]]
+    gap = torch.ones(first.shape[0], 3, first.shape[2], HEATMAP_GAP)
+    parts: list[torch.Tensor] = []
+    labels = []
+    for name in names:
+        if parts:
+            parts.append(gap)
+        labels.append((sum(p.shape[3] for p in parts), name))
+        parts.append(heatmaps[name].float().cpu())
+    return from_pil(label_images(to_pil(torch.cat(parts, dim=3)), labels))
+
+
+class CritiqueVideo(DRFNode):
+    SPEC = NodeSpec(
+        node_id="DRFCritiqueVideo",
+        display_name="Critique Video (DRF)",
+        category=category("reward"),
+        description=(
+            "Asks the critic every question about a video: a report with each question's score and the critic's "
+            "own explanations, a score chart, and gradient heatmaps showing where the video violates each aspect."
+        ),
+        inputs=(
+            Socket("critic", CRITIC, "The critic (from Load VLM Critic)."),
+            Socket("frames", "IMAGE", "The video as an IMAGE batch of frames (e.g. from Sample Video or Load Video)."),
+            Socket("questions", QUESTIONS, "The questions for this video's prompt (one question set)."),
+            Boolean("explain", True, "Let the critic answer the explanation queries in words (slower)."),
+            Boolean("heatmaps", True, "Compute per-aspect gradient heatmaps (one backward pass per aspect)."),
+            Int("max_new_tokens", 64, 8, 1024, "Longest explanation the critic may write."),
+            Socket("reward", REWARD, "Reward settings (defaults when not connected).", optional=True),
+        ),
+        outputs=(
+            OutputSpec("STRING", "report", "Markdown report: total, per aspect, per question, explanations."),
+            OutputSpec("IMAGE", "score_chart", "Bar chart of every question's score."),
+            OutputSpec("IMAGE", "heatmaps", "Scored frames with each aspect's gradient heatmap, side by side."),
+            OutputSpec("FLOAT", "reward", "The total reward (higher is better)."),
+        ),
+        is_output_node=True,
+    )
+
+    @classmethod
+    def run(
+        cls,
+        ctx: NodeContext,
+        critic,
+        frames,
+        questions,
+        explain: bool,
+        heatmaps: bool,
+        max_new_tokens: int,
+        reward: RewardSettings | None = None,
+    ) -> NodeResult:
+        if len(questions) != 1:
+            raise DRFInputError(
+                f"Critique Video scores one prompt's questions, got {len(questions)} question sets; "
+                "decompose only this video's prompt"
+            )
+        settings = reward or RewardSettings()
+        video = engine_frames(frames, "frames")
+        picked = select_frames(settings.decode.frame_selection, video.shape[0], settings.decode.frame_selection_count)
+        video = video[picked]
+        verdict = api.critique(
+            critic.get(),
+            video,
+            questions[0],
+            settings.reward,
+            settings.critic_input,
+            explain=explain,
+            heatmaps=heatmaps,
+            max_new_tokens=max_new_tokens,
+        )
+        chart = comfy_image(from_pil([verdict.chart()]))
+        maps = comfy_image(heatmap_strip(verdict.heatmaps) if verdict.heatmaps else video)
+        report = verdict.report()
+        previews = [Preview(chart), Preview(maps, animated=True, fps=4.0)]
+        return NodeResult((report, chart, maps, verdict.total), previews=previews, text=report)
