@@ -71,8 +71,8 @@ class CritiqueVideo(DRFNode):
         outputs=(
             OutputSpec("STRING", "report", "Markdown report: total, per aspect, per question, explanations."),
             OutputSpec("IMAGE", "score_chart", "Bar chart of every question's score."),
-            OutputSpec("IMAGE", "heatmaps", "Scored frames with each aspect's gradient heatmap, side by side."),
-            OutputSpec("FLOAT", "reward", "The total reward (higher is better)."),
+            OutputSpec("IMAGE", "heatmap_frames", "Scored frames with each aspect's gradient heatmap, side by side."),
+            OutputSpec("FLOAT", "total_reward", "The total reward (higher is better)."),
         ),
         is_output_node=True,
     )

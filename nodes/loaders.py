@@ -21,7 +21,7 @@ DTYPE_CHOICES = ("auto", *DTYPES)
 DTYPE_TOOLTIP = "auto: bf16 on a GPU, fp32 on the CPU. fp16 is not recommended for training."
 
 
-def device_choices() -> list[str]:
+def device_choices(_folders: object = None) -> list[str]:
     """auto, cpu and every CUDA device this machine has (cuda:0, cuda:1, ...)."""
     return ["auto", "cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
 

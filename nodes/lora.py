@@ -78,6 +78,8 @@ class SaveLoRA(DRFNode):
 
     @classmethod
     def run(cls, ctx: NodeContext, lora: TrainedLoRAWire, filename_prefix: str, format: str, dtype: str) -> NodeResult:
+        if not filename_prefix.strip():
+            raise DRFInputError("filename_prefix is empty; give a name such as drf/my_style")
         folder = ctx.folders.save_dir(LORA_FOLDER)
         path = next_free_name(folder, filename_prefix.strip())
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -117,6 +117,7 @@ class CompareSideBySide(DRFNode):
             String("right_label", "LoRA", "Text drawn over the right video (empty: none)."),
         ),
         outputs=(OutputSpec("IMAGE", "frames", "Both videos in one IMAGE batch."),),
+        is_output_node=True,  # ComfyUI runs only output nodes and what feeds them; this one ends a comparison
     )
 
     @classmethod

@@ -59,9 +59,9 @@ _LORA = LoRAConfig()
 _VIDEO = VideoSpec()
 
 
-def target_presets() -> list[str]:
+def target_presets(_folders: object = None) -> list[str]:
     """Every LoRA target preset some video backend knows ("attention", "attention_ffn", ...)."""
-    return sorted({name for backend in VIDEO_BACKENDS.values() for name in backend.lora_target_presets})
+    return sorted({name for key in VIDEO_BACKENDS for name in VIDEO_BACKENDS.get(key).lora_target_presets})
 
 
 @dataclass(frozen=True)

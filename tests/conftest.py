@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,3 +59,47 @@ def float64_throughout(monkeypatch):
 
     monkeypatch.setattr(modeling.Qwen2_5_VLRMSNorm, "forward", rms_norm)
     monkeypatch.setattr(modeling, "apply_rotary_pos_emb_vision", rotary)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACK_NAME = "comfyui_diffusiondrf"
+
+
+def import_pack():
+    """The repository imported as one package, the way ComfyUI imports a node pack folder.
+
+    The nodes reach the engine with relative imports (`from ..drf_core import api`), so they need
+    the pack as their parent package. Returns `(pack, nodes)` modules; the engine is then also
+    `comfyui_diffusiondrf.drf_core` (a second copy beside the top-level `drf_core` other tests use).
+    """
+    if PACK_NAME not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            PACK_NAME, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_NAME] = module
+        spec.loader.exec_module(module)
+    return sys.modules[PACK_NAME], importlib.import_module(f"{PACK_NAME}.nodes")
+
+
+@pytest.fixture(scope="session")
+def pack_nodes():
+    """The `nodes` package of this pack (see `import_pack`)."""
+    logging.getLogger(PACK_NAME).setLevel(logging.INFO)
+    return import_pack()[1]
+
+
+@pytest.fixture(scope="session")
+def comfy_root(tiny_models, tmp_path_factory) -> Path:
+    """A ComfyUI-like folder tree whose models are the tiny ones under the real models' names.
+
+    `models/diffusers/Wan2.1-T2V-1.3B-Diffusers` and `models/LLM/Qwen2.5-VL-7B-Instruct` link to
+    the tiny folders, so the example workflows run unchanged apart from their sizes.
+    """
+    root = tmp_path_factory.mktemp("comfy_root")
+    (root / "models" / "diffusers").mkdir(parents=True)
+    (root / "models" / "LLM").mkdir(parents=True)
+    (root / "models" / "loras").mkdir(parents=True)
+    (root / "models" / "diffusers" / "Wan2.1-T2V-1.3B-Diffusers").symlink_to(tiny_models.wan, target_is_directory=True)
+    (root / "models" / "LLM" / "Qwen2.5-VL-7B-Instruct").symlink_to(tiny_models.qwen, target_is_directory=True)
+    return root

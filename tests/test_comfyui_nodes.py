@@ -1,0 +1,230 @@
+"""The pack inside a real ComfyUI (set COMFYUI_DIR; skipped otherwise — CI has no ComfyUI).
+
+One headless ComfyUI server on loopback, with only this pack in its `custom_nodes`, tiny models
+under the real models' names in its model folders. Checks `/object_info` and `/workflow_templates`,
+queues every example workflow (API format, shrunk sizes), checks that core `LoraLoaderModelOnly`
+applies the saved LoRA exactly and without "lora key not loaded", and interrupts a training run
+and resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from drf_core.tiny import write_tiny_wan_native
+from tests.comfy_server import ComfyServer, history_error
+
+pytestmark = pytest.mark.comfyui
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACK_FOLDER = "ComfyUI-DiffusionDRF"
+WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
+TRAIN_WORKFLOW = REPO_ROOT / "workflows" / "drf_train_wan_lora.json"
+TINY_UNET = "tiny_wan_t2v.safetensors"
+# Inputs that make a workflow run in seconds on tiny models (names shared by several nodes).
+SHRINK = {
+    "width": 32,
+    "height": 32,
+    "num_frames": 5,
+    "steps": 2,
+    "num_inference_steps": 2,
+    "truncated_backprop_steps": 1,
+    "lora_rank": 4,
+    "lora_alpha": 4.0,
+    "learning_rate": 3e-2,
+    "critic_width": 28,
+    "critic_height": 28,
+    "frame_count": 1,
+    "max_new_tokens": 4,
+    "checkpoint_interval": 0,
+    "dtype": "fp32",
+    "device": "cpu",
+}
+
+
+def shrink(prompt: dict, **extra) -> dict:
+    """Small values for the inputs named in SHRINK, kept inside each DRF input's own range."""
+    import importlib
+
+    nodes = importlib.import_module("comfyui_diffusiondrf.nodes")
+    values = {**SHRINK, **extra}
+    for node in prompt.values():
+        spec = nodes.NODES_BY_ID[node["class_type"]].SPEC if node["class_type"] in nodes.NODES_BY_ID else None
+        for name in node["inputs"]:
+            if name in values and not isinstance(node["inputs"][name], list):
+                value = values[name]
+                item = spec.input(name) if spec is not None else None
+                if item is not None and item.min is not None:
+                    value = type(item.default)(min(max(value, item.min), item.max))
+                node["inputs"][name] = value
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_models, pack_nodes):
+    value = os.environ.get("COMFYUI_DIR")
+    if not value:
+        pytest.skip("COMFYUI_DIR is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its venv python)")
+    work = tmp_path_factory.mktemp("comfyui")
+    comfy = ComfyServer(Path(value), REPO_ROOT, work, pack_name=PACK_FOLDER)
+    models = comfy.models_dir
+    models.mkdir(parents=True, exist_ok=True)
+    for folder in ("diffusers", "LLM", "diffusion_models", "loras"):
+        (models / folder).mkdir(exist_ok=True)
+    (models / "diffusers" / "Wan2.1-T2V-1.3B-Diffusers").symlink_to(tiny_models.wan, target_is_directory=True)
+    (models / "LLM" / "Qwen2.5-VL-7B-Instruct").symlink_to(tiny_models.qwen, target_is_directory=True)
+    write_tiny_wan_native(tiny_models.wan, models / "diffusion_models" / TINY_UNET)
+    comfy.start()
+    yield comfy
+    comfy.stop()
+
+
+def api_prompt(path: Path, pack_nodes) -> dict:
+    import importlib
+
+    workflow_tools = importlib.import_module(f"{pack_nodes.__name__}.workflow")
+    specs = {node.SPEC.node_id: node.SPEC for node in pack_nodes.NODES}
+    return workflow_tools.ui_to_api(json.loads(path.read_text()), specs)
+
+
+def run_ok(server: ComfyServer, prompt: dict, timeout: float = 600) -> dict:
+    entry = server.wait(server.queue(prompt), timeout=timeout)
+    error = history_error(entry)
+    assert error is None, f"{error}\n{server.log_tail()}"
+    return entry
+
+
+def test_every_node_is_served_with_its_schema(server, pack_nodes):
+    info = server.object_info()
+    assert "IMPORT FAILED" not in server.log_text()
+    for node in pack_nodes.NODES:
+        spec = node.SPEC
+        served = info.get(spec.node_id)
+        assert served is not None, f"{spec.node_id} missing from /object_info\n{server.log_tail()}"
+        assert served["category"] == spec.category and served["description"] == spec.description
+        assert served["display_name"] == spec.display_name
+        assert served["output_node"] == spec.is_output_node
+        listed = {**served["input"]["required"], **served["input"].get("optional", {})}
+        assert set(listed) == {i.name for i in spec.inputs}, spec.node_id
+        for item in spec.inputs:
+            options = listed[item.name][1] if len(listed[item.name]) > 1 else {}
+            assert options.get("tooltip") == item.tooltip, f"{spec.node_id}.{item.name}"
+            if item.type in ("INT", "FLOAT"):
+                assert (options["min"], options["max"], options["default"]) == (item.min, item.max, item.default)
+        assert served["output"] == [o.type for o in spec.outputs]
+        assert served["output_name"] == [o.name for o in spec.outputs]
+        assert served["output_tooltips"] == [o.tooltip for o in spec.outputs]
+    video_models = info["DRFLoadVideoModel"]["input"]["required"]["model"]
+    critics = info["DRFLoadVLMCritic"]["input"]["required"]["model"]
+    assert "Wan2.1-T2V-1.3B-Diffusers" in json.dumps(video_models)
+    assert "Qwen2.5-VL-7B-Instruct" in json.dumps(critics)  # from models/LLM, merged into the vlm kind
+
+
+def test_workflows_are_in_the_template_browser(server):
+    templates = server.workflow_templates()
+    assert sorted(templates.get(PACK_FOLDER, [])) == sorted(p.stem for p in WORKFLOWS), templates
+
+
+@pytest.fixture(scope="module")
+def trained_lora(server, pack_nodes) -> str:
+    """Queue the main workflow; return the LoRA name Save LoRA wrote."""
+    before = set((server.models_dir / "loras").rglob("*.safetensors"))
+    entry = run_ok(server, shrink(api_prompt(TRAIN_WORKFLOW, pack_nodes), run_name="comfy_train"))
+    new = set((server.models_dir / "loras").rglob("*.safetensors")) - before
+    assert len(new) == 1, new
+    texts = json.dumps(entry["outputs"])
+    name = new.pop().relative_to(server.models_dir / "loras").as_posix()
+    assert name in texts  # Save LoRA's text shows the name
+    return name
+
+
+def test_train_workflow_saves_a_lora_with_previews(server, trained_lora):
+    assert trained_lora.endswith("_00001.safetensors")
+    keys = load_file(server.models_dir / "loras" / trained_lora).keys()
+    assert keys and all(k.startswith("diffusion_model.") for k in keys)
+    previews = list(server.temp_dir.glob("drf_preview_*"))
+    assert any(p.suffix == ".png" for p in previews)  # the reward curve
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p != TRAIN_WORKFLOW], ids=lambda p: p.stem)
+def test_each_workflow_runs(server, pack_nodes, trained_lora, path):
+    prompt = api_prompt(path, pack_nodes)
+    for node in prompt.values():  # the compare workflow loads a LoRA by name: use the one just trained
+        if node["class_type"] == "DRFLoadLoRA":
+            node["inputs"]["lora_name"] = trained_lora
+    entry = run_ok(server, shrink(prompt, run_name=f"comfy_{path.stem}"))
+    shown = entry["outputs"]
+    images = [image for output in shown.values() for image in output.get("images", [])]
+    assert images, f"{path.name} showed no preview"
+    for image in images:
+        assert (server.temp_dir / image["subfolder"] / image["filename"]).is_file()
+
+
+def test_core_lora_loader_applies_the_saved_lora_exactly(server, trained_lora):
+    """UNETLoader -> LoraLoaderModelOnly -> ModelSave: the saved weights are base + scale * up @ down."""
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_UNET, "weight_dtype": "default"}},
+        "2": {
+            "class_type": "LoraLoaderModelOnly",
+            "inputs": {"model": ["1", 0], "lora_name": trained_lora, "strength_model": 1.0},
+        },
+        "3": {"class_type": "ModelSave", "inputs": {"model": ["2", 0], "filename_prefix": "drf_check/patched"}},
+    }
+    log_before = len(server.log_text())
+    run_ok(server, prompt)
+    assert "lora key not loaded" not in server.log_text()[log_before:]
+    (saved,) = (server.output_dir / "drf_check").glob("patched*.safetensors")
+    patched = load_file(saved)
+    base = load_file(server.models_dir / "diffusion_models" / TINY_UNET)
+    lora = load_file(server.models_dir / "loras" / trained_lora)
+    modules = sorted(k[: -len(".alpha")] for k in lora if k.endswith(".alpha"))
+    assert modules
+    checked = 0
+    for module in modules:
+        native = module[len("diffusion_model.") :]
+        down, up = lora[f"{module}.lora_A.weight"], lora[f"{module}.lora_B.weight"]
+        scale = float(lora[f"{module}.alpha"]) / down.shape[0]
+        expected = base[f"{native}.weight"] + scale * (up @ down)
+        got = patched[f"model.diffusion_model.{native}.weight"]
+        assert torch.allclose(got, expected, atol=1e-6), native
+        checked += 1
+    assert checked == len(modules)
+    untouched = "blocks.0.norm3.weight"
+    if untouched in base:
+        assert torch.equal(patched[f"model.diffusion_model.{untouched}"], base[untouched])
+
+
+def test_interrupt_keeps_a_checkpoint_and_queueing_again_resumes(server, pack_nodes):
+    steps = 40
+    run_name = "comfy_interrupt"
+    prompt = shrink(api_prompt(TRAIN_WORKFLOW, pack_nodes), steps=steps, run_name=run_name)
+    for node in prompt.values():
+        if node["class_type"] == "DRFTrainLoRA":
+            node["inputs"]["num_inference_steps"] = 2
+    metrics = server.output_dir / "drf_runs" / run_name / "metrics.jsonl"
+    prompt_id = server.queue(prompt)
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert time.monotonic() < deadline, server.log_tail()
+        assert server.history(prompt_id) is None, "training finished before it could be interrupted"
+        time.sleep(0.2)
+    server.interrupt()
+    entry = server.wait(prompt_id, timeout=300)
+    status = json.dumps(entry.get("status", {}))
+    assert "interrupted" in status.lower(), status
+    checkpoints = sorted(p.name for p in (metrics.parent / "checkpoints").iterdir())
+    assert len(checkpoints) == 1
+    stopped_at = int(checkpoints[0].split("_")[1])
+    assert 2 <= stopped_at < steps
+
+    run_ok(server, prompt)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    assert f"resumed from {metrics.parent / 'checkpoints' / checkpoints[0]}" in server.log_text()
