@@ -228,3 +228,27 @@ def test_interrupt_keeps_a_checkpoint_and_queueing_again_resumes(server, pack_no
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
     assert f"resumed from {metrics.parent / 'checkpoints' / checkpoints[0]}" in server.log_text()
+
+
+def test_models_are_reused_across_runs_and_released_when_comfyui_frees_memory(server, pack_nodes):
+    prompt = shrink(api_prompt(REPO_ROOT / "workflows" / "drf_critique_video.json", pack_nodes))
+    sampler = next(node for node in prompt.values() if node["class_type"] == "DRFSampleVideo")
+
+    def loads() -> int:
+        return server.log_text().count("loading video_model ")
+
+    run_ok(server, prompt)
+    loaded = loads()
+    assert loaded >= 1
+    sampler["inputs"]["seed"] += 1  # a changed input, so ComfyUI runs the nodes again
+    run_ok(server, prompt)
+    assert loads() == loaded  # the second run reused the loaded model
+
+    server.free(unload_models=True, free_memory=True)
+    deadline = time.monotonic() + 60
+    while "released video_model" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)
+    sampler["inputs"]["seed"] += 1
+    run_ok(server, prompt)
+    assert loads() == loaded + 1  # loaded again after the release
