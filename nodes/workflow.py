@@ -50,7 +50,15 @@ class WorkflowBuilder:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     links: list[list[Any]] = field(default_factory=list)
 
-    def add(self, node_id: str, pos: tuple[float, float], title: str | None = None, **widgets: Any) -> int:
+    def add(
+        self,
+        node_id: str,
+        pos: tuple[float, float],
+        widgets: Mapping[str, Any] | None = None,
+        title: str | None = None,
+    ) -> int:
+        """Place a node; `widgets` (a dict, so widget names never clash with these parameters) overrides defaults."""
+        widgets = dict(widgets or {})
         spec = self.specs[node_id]
         unknown = set(widgets) - {i.name for i in spec.inputs if i.is_widget}
         if unknown:

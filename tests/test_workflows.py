@@ -1,0 +1,590 @@
+"""The example workflows in workflows/: they fit the node specs, are what tools/build_workflows.py builds, convert
+to the API prompts the editor would send, and run end to end on tiny models. Also: `check_workflow` reports each
+kind of broken file it claims to catch.
+
+The end-to-end runs use `nodes.local.run_prompt` (the same `run` functions ComfyUI's node classes call) on private
+copies of the `comfy_root` tree, with sizes and step counts shrunk by overriding the API prompt's inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+PACK_NAME = "comfyui_diffusiondrf"  # conftest.import_pack imports the repository under this name
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW_DIR = REPO_ROOT / "workflows"
+BUILD_SCRIPT = REPO_ROOT / "tools" / "build_workflows.py"
+REGENERATE = "run `python tools/build_workflows.py` and commit the workflows/ it writes"
+
+TRAIN = "drf_train_wan_lora.json"
+CRITIQUE = "drf_critique_video.json"
+COMPARE = "drf_compare_base_vs_lora.json"
+SINGLE = "drf_single_prompt_finetune.json"
+EXAMPLES = (TRAIN, CRITIQUE, COMPARE, SINGLE)
+
+SMALL_VIDEO = {"width": 32, "height": 32, "num_frames": 5}
+FRAME_COUNT = 2
+# class_type -> inputs replaced before running on the CPU (every name must exist, else the run would be full size).
+SHRINK = {
+    "DRFLoadVideoModel": {"dtype": "fp32", "device": "cpu"},
+    "DRFLoadVLMCritic": {"dtype": "fp32", "device": "cpu"},
+    "DRFRewardSettings": {"critic_width": 56, "critic_height": 56, "frame_count": FRAME_COUNT},
+    "DRFTrainLoRA": {
+        **SMALL_VIDEO,
+        "steps": 2,
+        "num_inference_steps": 2,
+        "lora_rank": 4,
+        "lora_alpha": 4.0,
+        "learning_rate": 3e-2,  # large, so two steps change the videos visibly
+    },
+    "DRFSampleVideo": {**SMALL_VIDEO, "steps": 2},
+    "DRFCritiqueVideo": {"max_new_tokens": 8},
+    "DRFDecomposePrompt": {"max_new_tokens": 64},
+}
+LABEL_ROWS = 13  # Compare Side by Side draws its labels in rows 0..12
+GAP = 4  # white columns between the two videos
+TITLE_BAR = 30  # the editor draws a node's title above its pos
+FRONTEND_ONLY = ("Note", "MarkdownNote")
+
+
+def pack_module(name: str):
+    return importlib.import_module(f"{PACK_NAME}.{name}")
+
+
+def read_workflow(name: str) -> dict:
+    return json.loads((WORKFLOW_DIR / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def tools(pack_nodes):
+    """`nodes.workflow` (WorkflowBuilder, check_workflow, ui_to_api, widget_slots)."""
+    return pack_module("nodes.workflow")
+
+
+@pytest.fixture(scope="module")
+def local(pack_nodes):
+    return pack_module("nodes.local")
+
+
+@pytest.fixture(scope="module")
+def specs(pack_nodes):
+    return {node_id: node.SPEC for node_id, node in pack_nodes.NODES_BY_ID.items()}
+
+
+@pytest.fixture(scope="module")
+def build_script(pack_nodes):
+    """tools/build_workflows.py as a module (it finds the pack already imported under PACK_NAME)."""
+    spec = importlib.util.spec_from_file_location("drf_build_workflows", BUILD_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def fresh_root(comfy_root: Path, destination: Path) -> Path:
+    """A private ComfyUI-like tree: the same model links, an empty loras folder, no output."""
+    shutil.copytree(comfy_root / "models", destination / "models", symlinks=True)
+    shutil.rmtree(destination / "models" / "loras")
+    (destination / "models" / "loras").mkdir()
+    return destination
+
+
+def nodes_of(workflow: dict, node_type: str) -> list[dict]:
+    return [node for node in workflow["nodes"] if node["type"] == node_type]
+
+
+def ids_of(prompt: dict, class_type: str) -> list[str]:
+    return [node_id for node_id, entry in prompt.items() if entry["class_type"] == class_type]
+
+
+def shrink(prompt: dict) -> dict:
+    prompt = copy.deepcopy(prompt)
+    for node_id, entry in prompt.items():
+        for name, value in SHRINK.get(entry["class_type"], {}).items():
+            assert name in entry["inputs"], f"node {node_id} ({entry['class_type']}) has no input {name} to shrink"
+            entry["inputs"][name] = value
+    return prompt
+
+
+def run_workflow(name, root, tools, local, pack_nodes, specs, edit=None):
+    """Convert `name` to an API prompt, shrink it, apply `edit(prompt)`, run it; `(prompt, results)`."""
+    prompt = shrink(tools.ui_to_api(read_workflow(name), specs))
+    if edit is not None:
+        edit(prompt)
+    folders = local.LocalFolders(root)
+    contexts: dict = {}
+    results = local.run_prompt(
+        prompt, pack_nodes.NODES_BY_ID, lambda node_id: contexts.setdefault(node_id, local.LocalContext(folders))
+    )
+    return prompt, results
+
+
+def halves(frames: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left and right video of a Compare Side by Side output, below the label band."""
+    assert frames.shape[2] == 2 * width + GAP, tuple(frames.shape)
+    return frames[:, LABEL_ROWS:, :width], frames[:, LABEL_ROWS:, width + GAP :]
+
+
+def base_and_lora_samplers(prompt: dict) -> tuple[str, str]:
+    """The Sample Video ids wired into Compare Side by Side's left and right inputs."""
+    (compare,) = ids_of(prompt, "DRFCompareSideBySide")
+    inputs = prompt[compare]["inputs"]
+    return inputs["left"][0], inputs["right"][0]
+
+
+# --- the files ----------------------------------------------------------------------------------------------
+
+
+def test_the_files_are_what_the_script_builds(build_script, specs):
+    built = build_script.build_all(specs)
+    assert set(built) == set(EXAMPLES)
+    on_disk = {path.name for path in WORKFLOW_DIR.glob("*.json")}
+    assert on_disk == set(EXAMPLES), f"workflows/ holds {sorted(on_disk)}; {REGENERATE} (and delete stale files)"
+    for name, workflow in built.items():
+        text = (WORKFLOW_DIR / name).read_text(encoding="utf-8")
+        assert text == build_script.render(workflow), f"{name} differs from what the node specs give now; {REGENERATE}"
+        assert text.endswith("}\n") and json.loads(text) == workflow
+
+
+def test_the_script_check_mode_reports_stale_files(build_script, tmp_path):
+    assert build_script.main(["--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(EXAMPLES)
+    assert build_script.main(["--check", "--out", str(tmp_path)]) == 0
+    (tmp_path / COMPARE).write_text((tmp_path / COMPARE).read_text().replace('"fixed"', '"randomize"'))
+    assert build_script.main(["--check", "--out", str(tmp_path)]) == 1
+    assert build_script.stale_files(tmp_path, build_script.build_all()) == [COMPARE]
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_workflow_fits_the_node_specs(name, tools, specs, local, comfy_root):
+    workflow = read_workflow(name)
+    assert workflow["version"] == 0.4
+    assert tools.check_workflow(workflow, specs, local.LocalFolders(comfy_root)) == []
+    folders = local.LocalFolders(comfy_root)
+    for node in workflow["nodes"]:
+        if node["type"] in ("DRFLoadVideoModel", "DRFLoadVLMCritic"):
+            model = node["widgets_values"][0]
+            assert model in ("Wan2.1-T2V-1.3B-Diffusers", "Qwen2.5-VL-7B-Instruct")
+            assert model in specs[node["type"]].input("model").option_list(folders), f"{model} is not listed"
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        for (_item, is_control), value in zip(
+            tools.widget_slots(specs[node["type"]]), node["widgets_values"], strict=True
+        ):
+            if is_control:
+                assert value == "fixed", f"{name}: the seed of node {node['id']} must stay fixed (resume, compare)"
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_layout_is_tidy_and_explained(name):
+    workflow = read_workflow(name)
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    boxes = {
+        node_id: (n["pos"][0], n["pos"][1] - TITLE_BAR, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+        for node_id, n in nodes.items()
+    }
+    ids = sorted(boxes)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1 :]:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes[a], boxes[b]
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, f"{name}: nodes {a} and {b} overlap"
+    for link_id, source, _slot, target, _target_slot, _type in workflow["links"]:
+        assert boxes[source][2] < boxes[target][0], f"{name}: link {link_id} runs right to left"
+    (note,) = nodes_of(workflow, "MarkdownNote")
+    text = note["widgets_values"][0]
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert 3 <= len(lines) <= 8, f"{name}: the note has {len(lines)} lines"
+    assert "Wan2.1-T2V-1.3B-Diffusers" in text and "models/diffusers" in text
+    if nodes_of(workflow, "DRFLoadVLMCritic"):
+        assert "Qwen2.5-VL-7B-Instruct" in text and "models/vlm" in text and "models/LLM" in text
+    if nodes_of(workflow, "DRFTrainLoRA"):
+        assert "Interrupt" in text and "queue again" in text
+    assert boxes[note["id"]][0] == min(box[0] for box in boxes.values()), "the note sits in the first column"
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_every_node_runs_in_comfyui(name, specs):
+    """ComfyUI executes only output nodes and what feeds them: each node must be one or feed one."""
+    workflow = read_workflow(name)
+    nodes = {n["id"]: n for n in workflow["nodes"] if n["type"] not in FRONTEND_ONLY}
+    feeds = {node_id: set() for node_id in nodes}
+    for _link_id, source, _slot, target, _target_slot, _type in workflow["links"]:
+        feeds[target].add(source)
+    executed = set()
+    pending = [node_id for node_id, n in nodes.items() if specs[n["type"]].is_output_node]
+    assert pending, f"{name} has no output node: ComfyUI refuses it ('Prompt has no outputs')"
+    while pending:
+        node_id = pending.pop()
+        if node_id not in executed:
+            executed.add(node_id)
+            pending.extend(feeds[node_id])
+    idle = sorted(f"{i} ({nodes[i]['type']})" for i in set(nodes) - executed)
+    assert not idle, f"{name}: ComfyUI would never run {idle}"
+
+
+def test_prompts_and_seeds_agree_where_they_must():
+    for name in (CRITIQUE, SINGLE):
+        workflow = read_workflow(name)
+        (decompose,) = nodes_of(workflow, "DRFDecomposePrompt")
+        prompts = [line for line in decompose["widgets_values"][0].splitlines() if line.strip()]
+        assert len(prompts) == 1
+        for sampler in nodes_of(workflow, "DRFSampleVideo"):
+            assert sampler["widgets_values"][0] == prompts[0], (
+                f"{name}: Sample Video's prompt is not the decomposed one"
+            )
+    for name in (COMPARE, SINGLE):
+        base, tuned = nodes_of(read_workflow(name), "DRFSampleVideo")
+        assert base["widgets_values"] == tuned["widgets_values"], (
+            f"{name}: the two samplers must differ by the LoRA only"
+        )
+        assert base["inputs"][-1]["name"] == "lora" and base["inputs"][-1]["link"] is None
+        assert tuned["inputs"][-1]["name"] == "lora" and tuned["inputs"][-1]["link"] is not None
+    (decompose,) = nodes_of(read_workflow(TRAIN), "DRFDecomposePrompt")
+    assert len(decompose["widgets_values"][0].splitlines()) >= 2, "the main workflow trains on a few prompts"
+
+
+def widgets_by_name(node: dict, specs, tools) -> dict:
+    return {
+        item.name: value
+        for (item, is_control), value in zip(
+            tools.widget_slots(specs[node["type"]]), node["widgets_values"], strict=True
+        )
+        if not is_control
+    }
+
+
+def test_settings_are_for_a_real_gpu(tools, specs):
+    video = {"width": 832, "height": 480, "num_frames": 33}
+    for name in EXAMPLES:
+        workflow = read_workflow(name)
+        for node in nodes_of(workflow, "DRFTrainLoRA"):
+            widgets = widgets_by_name(node, specs, tools)
+            assert {k: widgets[k] for k in video} == video, name
+            assert 200 <= widgets["steps"] <= 500 and widgets["checkpoint_interval"] == 50 and widgets["resume"]
+            assert (widgets["num_inference_steps"], widgets["truncated_backprop_steps"]) == (20, 1)
+            assert (widgets["lora_rank"], widgets["learning_rate"]) == (16, 1e-4)
+        for node in nodes_of(workflow, "DRFSampleVideo"):
+            widgets = widgets_by_name(node, specs, tools)
+            assert {k: widgets[k] for k in video} == video and widgets["steps"] == 20, name
+        for node in nodes_of(workflow, "DRFLoadVideoModel") + nodes_of(workflow, "DRFLoadVLMCritic"):
+            assert widgets_by_name(node, specs, tools)["device"] == "auto", name
+
+
+# --- check_workflow catches broken files --------------------------------------------------------------------
+
+
+def _node(workflow: dict, node_type: str) -> dict:
+    return nodes_of(workflow, node_type)[0]
+
+
+def _slot(node: dict, input_name: str) -> int:
+    return next(i for i, entry in enumerate(node["inputs"]) if entry["name"] == input_name)
+
+
+def _link_into(workflow: dict, node_type: str, input_name: str) -> list:
+    node = _node(workflow, node_type)
+    link_id = node["inputs"][_slot(node, input_name)]["link"]
+    return next(link for link in workflow["links"] if link[0] == link_id)
+
+
+def _set_widget(workflow: dict, node_type: str, name: str, value, control: bool = False, specs=None) -> None:
+    node = _node(workflow, node_type)
+    widget_slots = pack_module("nodes.workflow").widget_slots
+    index = next(i for i, (item, c) in enumerate(widget_slots(specs[node_type])) if item.name == name and c == control)
+    node["widgets_values"][index] = value
+
+
+def _swap_train_sockets(workflow: dict, specs) -> None:
+    """Plug the video model into Train LoRA's questions socket and the questions into its video_model socket."""
+    train = _node(workflow, "DRFTrainLoRA")
+    a, b = _slot(train, "video_model"), _slot(train, "questions")
+    link_a, link_b = train["inputs"][a]["link"], train["inputs"][b]["link"]
+    train["inputs"][a]["link"], train["inputs"][b]["link"] = link_b, link_a
+    for link in workflow["links"]:
+        if link[0] == link_a:
+            link[4] = b
+        elif link[0] == link_b:
+            link[4] = a
+
+
+def _unlisted_link(workflow: dict, specs) -> None:
+    link = _link_into(workflow, "DRFSaveLoRA", "lora")
+    source = next(n for n in workflow["nodes"] if n["id"] == link[1])
+    source["outputs"][link[2]]["links"].remove(link[0])
+
+
+def _disconnect_critic(workflow: dict, specs) -> None:
+    link = _link_into(workflow, "DRFTrainLoRA", "critic")
+    train = _node(workflow, "DRFTrainLoRA")
+    train["inputs"][_slot(train, "critic")]["link"] = None
+    source = next(n for n in workflow["nodes"] if n["id"] == link[1])
+    source["outputs"][link[2]]["links"].remove(link[0])
+    workflow["links"].remove(link)
+
+
+def _input_names_foreign_link(workflow: dict, specs) -> None:
+    save = _node(workflow, "DRFSaveLoRA")
+    save["inputs"][0]["link"] = _link_into(workflow, "DRFTrainLoRA", "critic")[0]
+
+
+BREAKAGES = {
+    "unknown node type": (
+        lambda w, s: _node(w, "DRFSaveLoRA").update(type="DRFSaveLoRAv2"),
+        "(DRFSaveLoRAv2): not a registered node type",
+    ),
+    "link type differs from the socket's": (
+        lambda w, s: _link_into(w, "DRFTrainLoRA", "critic").__setitem__(5, "DRF_VIDEO_MODEL"),
+        "DRF_CRITIC -> DRF_CRITIC (link says DRF_VIDEO_MODEL)",
+    ),
+    "link plugged into a socket of another type": (_swap_train_sockets, "DRF_VIDEO_MODEL -> DRF_QUESTIONS"),
+    "link id not listed at its source": (_unlisted_link, "not listed by its source's output"),
+    "input names a link that ends elsewhere": (_input_names_foreign_link, "which does not end here"),
+    "one widget value too few": (
+        lambda w, s: _node(w, "DRFTrainLoRA")["widgets_values"].pop(),
+        "(DRFTrainLoRA): 15 widget values, the node has 16",
+    ),
+    "text for an INT": (
+        lambda w, s: _set_widget(w, "DRFTrainLoRA", "steps", "300", specs=s),
+        "widget steps is not an integer",
+    ),
+    "float for an INT": (
+        lambda w, s: _set_widget(w, "DRFTrainLoRA", "steps", 300.5, specs=s),
+        "widget steps is not an integer",
+    ),
+    "boolean for a FLOAT": (
+        lambda w, s: _set_widget(w, "DRFTrainLoRA", "learning_rate", True, specs=s),
+        "widget learning_rate is not a number",
+    ),
+    "text for a BOOLEAN": (
+        lambda w, s: _set_widget(w, "DRFTrainLoRA", "resume", "yes", specs=s),
+        "widget resume is not true/false",
+    ),
+    "number for a STRING": (
+        lambda w, s: _set_widget(w, "DRFTrainLoRA", "run_name", 7, specs=s),
+        "widget run_name is not text",
+    ),
+    "INT below its minimum": (
+        lambda w, s: _set_widget(w, "DRFTrainLoRA", "lora_rank", 0, specs=s),
+        "widget lora_rank = 0 is outside [1, 256]",
+    ),
+    "FLOAT above its maximum": (
+        lambda w, s: _set_widget(w, "DRFTrainLoRA", "learning_rate", 0.5, specs=s),
+        "widget learning_rate = 0.5 is outside",
+    ),
+    "bad control after generate": (
+        lambda w, s: _set_widget(w, "DRFTrainLoRA", "seed", "sometimes", control=True, specs=s),
+        "control after generate of seed = 'sometimes'",
+    ),
+    "required socket left unconnected": (_disconnect_critic, "required input critic is not connected"),
+    "combo value not in its option list": (
+        lambda w, s: _set_widget(w, "DRFRewardSettings", "frame_selection", "middle", specs=s),
+        "widget frame_selection = 'middle' is not one of",
+    ),
+    "input socket missing": (
+        lambda w, s: _node(w, "DRFRewardCurves").update(inputs=[]),
+        "input socket metrics is missing",
+    ),
+    "outputs that differ from the node's": (
+        lambda w, s: _node(w, "DRFSaveLoRA")["outputs"][0].update(type="INT"),
+        "outputs ['INT'] differ",
+    ),
+    "last_link_id smaller than a link id": (
+        lambda w, s: w.update(last_link_id=1),
+        "last_node_id / last_link_id are smaller than ids in use",
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_check_workflow_reports_each_kind_of_breakage(breakage, tools, specs):
+    workflow = read_workflow(TRAIN)
+    assert tools.check_workflow(workflow, specs) == []
+    mutate, expected = BREAKAGES[breakage]
+    broken = copy.deepcopy(workflow)
+    mutate(broken, specs)
+    assert broken != workflow, "the mutation changed nothing"
+    problems = tools.check_workflow(broken, specs)
+    assert any(expected in problem for problem in problems), f"{breakage}: {problems}"
+
+
+# --- conversion to API format -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_ui_to_api_matches_the_widgets_and_links(name, tools, specs):
+    workflow = read_workflow(name)
+    prompt = tools.ui_to_api(workflow, specs)
+    json.dumps(prompt)  # what POST /prompt takes must be plain JSON
+    links = {link[0]: link for link in workflow["links"]}
+    nodes = [n for n in workflow["nodes"] if n["type"] not in FRONTEND_ONLY]
+    assert sorted(prompt, key=int) == [str(n["id"]) for n in nodes], "notes are left out, every node is in"
+    for node in nodes:
+        spec = specs[node["type"]]
+        values = iter(node["widgets_values"])
+        expected = {}
+        for item in spec.inputs:
+            if item.type in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+                expected[item.name] = next(values)
+                if item.control_after_generate:
+                    assert next(values) == "fixed"
+        assert next(values, None) is None, f"node {node['id']} has widget values left over"
+        for entry in node["inputs"]:
+            if entry["link"] is not None:
+                link = links[entry["link"]]
+                expected[entry["name"]] = [str(link[1]), link[2]]
+                source = prompt[str(link[1])]["class_type"]
+                assert specs[source].outputs[link[2]].type == spec.input(entry["name"]).type
+        assert prompt[str(node["id"])] == {"class_type": node["type"], "inputs": expected}
+    muted = copy.deepcopy(workflow)
+    muted["nodes"][-1]["mode"] = 2
+    assert str(muted["nodes"][-1]["id"]) not in tools.ui_to_api(muted, specs), "muted nodes are left out"
+
+
+# --- end to end on tiny models ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(comfy_root, tmp_path_factory, tools, local, pack_nodes, specs):
+    """The main training workflow, run once on a private root: `(root, prompt, results)`."""
+    root = fresh_root(comfy_root, tmp_path_factory.mktemp("workflow_train"))
+    prompt, results = run_workflow(TRAIN, root, tools, local, pack_nodes, specs)
+    return root, prompt, results
+
+
+def test_train_workflow_saves_a_comfyui_lora_and_plots_the_reward(trained, tiny_models):
+    root, prompt, results = trained
+    (train,) = ids_of(prompt, "DRFTrainLoRA")
+    (save,) = ids_of(prompt, "DRFSaveLoRA")
+    (curves,) = ids_of(prompt, "DRFRewardCurves")
+    steps, rank = SHRINK["DRFTrainLoRA"]["steps"], SHRINK["DRFTrainLoRA"]["lora_rank"]
+    alpha = SHRINK["DRFTrainLoRA"]["lora_alpha"]
+
+    (lora_name,) = results[save].outputs
+    (compare_loader,) = nodes_of(read_workflow(COMPARE), "DRFLoadLoRA")
+    assert lora_name == compare_loader["widgets_values"][0] == "drf/wan_drf_00001.safetensors"
+    path = root / "models" / "loras" / lora_name
+    key_pattern = re.compile(
+        r"diffusion_model\.(blocks\.(\d+)\.(self_attn|cross_attn)\.[qkvo])\.(lora_A\.weight|lora_B\.weight|alpha)"
+    )
+    bases: dict[str, set[str]] = {}
+    with safe_open(str(path), "pt") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+            match = key_pattern.fullmatch(key)
+            assert match, f"{key} is not a key ComfyUI applies to Wan ('attention' preset)"
+            bases.setdefault(match.group(1), set()).add(match.group(4))
+            tensor = f.get_tensor(key)
+            if match.group(4) == "alpha":
+                assert tensor.dtype == torch.float32 and tensor.numel() == 1 and tensor.item() == alpha
+            elif match.group(4) == "lora_A.weight":
+                assert tensor.shape[0] == rank and tensor.dtype == torch.float32
+            else:
+                assert tensor.shape[1] == rank and tensor.abs().max() > 0, f"{key} was not trained"
+    num_blocks = json.loads((tiny_models.wan / "transformer" / "config.json").read_text())["num_layers"]
+    assert len(bases) == num_blocks * 8, sorted(bases)
+    assert all(suffixes == {"lora_A.weight", "lora_B.weight", "alpha"} for suffixes in bases.values())
+
+    _lora, reward_curve, last_preview, metrics = results[train].outputs
+    assert [row["step"] for row in metrics] == list(range(1, steps + 1))
+    assert all(isinstance(row["reward"], float) for row in metrics)
+    run_dir = root / "output" / "drf_runs" / "wan_drf"
+    on_disk = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert on_disk == metrics
+    assert tuple(last_preview.shape[1:]) == (SMALL_VIDEO["height"], SMALL_VIDEO["width"], 3)
+    for image in (results[curves].outputs[0], reward_curve):
+        assert image.ndim == 4 and image.shape[0] == 1 and image.shape[3] == 3 and image.dtype == torch.float32
+        assert image.min() >= 0 and image.max() <= 1 and image.std() > 0.01
+    assert results[curves].previews and results[curves].previews[0].frames is results[curves].outputs[0]
+
+
+def test_critique_workflow_reports_every_aspect_with_heatmaps(comfy_root, tmp_path, tools, local, pack_nodes, specs):
+    root = fresh_root(comfy_root, tmp_path)
+    prompt, results = run_workflow(CRITIQUE, root, tools, local, pack_nodes, specs)
+    (critique,) = ids_of(prompt, "DRFCritiqueVideo")
+    (decompose,) = ids_of(prompt, "DRFDecomposePrompt")
+    (question_set,) = results[decompose].outputs[0]
+    report, chart, heatmaps, total = results[critique].outputs
+    assert results[critique].text == report
+    for aspect in question_set.aspects:
+        assert f"## {aspect.name}:" in report, aspect.name
+        for question in aspect.yes_no + aspect.explanations:
+            assert question.question in report, question.question
+    assert f"{total:.4f}" in report and torch.isfinite(torch.tensor(total))
+    num_aspects = len(question_set.aspects)
+    expected_width = num_aspects * SMALL_VIDEO["width"] + (num_aspects - 1) * GAP
+    assert tuple(heatmaps.shape) == (FRAME_COUNT, SMALL_VIDEO["height"], expected_width, 3)
+    assert heatmaps.min() >= 0 and heatmaps.max() <= 1 and heatmaps.std() > 0
+    assert chart.ndim == 4 and chart.shape[0] == 1 and chart.shape[3] == 3 and 0 <= chart.min() <= chart.max() <= 1
+
+
+def test_compare_workflow_shows_the_lora_effect_and_none_at_strength_zero(trained, tools, local, pack_nodes, specs):
+    root = trained[0]
+    lora_names = specs["DRFLoadLoRA"].input("lora_name").option_list(local.LocalFolders(root))
+    (loader,) = nodes_of(read_workflow(COMPARE), "DRFLoadLoRA")
+    assert loader["widgets_values"][0] in lora_names, "the LoRA the training workflow saves is the one loaded"
+    prompt, results = run_workflow(COMPARE, root, tools, local, pack_nodes, specs)
+    base, tuned = base_and_lora_samplers(prompt)
+    assert "lora" not in prompt[base]["inputs"] and "lora" in prompt[tuned]["inputs"]
+    (compare,) = ids_of(prompt, "DRFCompareSideBySide")
+    left, right = halves(results[compare].outputs[0], SMALL_VIDEO["width"])
+    quantum = 1 / 255 + 1e-6  # labelled frames pass through 8-bit images
+    assert (left - results[base].outputs[0][:, LABEL_ROWS:]).abs().max() <= quantum, "the base is on the left"
+    assert (right - results[tuned].outputs[0][:, LABEL_ROWS:]).abs().max() <= quantum, "the LoRA is on the right"
+    assert (left - right).abs().max() > 0.02, "the trained LoRA changes the video"
+
+    def strength_zero(prompt):
+        prompt[base_and_lora_samplers(prompt)[1]]["inputs"]["lora_strength"] = 0.0
+
+    prompt, results = run_workflow(COMPARE, root, tools, local, pack_nodes, specs, edit=strength_zero)
+    base, tuned = base_and_lora_samplers(prompt)
+    assert torch.equal(results[base].outputs[0], results[tuned].outputs[0]), "same seed, no LoRA: same video"
+    left, right = halves(results[ids_of(prompt, "DRFCompareSideBySide")[0]].outputs[0], SMALL_VIDEO["width"])
+    assert torch.equal(left, right)
+
+
+def test_single_prompt_workflow_trains_saves_and_compares(comfy_root, tmp_path, tools, local, pack_nodes, specs):
+    root = fresh_root(comfy_root, tmp_path)
+    prompt = shrink(tools.ui_to_api(read_workflow(SINGLE), specs))
+    base, tuned = base_and_lora_samplers(prompt)
+    base_inputs = {k: v for k, v in prompt[base]["inputs"].items() if k != "video_model"}
+    ctx = local.LocalContext(local.LocalFolders(root))
+    handle = local.run_node(
+        pack_nodes.NODES_BY_ID["DRFLoadVideoModel"], ctx, **prompt[ids_of(prompt, "DRFLoadVideoModel")[0]]["inputs"]
+    ).outputs[0]
+    (reference,) = local.run_node(
+        pack_nodes.NODES_BY_ID["DRFSampleVideo"], ctx, video_model=handle, **base_inputs
+    ).outputs
+
+    def options_with_mlps(prompt):  # the Training Options node must reach Train LoRA: its preset shows in the file
+        (options,) = ids_of(prompt, "DRFTrainingOptions")
+        prompt[options]["inputs"]["target_preset"] = "attention_ffn"
+
+    prompt, results = run_workflow(SINGLE, root, tools, local, pack_nodes, specs, edit=options_with_mlps)
+    (train,) = ids_of(prompt, "DRFTrainLoRA")
+    (save,) = ids_of(prompt, "DRFSaveLoRA")
+    (questions,) = results[ids_of(prompt, "DRFDecomposePrompt")[0]].outputs[0]
+    assert questions.prompt == prompt[base]["inputs"]["prompt"] == prompt[tuned]["inputs"]["prompt"]
+    assert len(results[train].outputs[3]) == SHRINK["DRFTrainLoRA"]["steps"]
+
+    (lora_name,) = results[save].outputs
+    assert lora_name == "drf/single_prompt_00001.safetensors"
+    with safe_open(str(root / "models" / "loras" / lora_name), "pt") as f:
+        keys = set(f.keys())
+    assert "diffusion_model.blocks.0.ffn.0.lora_A.weight" in keys and "diffusion_model.blocks.0.ffn.2.alpha" in keys
+    assert "diffusion_model.blocks.0.self_attn.q.lora_B.weight" in keys
+
+    assert torch.equal(results[base].outputs[0], reference), "training left its LoRA in the base model"
+    (compare,) = ids_of(prompt, "DRFCompareSideBySide")
+    left, right = halves(results[compare].outputs[0], SMALL_VIDEO["width"])
+    assert (left - reference[:, LABEL_ROWS:]).abs().max() <= 1 / 255 + 1e-6
+    assert (left - right).abs().max() > 0.02, "the freshly trained LoRA changes the video"

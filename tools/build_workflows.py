@@ -1,0 +1,361 @@
+"""Write the example workflows in `workflows/` (ComfyUI UI format 0.4) from the nodes' own specs.
+
+    python tools/build_workflows.py            # (re)write every workflow file
+    python tools/build_workflows.py --check    # exit 1 when a file differs from what would be written
+
+Every workflow is built with `nodes.workflow.WorkflowBuilder`, so widget order and count, the seeds'
+"control after generate" values and link types always match the node specs. Run this again after
+changing a node's inputs: tests/test_workflows.py fails until the files are regenerated. Nodes sit in
+columns from left to right, spaced by their sizes (plus room for multiline text boxes and previews);
+a Markdown note in each workflow tells an artist what to do.
+
+Knows the four example graphs and their real-GPU settings; nothing about running them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+logger = logging.getLogger("build_workflows")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW_DIR = REPO_ROOT / "workflows"
+PACK_NAME = "comfyui_diffusiondrf"  # the name tests/conftest.py imports the pack under
+
+
+def import_pack() -> ModuleType:
+    """The pack's `nodes` package, imported the way ComfyUI imports a node pack folder (as conftest does).
+
+    The nodes reach the engine with relative imports (`from ..drf_core import api`), so they need the
+    repository as their parent package.
+    """
+    if PACK_NAME not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            PACK_NAME, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_NAME] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"{PACK_NAME}.nodes")
+
+
+_WORKFLOW_TOOLS = importlib.import_module(f"{import_pack().__name__}.workflow")
+WorkflowBuilder = _WORKFLOW_TOOLS.WorkflowBuilder
+check_workflow = _WORKFLOW_TOOLS.check_workflow
+
+# --- settings shared by the examples (a real GPU; the tests shrink them) --------------------------------
+VIDEO_MODEL_NAME = "Wan2.1-T2V-1.3B-Diffusers"
+CRITIC_NAME = "Qwen2.5-VL-7B-Instruct"
+VIDEO_SIZE = {"width": 832, "height": 480, "num_frames": 33}
+DENOISING_STEPS = 20
+GUIDANCE_SCALE = 5.0
+SEED = 42
+TRAINING = {
+    "learning_rate": 1e-4,
+    "lora_rank": 16,
+    "lora_alpha": 16.0,
+    "truncated_backprop_steps": 1,
+    "checkpoint_interval": 50,
+    "guidance_scale": GUIDANCE_SCALE,
+    "seed": SEED,
+    "resume": True,
+    **VIDEO_SIZE,
+    "num_inference_steps": DENOISING_STEPS,
+}
+SAMPLING = {**VIDEO_SIZE, "steps": DENOISING_STEPS, "guidance_scale": GUIDANCE_SCALE, "seed": SEED}
+MAIN_RUN_NAME = "wan_drf"
+MAIN_LORA_PREFIX = "drf/wan_drf"
+MAIN_LORA_FILE = f"{MAIN_LORA_PREFIX}_00001.safetensors"  # what Save LoRA writes first
+SINGLE_RUN_NAME = "single_prompt"
+SINGLE_LORA_PREFIX = "drf/single_prompt"
+TRAINING_PROMPTS = (
+    "a red fox runs across a snowy field at sunrise",
+    "a glass of water tips over and the water spills across a wooden table",
+    "two dogs play tug of war with a rope on a sandy beach",
+)
+CRITIQUE_PROMPT = "a basketball bounces three times on a wooden gym floor"
+SINGLE_PROMPT = "a paper boat floats down a small stream in the rain"
+
+# --- layout ----------------------------------------------------------------------------------------------
+COLUMN_GAP = 80  # between columns
+ROW_GAP = 70  # between nodes in a column (the title bar sits above a node's pos)
+MULTILINE_HEIGHT = 60  # extra height per multiline text box
+PREVIEW_HEIGHT = 240  # room for the images or video a node shows once it ran
+WIDE_NODE = 560  # nodes that show side-by-side videos
+NOTE_SIZE = (420, 330)
+
+MODEL_FOLDERS_MD = (
+    f"Put **{VIDEO_MODEL_NAME}** (the whole diffusers folder) in `models/diffusers/` and "
+    f"**{CRITIC_NAME}** in `models/vlm/` or `models/LLM/`, then press **R** to refresh the lists."
+)
+
+
+@dataclass
+class ColumnLayout:
+    """Places nodes top to bottom in a column; `next_column()` starts the next one to the right."""
+
+    builder: Any  # WorkflowBuilder
+    x: int = 0
+    y: int = 0
+    column_width: int = 0
+
+    def next_column(self) -> None:
+        self.x += self.column_width + COLUMN_GAP
+        self.y = 0
+        self.column_width = 0
+
+    def add(
+        self,
+        node_id: str,
+        widgets: Mapping[str, Any] | None = None,
+        *,
+        title: str | None = None,
+        preview: bool = False,
+        node_width: int | None = None,
+    ) -> int:
+        """Place `node_id` below the column's last node. Widget values come as a dict, so widgets named like
+        layout settings (`width`, `height`) can never be taken for them."""
+        number = self.builder.add(node_id, (self.x, self.y), widgets, title)
+        node = self.builder.nodes[number - 1]
+        spec = self.builder.specs[node_id]
+        multiline = sum(1 for item in spec.inputs if item.is_widget and item.multiline)
+        node["size"][1] += MULTILINE_HEIGHT * multiline + (PREVIEW_HEIGHT if preview else 0)
+        if node_width is not None:
+            node["size"][0] = node_width
+        return self._placed(node)
+
+    def note(self, text: str, size: tuple[int, int] = NOTE_SIZE) -> int:
+        number = self.builder.note((self.x, self.y), text, size)
+        return self._placed(self.builder.nodes[number - 1])
+
+    def _placed(self, node: dict[str, Any]) -> int:
+        self.y += node["size"][1] + ROW_GAP
+        self.column_width = max(self.column_width, node["size"][0])
+        return node["id"]
+
+
+def load_models(layout: ColumnLayout, critic: bool = True) -> tuple[int, int | None]:
+    video = layout.add("DRFLoadVideoModel", {"model": VIDEO_MODEL_NAME, "dtype": "auto", "device": "auto"})
+    if not critic:
+        return video, None
+    return video, layout.add("DRFLoadVLMCritic", {"model": CRITIC_NAME, "dtype": "auto", "device": "auto"})
+
+
+def side_by_side(layout: ColumnLayout) -> int:
+    widgets = {"left_label": "base", "right_label": "LoRA"}
+    return layout.add("DRFCompareSideBySide", widgets, preview=True, node_width=WIDE_NODE)
+
+
+# --- the workflows -----------------------------------------------------------------------------------------
+WorkflowRecipe = Callable[[ColumnLayout], None]
+WORKFLOWS: dict[str, WorkflowRecipe] = {}
+
+
+def workflow(filename: str) -> Callable[[WorkflowRecipe], WorkflowRecipe]:
+    def register(recipe: WorkflowRecipe) -> WorkflowRecipe:
+        if filename in WORKFLOWS:
+            raise ValueError(f"workflow {filename} is defined twice")
+        WORKFLOWS[filename] = recipe
+        return recipe
+
+    return register
+
+
+@workflow("drf_train_wan_lora.json")
+def train_wan_lora(layout: ColumnLayout) -> None:
+    layout.note(
+        "## Fine-tune Wan 2.1 with a VLM critic (Diffusion-DRF)\n"
+        f"1. {MODEL_FOLDERS_MD}\n"
+        "2. Write your prompts in **Decompose Prompt**, one per line: its yes/no questions are what the critic "
+        "checks and rewards.\n"
+        "3. Queue. **Train LoRA** shows each step's reward per aspect and a frame of the video it scored; "
+        f"a checkpoint is saved every 50 steps in `output/drf_runs/{MAIN_RUN_NAME}`.\n"
+        "4. **Interrupt** at any time saves a checkpoint; **queue again** (resume on) to continue from it.\n"
+        f"5. At the end **Save LoRA** writes `models/loras/{MAIN_LORA_FILE}` (ComfyUI's LoraLoaderModelOnly "
+        "applies it) and **Reward Curves** should go up."
+    )
+    video, critic = load_models(layout)
+    layout.next_column()
+    questions = layout.add("DRFDecomposePrompt", {"prompts": "\n".join(TRAINING_PROMPTS), "method": "rules"})
+    reward = layout.add("DRFRewardSettings")
+    layout.next_column()
+    train = layout.add("DRFTrainLoRA", {"run_name": MAIN_RUN_NAME, "steps": 300, **TRAINING}, preview=True)
+    layout.next_column()
+    save = layout.add("DRFSaveLoRA", {"filename_prefix": MAIN_LORA_PREFIX, "format": "comfyui", "dtype": "fp32"})
+    curves = layout.add("DRFRewardCurves", {"title": "Diffusion-DRF reward"}, preview=True, node_width=WIDE_NODE)
+    connect = layout.builder.connect
+    connect(video, "video_model", train, "video_model")
+    connect(critic, "critic", train, "critic")
+    connect(questions, "questions", train, "questions")
+    connect(reward, "reward", train, "reward")
+    connect(train, "lora", save, "lora")
+    connect(train, "metrics", curves, "metrics")
+
+
+@workflow("drf_critique_video.json")
+def critique_video(layout: ColumnLayout) -> None:
+    layout.note(
+        "## Ask the critic what is wrong with a video\n"
+        f"1. {MODEL_FOLDERS_MD}\n"
+        "2. Write the same prompt in **Sample Video** and **Decompose Prompt**.\n"
+        "3. Queue. **Critique Video** shows a report (every question, its score and the critic's own words), "
+        "a score chart, and heatmaps of where each aspect's reward would rise most if the pixels changed.\n"
+        "4. The reward here is the one Train LoRA maximises: low-scoring questions show what a fine-tune will fix."
+    )
+    video, critic = load_models(layout)
+    layout.next_column()
+    questions = layout.add("DRFDecomposePrompt", {"prompts": CRITIQUE_PROMPT, "method": "rules"})
+    reward = layout.add("DRFRewardSettings")
+    layout.next_column()
+    sample = layout.add("DRFSampleVideo", {"prompt": CRITIQUE_PROMPT, **SAMPLING}, preview=True)
+    layout.next_column()
+    critique_widgets = {"explain": True, "heatmaps": True, "max_new_tokens": 64}
+    critique = layout.add("DRFCritiqueVideo", critique_widgets, preview=True, node_width=WIDE_NODE)
+    connect = layout.builder.connect
+    connect(video, "video_model", sample, "video_model")
+    connect(critic, "critic", critique, "critic")
+    connect(sample, "frames", critique, "frames")
+    connect(questions, "questions", critique, "questions")
+    connect(reward, "reward", critique, "reward")
+
+
+@workflow("drf_compare_base_vs_lora.json")
+def compare_base_vs_lora(layout: ColumnLayout) -> None:
+    layout.note(
+        "## Before / after: the base model next to your LoRA\n"
+        f"1. Put **{VIDEO_MODEL_NAME}** in `models/diffusers/`; the LoRA comes from the training workflow "
+        f"(`models/loras/{MAIN_LORA_FILE}`). Press **R** and pick it in **Load LoRA**.\n"
+        "2. Both **Sample Video** nodes use the same prompt and seed, so they start from the same noise: "
+        "every difference comes from the LoRA.\n"
+        "3. Queue. **Compare Side by Side** plays base (left) and LoRA (right) together.\n"
+        "4. Try lora_strength between 0.5 and 1.5, or a prompt the LoRA was not trained on."
+    )
+    video, _ = load_models(layout, critic=False)
+    lora = layout.add("DRFLoadLoRA", {"lora_name": MAIN_LORA_FILE, "family": "wan"})
+    layout.next_column()
+    sampling = {"prompt": TRAINING_PROMPTS[0], "lora_strength": 1.0, **SAMPLING}
+    base = layout.add("DRFSampleVideo", sampling, title="Sample Video: base", preview=True)
+    layout.next_column()
+    tuned = layout.add("DRFSampleVideo", sampling, title="Sample Video: LoRA", preview=True)
+    layout.next_column()
+    compare = side_by_side(layout)
+    connect = layout.builder.connect
+    connect(video, "video_model", base, "video_model")
+    connect(video, "video_model", tuned, "video_model")
+    connect(lora, "lora", tuned, "lora")
+    connect(base, "frames", compare, "left")
+    connect(tuned, "frames", compare, "right")
+
+
+@workflow("drf_single_prompt_finetune.json")
+def single_prompt_finetune(layout: ColumnLayout) -> None:
+    layout.note(
+        "## Single-prompt fine-tuning, with before / after\n"
+        f"1. {MODEL_FOLDERS_MD}\n"
+        "2. Write one prompt in **Decompose Prompt** and the same prompt in both **Sample Video** nodes.\n"
+        "3. Queue. **Train LoRA** fine-tunes on that prompt only (200 steps; progress, reward and a preview frame "
+        "on the node); **Save LoRA** keeps the result in `models/loras/drf/`.\n"
+        "4. **Compare Side by Side** then shows the base model (left) and the trained LoRA (right) from the same "
+        "noise.\n"
+        "5. **Interrupt** saves a checkpoint; **queue again** to resume. **Training Options** holds the advanced "
+        "settings."
+    )
+    video, critic = load_models(layout)
+    layout.next_column()
+    questions = layout.add("DRFDecomposePrompt", {"prompts": SINGLE_PROMPT, "method": "rules"})
+    reward = layout.add("DRFRewardSettings")
+    options_widgets = {"target_preset": "attention", "warmup_steps": 10, "release_text_encoder": False}
+    options = layout.add("DRFTrainingOptions", options_widgets)
+    layout.next_column()
+    train = layout.add("DRFTrainLoRA", {"run_name": SINGLE_RUN_NAME, "steps": 200, **TRAINING}, preview=True)
+    layout.next_column()
+    save = layout.add("DRFSaveLoRA", {"filename_prefix": SINGLE_LORA_PREFIX, "format": "comfyui", "dtype": "fp32"})
+    sampling = {"prompt": SINGLE_PROMPT, **SAMPLING}
+    base = layout.add("DRFSampleVideo", sampling, title="Sample Video: base", preview=True)
+    layout.next_column()
+    tuned = layout.add("DRFSampleVideo", sampling, title="Sample Video: LoRA", preview=True)
+    layout.next_column()
+    compare = side_by_side(layout)
+    connect = layout.builder.connect
+    connect(video, "video_model", train, "video_model")
+    connect(critic, "critic", train, "critic")
+    connect(questions, "questions", train, "questions")
+    connect(reward, "reward", train, "reward")
+    connect(options, "options", train, "options")
+    connect(train, "lora", save, "lora")
+    connect(video, "video_model", base, "video_model")
+    connect(video, "video_model", tuned, "video_model")
+    connect(train, "lora", tuned, "lora")
+    connect(base, "frames", compare, "left")
+    connect(tuned, "frames", compare, "right")
+
+
+# --- building and writing ----------------------------------------------------------------------------------
+def node_specs() -> dict[str, Any]:
+    """Node id -> `NodeSpec` of every node of the pack."""
+    return {node_id: node.SPEC for node_id, node in import_pack().NODES_BY_ID.items()}
+
+
+def build_workflow(recipe: WorkflowRecipe, specs: Mapping[str, Any]) -> dict[str, Any]:
+    builder = WorkflowBuilder(specs)
+    recipe(ColumnLayout(builder))
+    return builder.build()
+
+
+def build_all(specs: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """File name -> workflow, every one checked against the specs (a problem raises, nothing is written)."""
+    specs = node_specs() if specs is None else specs
+    workflows = {name: build_workflow(recipe, specs) for name, recipe in WORKFLOWS.items()}
+    for name, built in workflows.items():
+        problems = check_workflow(built, specs)
+        if problems:
+            raise ValueError(f"{name} does not fit the node specs:\n  " + "\n  ".join(problems))
+    return workflows
+
+
+def render(built: dict[str, Any]) -> str:
+    """The file text: JSON, indent 2, trailing newline."""
+    return json.dumps(built, indent=2, ensure_ascii=False) + "\n"
+
+
+def stale_files(folder: Path, workflows: Mapping[str, dict[str, Any]]) -> list[str]:
+    """Workflow files in `folder` that are missing or differ from `workflows`."""
+    stale = []
+    for name, built in workflows.items():
+        path = folder / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != render(built):
+            stale.append(name)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=WORKFLOW_DIR, help="folder to write to (default: workflows/)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    workflows = build_all()
+    if args.check:
+        stale = stale_files(args.out, workflows)
+        for name in stale:
+            logger.error("%s is out of date: run python tools/build_workflows.py", args.out / name)
+        return 1 if stale else 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, built in workflows.items():
+        (args.out / name).write_text(render(built), encoding="utf-8")
+        logger.info("wrote %s (%d nodes, %d links)", args.out / name, len(built["nodes"]), len(built["links"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
