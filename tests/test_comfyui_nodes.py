@@ -28,6 +28,10 @@ PACK_FOLDER = "ComfyUI-DiffusionDRF"
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 TRAIN_WORKFLOW = REPO_ROOT / "workflows" / "drf_train_wan_lora.json"
 TINY_UNET = "tiny_wan_t2v.safetensors"
+WAKE_UP_PROMPT = {  # a core prompt that needs no model
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+}
 # Inputs that make a workflow run in seconds on tiny models (names shared by several nodes).
 SHRINK = {
     "width": 32,
@@ -245,6 +249,8 @@ def test_models_are_reused_across_runs_and_released_when_comfyui_frees_memory(se
     assert loads() == loaded  # the second run reused the loaded model
 
     server.free(unload_models=True, free_memory=True)
+    # ComfyUI's worker applies /free after its next prompt (or an idle timeout of up to 1000 s): give it one.
+    run_ok(server, WAKE_UP_PROMPT)
     deadline = time.monotonic() + 60
     while "released video_model" not in server.log_text():
         assert time.monotonic() < deadline, server.log_tail()
