@@ -32,7 +32,7 @@ from ..drf_core.io import safe_child_path, save_image_atomic
 from ..drf_core.media import save_animation, to_pil
 from . import NODES
 from .model_cache import MODEL_CACHE
-from .spec import DRFNode, InputSpec, NodeResult, NodeSpec, Preview
+from .spec import DRFNode, InputSpec, NodeResult, NodeSpec, Preview, folders_containing
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +62,7 @@ class ComfyFolders:
             return []
 
     def list_folders(self, kind: str, marker: str) -> list[str]:
-        names: set[str] = set()
-        for base in self._bases(kind):
-            if base.is_dir():
-                for root, _dirs, files in os.walk(base, followlinks=True):
-                    if marker in files and Path(root) != base:
-                        names.add(Path(root).relative_to(base).as_posix())
-        return sorted(names)
+        return folders_containing(self._bases(kind), marker)
 
     def list_files(self, kind: str, suffixes: Any) -> list[str]:
         return sorted(name for name in folder_paths.get_filename_list(kind) if name.endswith(tuple(suffixes)))

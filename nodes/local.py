@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..drf_core.errors import DRFInputError
 from ..drf_core.io import safe_child_path
-from .spec import DRFNode, NodeResult, NodeSpec
+from .spec import DRFNode, NodeResult, NodeSpec, folders_containing
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +42,7 @@ class LocalFolders:
         return [self.root / "models" / name for name in FOLDER_ALIASES.get(kind, (kind,))]
 
     def list_folders(self, kind: str, marker: str) -> list[str]:
-        names: set[str] = set()
-        for base in self.folders_of(kind):
-            if base.is_dir():
-                for root, _dirs, files in os.walk(base, followlinks=True):
-                    if marker in files and Path(root) != base:
-                        names.add(Path(root).relative_to(base).as_posix())
-        return sorted(names)
+        return folders_containing(self.folders_of(kind), marker)
 
     def list_files(self, kind: str, suffixes: Sequence[str]) -> list[str]:
         names: set[str] = set()

@@ -13,7 +13,8 @@ scripts). This module knows neither of them, nor any model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -229,3 +230,14 @@ def parse_weights(text: str, what: str) -> dict[str, float]:
             raise DRFInputError(f"{what}: {name} is listed twice; list each aspect once")
         weights[name] = number
     return weights
+
+
+def folders_containing(bases: Iterable[Path], marker: str) -> list[str]:
+    """Sub-folders (relative, `/`-separated, links followed) of `bases` that hold a file named `marker`."""
+    names: set[str] = set()
+    for base in bases:
+        if base.is_dir():
+            for root, _dirs, files in os.walk(base, followlinks=True):
+                if marker in files and Path(root) != base:
+                    names.add(Path(root).relative_to(base).as_posix())
+    return sorted(names)

@@ -13,14 +13,17 @@ pytest (fixtures are written by the test files that use it).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -401,3 +404,76 @@ class ComfyServer:
     def _raise_if_dead(self) -> None:
         if self._process is not None and self._process.poll() is not None:
             raise ComfyServerError(f"ComfyUI exited with code {self._process.returncode}.\n{self.log_tail()}")
+
+
+class MessageRecorder:
+    """Records what ComfyUI sends one editor over its websocket (`/ws?clientId=...`): JSON and binary messages.
+
+    A minimal RFC 6455 client on the standard library, enough for a server that sends whole, unmasked frames
+    (aiohttp does) and never needs an answer: it only reads. Binary messages start with ComfyUI's 4-byte event type
+    (1 preview image, 3 node text, 4 preview image with metadata).
+    """
+
+    def __init__(self, server: ComfyServer, client_id: str | None = None) -> None:
+        self.client_id = client_id or uuid.uuid4().hex
+        host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1])
+        self._socket = socket.create_connection((host, port), timeout=HTTP_TIMEOUT_S)
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET /ws?clientId={self.client_id} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self._socket.sendall(request.encode())
+        self._stream = self._socket.makefile("rb")
+        status = self._stream.readline()
+        if b" 101 " not in status:
+            raise ComfyServerError(f"websocket handshake refused: {status!r}")
+        while self._stream.readline() not in (b"\r\n", b""):
+            pass
+        self._socket.settimeout(None)
+        self.text: list[dict] = []
+        self.binary: list[tuple[int, bytes]] = []
+        self._reader = threading.Thread(target=self._read_frames, daemon=True)
+        self._reader.start()
+
+    def _read_exactly(self, count: int) -> bytes:
+        data = self._stream.read(count)
+        if data is None or len(data) < count:
+            raise EOFError
+        return data
+
+    def _read_frames(self) -> None:
+        with contextlib.suppress(EOFError, OSError, ValueError):
+            while True:
+                first, second = self._read_exactly(2)
+                opcode, length = first & 0x0F, second & 0x7F
+                if length == 126:
+                    length = struct.unpack(">H", self._read_exactly(2))[0]
+                elif length == 127:
+                    length = struct.unpack(">Q", self._read_exactly(8))[0]
+                if second & 0x80:
+                    self._read_exactly(4)  # a server never masks; skip a mask anyway
+                payload = self._read_exactly(length)
+                if opcode == 0x1:
+                    self.text.append(json.loads(payload))
+                elif opcode == 0x2:
+                    self.binary.append((struct.unpack(">I", payload[:4])[0], payload[4:]))
+                elif opcode == 0x8:
+                    return
+
+    def messages(self, kind: str) -> list[dict]:
+        """The `data` of every JSON message of `kind` ("progress", "executed", "executing", ...)."""
+        return [m["data"] for m in list(self.text) if m.get("type") == kind]
+
+    def node_texts(self) -> list[tuple[str, str]]:
+        """`(node id, text)` of every "text on the node" message (`PromptServer.send_progress_text`)."""
+        texts = []
+        for event, payload in list(self.binary):
+            if event == 3:
+                size = struct.unpack(">I", payload[:4])[0]
+                texts.append((payload[4 : 4 + size].decode(), payload[4 + size :].decode()))
+        return texts
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._socket.close()

@@ -258,3 +258,27 @@ def test_models_are_reused_across_runs_and_released_when_comfyui_frees_memory(se
     sampler["inputs"]["seed"] += 1
     run_ok(server, prompt)
     assert loads() == loaded + 1  # loaded again after the release
+
+
+def test_training_shows_progress_preview_frames_and_aspect_text_in_the_editor(server, pack_nodes):
+    from tests.comfy_server import MessageRecorder
+
+    steps = 3
+    prompt = shrink(api_prompt(TRAIN_WORKFLOW, pack_nodes), steps=steps, run_name="comfy_messages")
+    train_id = next(i for i, node in prompt.items() if node["class_type"] == "DRFTrainLoRA")
+    recorder = MessageRecorder(server)
+    try:
+        entry = server.wait(server.queue(prompt, client_id=recorder.client_id), timeout=600)
+        assert history_error(entry) is None, server.log_tail()
+        time.sleep(1.0)  # the last messages may still be on their way
+    finally:
+        recorder.close()
+    progress = [p for p in recorder.messages("progress") if p["node"] == train_id]
+    assert [p["value"] for p in progress] == list(range(steps + 1)) and {p["max"] for p in progress} == {steps}
+    texts = [text for node, text in recorder.node_texts() if node == train_id]
+    assert any(text.startswith(f"step {steps}/{steps}") for text in texts), texts
+    assert all(f"  {aspect} " in texts[-1] for aspect in ("TA", "PHY", "VQ")), texts[-1]
+    previews = [payload for event, payload in recorder.binary if event in (1, 4)]
+    assert len(previews) >= steps  # one scored frame per step on the progress bar
+    executed = {m["node"]: m["output"] for m in recorder.messages("executed")}
+    assert executed[train_id]["images"] and executed[train_id]["text"][0].startswith(f"finished {steps}/{steps}")
