@@ -282,3 +282,39 @@ def test_training_shows_progress_preview_frames_and_aspect_text_in_the_editor(se
     assert len(previews) >= steps  # one scored frame per step on the progress bar
     executed = {m["node"]: m["output"] for m in recorder.messages("executed")}
     assert executed[train_id]["images"] and executed[train_id]["text"][0].startswith(f"finished {steps}/{steps}")
+
+
+def drf_node(pack_nodes, class_type: str, **inputs) -> dict:
+    """An API-format entry for a DRF node: widget defaults (as the editor would send them), then `inputs`."""
+    spec = pack_nodes.NODES_BY_ID[class_type].SPEC
+    defaults = {i.name: i.default for i in spec.inputs if i.is_widget and i.default is not None}
+    return {"class_type": class_type, "inputs": {**defaults, **inputs}}
+
+
+def test_sampled_frames_save_as_mp4_with_core_nodes_and_a_loaded_mp4_can_be_critiqued(server, pack_nodes):
+    """Sample Video -> core Create Video -> Save Video; then core Load Video -> Get Video Components -> Critique."""
+    prompt_text = "a red ball rolls on grass"
+    save = shrink({
+        "1": drf_node(pack_nodes, "DRFLoadVideoModel", model="Wan2.1-T2V-1.3B-Diffusers"),
+        "2": drf_node(pack_nodes, "DRFSampleVideo", video_model=["1", 0], prompt=prompt_text, seed=1),
+        "3": {"class_type": "CreateVideo", "inputs": {"images": ["2", 0], "fps": 8.0}},
+        "4": {"class_type": "SaveVideo", "inputs": {"video": ["3", 0], "filename_prefix": "drf_clip/clip",
+                                                     "format": "mp4", "codec": "h264"}},
+    })  # fmt: skip
+    run_ok(server, save)
+    (clip,) = (server.output_dir / "drf_clip").glob("clip*.mp4")
+    server.input_dir.mkdir(parents=True, exist_ok=True)
+    (server.input_dir / clip.name).write_bytes(clip.read_bytes())
+
+    critique = shrink({
+        "1": {"class_type": "LoadVideo", "inputs": {"file": clip.name}},
+        "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
+        "3": drf_node(pack_nodes, "DRFLoadVLMCritic", model="Qwen2.5-VL-7B-Instruct"),
+        "4": drf_node(pack_nodes, "DRFDecomposePrompt", prompts=prompt_text),
+        "5": drf_node(pack_nodes, "DRFRewardSettings"),
+        "6": drf_node(pack_nodes, "DRFCritiqueVideo", critic=["3", 0], frames=["2", 0], questions=["4", 0],
+                      reward=["5", 0]),
+    })  # fmt: skip
+    entry = run_ok(server, critique)
+    report = entry["outputs"]["6"]["text"][0]
+    assert all(f"## {aspect}:" in report for aspect in ("TA", "PHY", "VQ")), report
