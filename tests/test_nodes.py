@@ -7,6 +7,7 @@ the local host (`nodes/local.py`). The real-ComfyUI side is `test_comfyui_nodes.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import shutil
 
@@ -427,3 +428,20 @@ def test_reward_curves_plot(pack_nodes, local, ctx):
     metrics = [{"step": s, "reward": -2 + 0.1 * s, "reward_per_aspect": {"TA": -1.0 + s}} for s in range(1, 5)]
     (plot,) = run(pack_nodes, local, ctx, "DRFRewardCurves", metrics=metrics).outputs
     assert plot.shape[0] == 1 and plot.shape[-1] == 3 and float(plot.std()) > 0
+
+
+def test_decompose_with_the_critic_as_language_model(pack_nodes, local, ctx, loaded, monkeypatch):
+    errors = pack_module("drf_core.errors")
+    with pytest.raises(errors.DRFInputError, match="needs a language model"):
+        run(pack_nodes, local, ctx, "DRFDecomposePrompt", prompts=PROMPT, method="llm")
+    critic = loaded["critic"].get()
+    asked = []
+    question = {"question": "Is there a red ball?", "expected": "yes"}
+    reply = json.dumps({"prompt": PROMPT, "aspects": [{"name": "TA", "weight": 1.0, "yes_no": [question]}]})
+    monkeypatch.setattr(critic, "chat", lambda prompt, system=None, max_new_tokens=512: asked.append(prompt) or reply)
+    sets, _ = run(
+        pack_nodes, local, ctx, "DRFDecomposePrompt", prompts=PROMPT, method="llm", aspect_weights="TA=1",
+        critic=loaded["critic"], max_new_tokens=64,
+    ).outputs  # fmt: skip
+    assert len(asked) == 1 and PROMPT in asked[0]  # the connected critic wrote the questions
+    assert [q.question for _, q in sets[0].iter_yes_no()] == ["Is there a red ball?"]
