@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,25 +148,29 @@ def _comfy_type(name: str) -> Any:
     return _COMFY_TYPES.get(name) or io.Custom(name)
 
 
+def _number_options(item: InputSpec) -> dict[str, Any]:
+    return {"default": item.default, "min": item.min, "max": item.max, "step": item.step}
+
+
+def _combo_options(item: InputSpec) -> dict[str, Any]:
+    options = item.option_list(FOLDERS)
+    return {"options": options, "default": item.default if item.default in options else next(iter(options), None)}
+
+
+# Widget type -> (V3 type, its widget-specific keyword arguments from the spec); other types are sockets.
+V3_WIDGETS: dict[str, tuple[Any, Callable[[InputSpec], dict[str, Any]]]] = {
+    "INT": (io.Int, lambda i: {**_number_options(i), "control_after_generate": i.control_after_generate or None}),
+    "FLOAT": (io.Float, _number_options),
+    "STRING": (io.String, lambda i: {"default": i.default, "multiline": i.multiline}),
+    "BOOLEAN": (io.Boolean, lambda i: {"default": i.default}),
+    "COMBO": (io.Combo, _combo_options),
+}
+
+
 def v3_input(item: InputSpec) -> Any:
     common = {"tooltip": item.tooltip, "optional": item.optional, "display_name": item.display_name}
-    if item.type == "INT":
-        control = item.control_after_generate or None
-        return io.Int.Input(
-            item.name, default=item.default, min=item.min, max=item.max, step=item.step,
-            control_after_generate=control, **common,
-        )  # fmt: skip
-    if item.type == "FLOAT":
-        return io.Float.Input(item.name, default=item.default, min=item.min, max=item.max, step=item.step, **common)
-    if item.type == "STRING":
-        return io.String.Input(item.name, default=item.default, multiline=item.multiline, **common)
-    if item.type == "BOOLEAN":
-        return io.Boolean.Input(item.name, default=item.default, **common)
-    if item.type == "COMBO":
-        options = item.option_list(FOLDERS)
-        default = item.default if item.default in options else (options[0] if options else None)
-        return io.Combo.Input(item.name, options=options, default=default, **common)
-    return _comfy_type(item.type).Input(item.name, **common)
+    comfy_type, widget_options = V3_WIDGETS.get(item.type, (_comfy_type(item.type), lambda _: {}))
+    return comfy_type.Input(item.name, **widget_options(item), **common)
 
 
 def v3_schema(spec: NodeSpec) -> io.Schema:

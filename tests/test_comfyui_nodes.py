@@ -122,6 +122,10 @@ def test_every_node_is_served_with_its_schema(server, pack_nodes):
             assert options.get("tooltip") == item.tooltip, f"{spec.node_id}.{item.name}"
             if item.type in ("INT", "FLOAT"):
                 assert (options["min"], options["max"], options["default"]) == (item.min, item.max, item.default)
+            # the editor adds a "control after generate" widget value only where the schema asks for it
+            assert options.get("control_after_generate", False) == item.control_after_generate, item.name
+            if item.type == "STRING":
+                assert options.get("multiline", False) == item.multiline, item.name
         assert served["output"] == [o.type for o in spec.outputs]
         assert served["output_name"] == [o.name for o in spec.outputs]
         assert served["output_tooltips"] == [o.tooltip for o in spec.outputs]
