@@ -44,6 +44,11 @@ class ModelHandle:
     def get(self) -> Any:
         return MODEL_CACHE.get(self)
 
+    def release(self) -> None:
+        """Drop this model from the cache (if it is the one loaded); the next `get()` loads it afresh."""
+        if self in MODEL_CACHE.loaded():
+            MODEL_CACHE.release(kind=self.kind)
+
     def __str__(self) -> str:
         return f"{self.kind} {self.path} ({self.dtype}, {self.device})"
 

@@ -139,8 +139,8 @@ class TrainingOptionsNode(DRFNode):
             Boolean(
                 "release_text_encoder",
                 False,
-                "Free the text encoder after encoding the prompts (saves ~10 GiB for Wan; Sample Video then "
-                "needs the model loaded again).",
+                "Free the text encoder after encoding the prompts (saves ~10 GiB for Wan during training; the "
+                "video model is then loaded again on its next use).",
             ),
         ),
         outputs=(OutputSpec(TRAINING_OPTIONS, "options", "Advanced settings for Train LoRA."),),
@@ -309,17 +309,22 @@ class TrainLoRA(DRFNode):
             ctx.show_text(progress_text(event))
 
         ctx.progress(0, config.steps)
-        trained = api.train_lora(
-            backend,
-            vlm,
-            list(questions),
-            config,
-            run_dir,
-            progress=on_progress,
-            should_stop=ctx.interrupted,
-            resume=resume,
-            initial_lora=initial_lora.weights if initial_lora is not None else None,
-        )
+        try:
+            trained = api.train_lora(
+                backend,
+                vlm,
+                list(questions),
+                config,
+                run_dir,
+                progress=on_progress,
+                should_stop=ctx.interrupted,
+                resume=resume,
+                initial_lora=initial_lora.weights if initial_lora is not None else None,
+            )
+        finally:
+            if config.release_text_encoder:  # a model without its text encoder cannot serve new prompts: reload later
+                del backend
+                video_model.release()
         run = trained.run
         if run.interrupted:
             logger.warning("training interrupted at step %d; checkpoint %s", run.final_step, run.checkpoint)

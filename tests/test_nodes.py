@@ -445,3 +445,18 @@ def test_decompose_with_the_critic_as_language_model(pack_nodes, local, ctx, loa
     ).outputs  # fmt: skip
     assert len(asked) == 1 and PROMPT in asked[0]  # the connected critic wrote the questions
     assert [q.question for _, q in sets[0].iter_yes_no()] == ["Is there a red ball?"]
+
+
+def test_releasing_the_text_encoder_reloads_the_model_for_new_prompts(pack_nodes, local, ctx, loaded):
+    cache = pack_module("nodes.model_cache").MODEL_CACHE
+    (options,) = run(pack_nodes, local, ctx, "DRFTrainingOptions", release_text_encoder=True).outputs
+    handle = loaded["video_model"]
+    trained_with = handle.get()
+    run(pack_nodes, local, ctx, "DRFTrainLoRA", steps=1, run_name="release", options=options, **loaded, **SMALL_TRAIN)
+    assert trained_with.text_encoder is None  # freed during training, as asked
+    assert handle not in cache.loaded()  # so the cache let go of the crippled model
+    (frames,) = run(
+        pack_nodes, local, ctx, "DRFSampleVideo", video_model=handle, prompt="a prompt never encoded", steps=2,
+        **SMALL_VIDEO,
+    ).outputs  # fmt: skip
+    assert frames.shape == (5, 32, 32, 3) and handle.get().text_encoder is not None
