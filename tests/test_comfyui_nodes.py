@@ -28,6 +28,7 @@ PACK_FOLDER = "ComfyUI-DiffusionDRF"
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 TRAIN_WORKFLOW = REPO_ROOT / "workflows" / "drf_train_wan_lora.json"
 TINY_UNET = "tiny_wan_t2v.safetensors"
+EXTRA_CRITIC = "Qwen-from-extra-model-paths"
 WAKE_UP_PROMPT = {  # a core prompt that needs no model
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
     "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
@@ -77,7 +78,15 @@ def server(tmp_path_factory, tiny_models, pack_nodes):
     if not value:
         pytest.skip("COMFYUI_DIR is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its venv python)")
     work = tmp_path_factory.mktemp("comfyui")
-    comfy = ComfyServer(Path(value), REPO_ROOT, work, pack_name=PACK_FOLDER)
+    # A `vlm` folder from extra_model_paths.yaml exists before the pack loads; the pack must add to it, not replace it.
+    extra = tmp_path_factory.mktemp("extra_models")
+    (extra / "vlm_extra").mkdir()
+    (extra / "vlm_extra" / EXTRA_CRITIC).symlink_to(tiny_models.qwen, target_is_directory=True)
+    config = extra / "extra_model_paths.yaml"
+    config.write_text(f"drf_test:\n    base_path: {extra}\n    vlm: vlm_extra\n")
+    comfy = ComfyServer(
+        Path(value), REPO_ROOT, work, pack_name=PACK_FOLDER, extra_args=("--extra-model-paths-config", str(config))
+    )
     models = comfy.models_dir
     models.mkdir(parents=True, exist_ok=True)
     for folder in ("diffusers", "LLM", "diffusion_models", "loras"):
@@ -133,6 +142,7 @@ def test_every_node_is_served_with_its_schema(server, pack_nodes):
     critics = info["DRFLoadVLMCritic"]["input"]["required"]["model"]
     assert "Wan2.1-T2V-1.3B-Diffusers" in json.dumps(video_models)
     assert "Qwen2.5-VL-7B-Instruct" in json.dumps(critics)  # from models/LLM, merged into the vlm kind
+    assert EXTRA_CRITIC in json.dumps(critics)  # extra_model_paths.yaml's vlm folder is kept
 
 
 def test_workflows_are_in_the_template_browser(server):
