@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,12 @@ def test_every_node_is_served_with_its_schema(server, pack_nodes):
 def test_workflows_are_in_the_template_browser(server):
     templates = server.workflow_templates()
     assert sorted(templates.get(PACK_FOLDER, [])) == sorted(p.stem for p in WORKFLOWS), templates
+    for path in WORKFLOWS:  # the browser loads each workflow, and its same-name .jpg as the picture
+        base = f"{server.url}/api/workflow_templates/{PACK_FOLDER}/{path.stem}"
+        with urllib.request.urlopen(f"{base}.json") as answer:
+            assert json.loads(answer.read()) == json.loads(path.read_text())
+        with urllib.request.urlopen(f"{base}.jpg") as answer:
+            assert answer.read(3) == b"\xff\xd8\xff"
 
 
 @pytest.fixture(scope="module")

@@ -187,6 +187,15 @@ def test_workflow_fits_the_node_specs(name, tools, specs, local, comfy_root):
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
+def test_each_workflow_has_a_template_browser_picture(name):
+    """ComfyUI's template browser shows `<name>.jpg` beside `<name>.json` (tools/readme_screenshot.py --thumbnails)."""
+    from PIL import Image
+
+    with Image.open(WORKFLOW_DIR / name.replace(".json", ".jpg")) as picture:
+        assert picture.format == "JPEG" and picture.size == (800, 450)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
 def test_layout_is_tidy_and_explained(name):
     workflow = read_workflow(name)
     nodes = {node["id"]: node for node in workflow["nodes"]}

@@ -1,10 +1,13 @@
-"""Picture of the main workflow for the README (developer tool, not run by CI).
+"""Pictures of the example workflows: the README's, and the template browser's thumbnails (developer tool, not CI).
 
-    COMFYUI_DIR=/path/to/ComfyUI python tools/readme_screenshot.py [--workflow workflows/drf_train_wan_lora.json]
+    COMFYUI_DIR=/path/to/ComfyUI python tools/readme_screenshot.py [--workflow W.json --out docs/X.png]
+    COMFYUI_DIR=/path/to/ComfyUI python tools/readme_screenshot.py --thumbnails
 
 Starts a throw-away headless ComfyUI with only this pack (tests/comfy_server.py), with tiny random
 models placed under the real models' folder names so the loaders' lists show what a user sees, and
-renders the workflow with tools/screenshot_workflow.py into docs/<workflow name>.png.
+renders workflows with tools/screenshot_workflow.py: the main one into docs/train_workflow.png, or
+with --thumbnails every workflows/*.json into a same-name .jpg beside it (ComfyUI's template browser
+shows those as the workflows' pictures).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from PIL import Image
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tools")]
 
@@ -26,6 +31,8 @@ from drf_core.tiny import write_tiny_models  # noqa: E402
 from tests.comfy_server import ComfyServer  # noqa: E402
 
 logger = logging.getLogger("readme_screenshot")
+THUMBNAIL_SIZE = (800, 450)
+THUMBNAIL_QUALITY = 85
 
 
 def main() -> None:
@@ -34,6 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "train_workflow.png")
     parser.add_argument("--width", type=int, default=1800)
     parser.add_argument("--height", type=int, default=1000)
+    parser.add_argument("--thumbnails", action="store_true", help="write workflows/<name>.jpg for every workflow")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     comfy_dir = os.environ.get("COMFYUI_DIR")
@@ -49,12 +57,28 @@ def main() -> None:
             (server.models_dir / folder).mkdir(parents=True, exist_ok=True)
             (server.models_dir / folder / name).symlink_to(target, target_is_directory=True)
         with server:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            workflow = json.loads(args.workflow.read_text())
-            screenshot_workflow(
-                server.url, workflow, args.out, name=args.workflow.stem, width=args.width, height=args.height
-            )
-    logger.info("wrote %s", args.out)
+            if args.thumbnails:
+                for path in sorted((REPO_ROOT / "workflows").glob("*.json")):
+                    write_thumbnail(server.url, path, Path(work) / f"{path.stem}.png")
+            else:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                workflow = json.loads(args.workflow.read_text())
+                screenshot_workflow(
+                    server.url, workflow, args.out, name=args.workflow.stem, width=args.width, height=args.height
+                )
+                logger.info("wrote %s", args.out)
+
+
+def write_thumbnail(url: str, workflow_path: Path, scratch: Path) -> None:
+    """`workflows/<name>.jpg`: the editor's picture of the workflow, small enough for the template browser."""
+    screenshot_workflow(
+        url, json.loads(workflow_path.read_text()), scratch, name=workflow_path.stem, width=1600, height=900
+    )
+    with Image.open(scratch) as picture:
+        picture.convert("RGB").resize(THUMBNAIL_SIZE, Image.Resampling.LANCZOS).save(
+            workflow_path.with_suffix(".jpg"), quality=THUMBNAIL_QUALITY
+        )
+    logger.info("wrote %s", workflow_path.with_suffix(".jpg"))
 
 
 if __name__ == "__main__":
