@@ -34,7 +34,7 @@ from .config import (
 from .critics import load_critic
 from .decompose import decompose
 from .io import save_image_atomic, write_json_atomic, write_text_atomic
-from .media import save_animation, side_by_side
+from .media import label_positions, save_animation, side_by_side
 from .models import load_video_backend
 from .tiny import write_tiny_models
 from .trainer import ProgressEvent
@@ -120,12 +120,12 @@ def run_demo(
     curve = output_dir / "reward_curve.png"
     save_image_atomic(trained.reward_curve(), curve)
     files["reward_curve"] = curve
-    width = base_video.shape[-1]
+    videos = (base_video, lora_video)
     files["preview"] = save_animation(
-        side_by_side(base_video, lora_video),
+        side_by_side(*videos),
         output_dir / "preview_before_after.gif",
         fps=8,
-        labels=[(0, "base"), (width + 4, "LoRA")],
+        labels=label_positions(videos, ("base", "LoRA")),
     )
     after_critique = critique(critic, lora_video, questions, config.reward, config.critic_input, explain=True)
     rewards = [row["reward"] for row in trained.run.metrics if not row["skipped"]]

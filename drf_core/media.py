@@ -52,17 +52,45 @@ def from_pil(images: Sequence[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
-def side_by_side(left: torch.Tensor, right: torch.Tensor, gap: int = 4) -> torch.Tensor:
-    """Two videos of equal frame count and height next to each other (white gap)."""
-    check_frames(left, "left video")
-    check_frames(right, "right video")
-    if left.shape[0] != right.shape[0] or left.shape[2] != right.shape[2]:
-        raise DRFInputError(
-            f"videos must share frame count and height to sit side by side; got {tuple(left.shape)} "
-            f"and {tuple(right.shape)}"
-        )
-    spacer = torch.ones(left.shape[0], 3, left.shape[2], gap, dtype=left.dtype, device=left.device)
-    return torch.cat([left, spacer, right.to(left)], dim=3)
+SIDE_BY_SIDE_GAP = 4
+
+
+def side_by_side(*videos: torch.Tensor, gap: int = SIDE_BY_SIDE_GAP) -> torch.Tensor:
+    """Videos of equal frame count and height next to each other, left to right (white gaps)."""
+    if not videos:
+        raise DRFInputError("no videos to put side by side; give at least one")
+    first = check_frames(videos[0], "video 1")
+    for number, video in enumerate(videos[1:], start=2):
+        check_frames(video, f"video {number}")
+        if video.shape[0] != first.shape[0] or video.shape[2] != first.shape[2]:
+            raise DRFInputError(
+                f"videos must share frame count and height to sit side by side; got {tuple(first.shape)} "
+                f"and {tuple(video.shape)}"
+            )
+    spacer = torch.ones(first.shape[0], 3, first.shape[2], gap, dtype=first.dtype, device=first.device)
+    parts = [first]
+    for video in videos[1:]:
+        parts += [spacer, video.to(first)]
+    return torch.cat(parts, dim=3)
+
+
+def label_positions(
+    videos: Sequence[torch.Tensor], names: Sequence[str], gap: int = SIDE_BY_SIDE_GAP
+) -> list[tuple[int, str]]:
+    """`(x, name)` of each video's left edge in `side_by_side(*videos)`; empty names are left out."""
+    positions, x = [], 0
+    for video, name in zip(videos, names, strict=True):
+        if name:
+            positions.append((x, name))
+        x += video.shape[3] + gap
+    return positions
+
+
+def labelled_side_by_side(videos: Sequence[torch.Tensor], names: Sequence[str]) -> torch.Tensor:
+    """`side_by_side` with each video's name drawn at its top left (frames pass through 8-bit once)."""
+    both = side_by_side(*videos)
+    labels = label_positions(videos, names)
+    return from_pil(label_images(to_pil(both), labels)) if labels else both
 
 
 def label_images(images: list[Image.Image], labels: Sequence[tuple[int, str]]) -> list[Image.Image]:

@@ -7,12 +7,10 @@ the pixels, per aspect: where changing the video would raise that aspect's score
 
 from __future__ import annotations
 
-import torch
-
 from ..drf_core import api
 from ..drf_core.errors import DRFInputError
 from ..drf_core.frames import select_frames
-from ..drf_core.media import from_pil, label_images, to_pil
+from ..drf_core.media import from_pil, labelled_side_by_side
 from .reward import RewardSettings
 from .spec import (
     CRITIC,
@@ -31,23 +29,6 @@ from .spec import (
     comfy_image,
     engine_frames,
 )
-
-HEATMAP_GAP = 4
-
-
-def heatmap_strip(heatmaps: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Aspect name -> `[F, 3, H, W]` maps, side by side and labelled -> one `[F, 3, H, W']` video."""
-    names = list(heatmaps)
-    first = heatmaps[names[0]]
-    gap = torch.ones(first.shape[0], 3, first.shape[2], HEATMAP_GAP)
-    parts: list[torch.Tensor] = []
-    labels = []
-    for name in names:
-        if parts:
-            parts.append(gap)
-        labels.append((sum(p.shape[3] for p in parts), name))
-        parts.append(heatmaps[name].float().cpu())
-    return from_pil(label_images(to_pil(torch.cat(parts, dim=3)), labels))
 
 
 class CritiqueVideo(DRFNode):
@@ -109,7 +90,11 @@ class CritiqueVideo(DRFNode):
             max_new_tokens=max_new_tokens,
         )
         chart = comfy_image(from_pil([verdict.chart()]))
-        maps = comfy_image(heatmap_strip(verdict.heatmaps) if verdict.heatmaps else video)
+        maps = comfy_image(
+            labelled_side_by_side(list(verdict.heatmaps.values()), list(verdict.heatmaps))
+            if verdict.heatmaps
+            else video
+        )
         report = verdict.report()
         previews = [Preview(chart), Preview(maps, animated=True, fps=4.0)]
         return NodeResult((report, chart, maps, verdict.total), previews=previews, text=report)

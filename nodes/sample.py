@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..drf_core import api
 from ..drf_core.config import SamplerConfig, VideoSpec
-from ..drf_core.media import from_pil, label_images, side_by_side, to_pil
+from ..drf_core.media import labelled_side_by_side
 from ..drf_core.sampler import SCHEDULERS, SamplingInterrupted
 from .lora import TrainedLoRAWire
 from .spec import (
@@ -122,10 +122,6 @@ class CompareSideBySide(DRFNode):
 
     @classmethod
     def run(cls, ctx: NodeContext, left, right, left_label: str, right_label: str) -> NodeResult:
-        left_frames, right_frames = engine_frames(left, "left"), engine_frames(right, "right")
-        both = side_by_side(left_frames, right_frames)
-        labels = [(x, text) for x, text in ((0, left_label), (left_frames.shape[3] + 4, right_label)) if text]
-        if labels:
-            both = from_pil(label_images(to_pil(both), labels))
-        frames = comfy_image(both)
+        videos = (engine_frames(left, "left"), engine_frames(right, "right"))
+        frames = comfy_image(labelled_side_by_side(videos, (left_label, right_label)))
         return NodeResult((frames,), previews=[Preview(frames, animated=True, fps=PREVIEW_FPS)])
