@@ -28,12 +28,11 @@ import torch
 from comfy_api.latest import io
 from PIL import Image
 
-from ..drf_core.errors import DRFInputError
-from ..drf_core.io import safe_child_path, save_image_atomic
+from ..drf_core.io import save_image_atomic
 from ..drf_core.media import save_animation, to_pil
 from . import NODES
 from .model_cache import MODEL_CACHE
-from .spec import DRFNode, InputSpec, NodeResult, NodeSpec, Preview, folders_containing
+from .spec import DRFNode, InputSpec, ModelFolders, NodeResult, NodeSpec, Preview
 
 logger = logging.getLogger(__name__)
 
@@ -53,31 +52,20 @@ def register_model_folders() -> None:
         folder_paths.folder_names_and_paths[kind] = (paths, extensions or {"folder"})
 
 
-class ComfyFolders:
+class ComfyFolders(ModelFolders):
     """`ModelFolders` backed by ComfyUI's `folder_paths`."""
 
-    def _bases(self, kind: str) -> list[Path]:
+    refresh_hint = "press R (refresh) in ComfyUI"
+
+    def bases(self, kind: str) -> list[Path]:
         try:
             return [Path(p) for p in folder_paths.get_folder_paths(kind)]
         except KeyError:
             return []
 
-    def list_folders(self, kind: str, marker: str) -> list[str]:
-        return folders_containing(self._bases(kind), marker)
-
     def list_files(self, kind: str, suffixes: Any) -> list[str]:
+        # ComfyUI's own (cached) listing: exactly the names its core loaders offer.
         return sorted(name for name in folder_paths.get_filename_list(kind) if name.endswith(tuple(suffixes)))
-
-    def resolve(self, kind: str, name: str) -> Path:
-        for base in self._bases(kind):
-            path = safe_child_path(base, name, "", follow_symlinks=True)
-            if path.exists():
-                return path
-        where = ", ".join(str(b) for b in self._bases(kind)) or f"models/{kind}"
-        raise DRFInputError(f"{name!r} is not in {where}; put it there and press R (refresh) in ComfyUI")
-
-    def save_dir(self, kind: str) -> Path:
-        return Path(folder_paths.get_folder_paths(kind)[0])
 
     def output_dir(self) -> Path:
         return Path(folder_paths.get_output_directory())

@@ -10,8 +10,7 @@ and by anyone scripting the nodes; knows nothing about ComfyUI itself.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,7 @@ from typing import Any
 from PIL import Image
 
 from ..drf_core.errors import DRFInputError
-from ..drf_core.io import safe_child_path
-from .spec import DRFNode, NodeResult, NodeSpec, folders_containing
+from .spec import DRFNode, ModelFolders, NodeResult, NodeSpec
 
 logger = logging.getLogger(__name__)
 
@@ -32,39 +30,14 @@ class Interrupted(Exception):
     """The local host's "the user pressed Interrupt"."""
 
 
-class LocalFolders:
+class LocalFolders(ModelFolders):
     """ComfyUI's folder layout under one root directory."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    def folders_of(self, kind: str) -> list[Path]:
+    def bases(self, kind: str) -> list[Path]:
         return [self.root / "models" / name for name in FOLDER_ALIASES.get(kind, (kind,))]
-
-    def list_folders(self, kind: str, marker: str) -> list[str]:
-        return folders_containing(self.folders_of(kind), marker)
-
-    def list_files(self, kind: str, suffixes: Sequence[str]) -> list[str]:
-        names: set[str] = set()
-        for base in self.folders_of(kind):
-            if base.is_dir():
-                for root, _dirs, files in os.walk(base, followlinks=True):
-                    names.update(
-                        (Path(root) / f).relative_to(base).as_posix() for f in files if f.endswith(tuple(suffixes))
-                    )
-        return sorted(names)
-
-    def resolve(self, kind: str, name: str) -> Path:
-        for base in self.folders_of(kind):
-            if base.is_dir():
-                path = safe_child_path(base, name, "", follow_symlinks=True)
-                if path.exists():
-                    return path
-        where = ", ".join(str(b) for b in self.folders_of(kind))
-        raise DRFInputError(f"{name!r} is not in {where}; put it there (or pick one the list shows)")
-
-    def save_dir(self, kind: str) -> Path:
-        return self.folders_of(kind)[0]
 
     def output_dir(self) -> Path:
         return self.root / "output"

@@ -7,7 +7,7 @@ Load reads any layout this pack writes (and diffusers/kohya ones) for previews o
 
 from __future__ import annotations
 
-import re
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +36,11 @@ class TrainedLoRAWire:
 
 
 def next_free_name(folder: Path, prefix: str) -> Path:
-    """`folder/prefix_00001.safetensors`, the first counter not taken (ComfyUI's save-node habit)."""
-    first = safe_child_path(folder, f"{prefix}_{0:0{COUNTER_DIGITS}d}", LORA_SUFFIX)
-    pattern = re.compile(rf"{re.escape(first.name[: -len(LORA_SUFFIX) - COUNTER_DIGITS])}(\d{{{COUNTER_DIGITS}}})")
-    taken = [int(m.group(1)) for p in first.parent.glob(f"*{LORA_SUFFIX}") if (m := pattern.fullmatch(p.stem))]
-    return first.with_name(f"{first.stem[:-COUNTER_DIGITS]}{max(taken, default=0) + 1:0{COUNTER_DIGITS}d}{LORA_SUFFIX}")
+    """`folder/prefix_00001.safetensors`, one past the highest counter taken (ComfyUI's save-node habit)."""
+    base = safe_child_path(folder, prefix, "")  # refuses names that leave the folder
+    pattern = f"{glob.escape(base.name)}_{'[0-9]' * COUNTER_DIGITS}{LORA_SUFFIX}"
+    taken = [int(path.stem[-COUNTER_DIGITS:]) for path in base.parent.glob(pattern)]
+    return base.with_name(f"{base.name}_{max(taken, default=0) + 1:0{COUNTER_DIGITS}d}{LORA_SUFFIX}")
 
 
 class SaveLoRA(DRFNode):

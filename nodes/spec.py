@@ -14,7 +14,7 @@ scripts). This module knows neither of them, nor any model.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from ..drf_core.errors import DRFInputError
+from ..drf_core.io import safe_child_path
 
 # Types ComfyUI itself draws as widgets (the rest are sockets).
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
@@ -42,26 +43,58 @@ CUSTOM_TYPES = (VIDEO_MODEL, CRITIC, QUESTIONS, REWARD, LORA, METRICS, TRAINING_
 CATEGORY_ROOT = "DiffusionDRF"
 
 
-class ModelFolders(Protocol):
-    """Where models live and where files go; ComfyUI's `folder_paths` or plain local folders."""
+class ModelFolders:
+    """Where models live and where files go. A host says which folders each kind has (`bases`) and where
+    output and temporary files go; listing and finding models work the same for every host."""
 
-    def list_folders(self, kind: str, marker: str) -> list[str]:
-        """Names (relative, `/`-separated) of model folders of `kind` that contain `marker`."""
+    # What the user does to see a newly added model, for "not found" errors.
+    refresh_hint = "pick one the list shows"
 
-    def list_files(self, kind: str, suffixes: Sequence[str]) -> list[str]:
-        """Names (relative) of files of `kind` ending in one of `suffixes`."""
-
-    def resolve(self, kind: str, name: str) -> Path:
-        """The path of the listed `name` of `kind`; a clear error when it is not there."""
-
-    def save_dir(self, kind: str) -> Path:
-        """The folder new files of `kind` are written to (e.g. the first `loras` folder)."""
+    def bases(self, kind: str) -> list[Path]:
+        """The folders holding models of `kind`, in search order (the first receives new files)."""
+        raise NotImplementedError
 
     def output_dir(self) -> Path:
         """The host's output folder (training runs go under it)."""
+        raise NotImplementedError
 
     def temp_dir(self) -> Path:
         """The host's temporary folder (previews)."""
+        raise NotImplementedError
+
+    def _walk(self, kind: str):
+        for base in self.bases(kind):
+            if base.is_dir():
+                for root, _dirs, files in os.walk(base, followlinks=True):
+                    yield base, Path(root), files
+
+    def list_folders(self, kind: str, marker: str) -> list[str]:
+        """Names (relative, `/`-separated, links followed) of folders of `kind` that hold a file `marker`."""
+        return sorted(
+            {
+                root.relative_to(base).as_posix()
+                for base, root, files in self._walk(kind)
+                if marker in files and root != base
+            }
+        )
+
+    def list_files(self, kind: str, suffixes: Sequence[str]) -> list[str]:
+        """Names (relative) of files of `kind` ending in one of `suffixes`."""
+        found = {(root / f).relative_to(base).as_posix() for base, root, files in self._walk(kind) for f in files}
+        return sorted(name for name in found if name.endswith(tuple(suffixes)))
+
+    def resolve(self, kind: str, name: str) -> Path:
+        """The path of the listed `name` of `kind` (links kept); a clear error when it is not there."""
+        for base in self.bases(kind):
+            path = safe_child_path(base, name, "", follow_symlinks=True)
+            if path.exists():
+                return path
+        where = ", ".join(str(b) for b in self.bases(kind)) or f"models/{kind}"
+        raise DRFInputError(f"{name!r} is not in {where}; put it there and {self.refresh_hint}")
+
+    def save_dir(self, kind: str) -> Path:
+        """The folder new files of `kind` are written to (e.g. the first `loras` folder)."""
+        return self.bases(kind)[0]
 
 
 class NodeContext(Protocol):
@@ -230,14 +263,3 @@ def parse_weights(text: str, what: str) -> dict[str, float]:
             raise DRFInputError(f"{what}: {name} is listed twice; list each aspect once")
         weights[name] = number
     return weights
-
-
-def folders_containing(bases: Iterable[Path], marker: str) -> list[str]:
-    """Sub-folders (relative, `/`-separated, links followed) of `bases` that hold a file named `marker`."""
-    names: set[str] = set()
-    for base in bases:
-        if base.is_dir():
-            for root, _dirs, files in os.walk(base, followlinks=True):
-                if marker in files and Path(root) != base:
-                    names.add(Path(root).relative_to(base).as_posix())
-    return sorted(names)

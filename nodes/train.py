@@ -323,7 +323,6 @@ class TrainLoRA(DRFNode):
             )
         finally:
             if config.release_text_encoder:  # a model without its text encoder cannot serve new prompts: reload later
-                del backend
                 video_model.release()
         run = trained.run
         if run.interrupted:

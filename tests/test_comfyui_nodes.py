@@ -9,6 +9,7 @@ and resumes it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
@@ -57,8 +58,6 @@ SHRINK = {
 
 def shrink(prompt: dict, **extra) -> dict:
     """Small values for the inputs named in SHRINK, kept inside each DRF input's own range."""
-    import importlib
-
     nodes = importlib.import_module("comfyui_diffusiondrf.nodes")
     values = {**SHRINK, **extra}
     for node in prompt.values():
@@ -101,8 +100,6 @@ def server(tmp_path_factory, tiny_models, pack_nodes):
 
 
 def api_prompt(path: Path, pack_nodes) -> dict:
-    import importlib
-
     workflow_tools = importlib.import_module(f"{pack_nodes.__name__}.workflow")
     specs = {node.SPEC.node_id: node.SPEC for node in pack_nodes.NODES}
     return workflow_tools.ui_to_api(json.loads(path.read_text()), specs)
@@ -307,9 +304,8 @@ def test_training_shows_progress_preview_frames_and_aspect_text_in_the_editor(se
 
 def drf_node(pack_nodes, class_type: str, **inputs) -> dict:
     """An API-format entry for a DRF node: widget defaults (as the editor would send them), then `inputs`."""
-    spec = pack_nodes.NODES_BY_ID[class_type].SPEC
-    defaults = {i.name: i.default for i in spec.inputs if i.is_widget and i.default is not None}
-    return {"class_type": class_type, "inputs": {**defaults, **inputs}}
+    local = importlib.import_module(f"{pack_nodes.__name__}.local")
+    return {"class_type": class_type, "inputs": local.with_defaults(pack_nodes.NODES_BY_ID[class_type].SPEC, inputs)}
 
 
 def test_sampled_frames_save_as_mp4_with_core_nodes_and_a_loaded_mp4_can_be_critiqued(server, pack_nodes):
