@@ -151,9 +151,37 @@ def load_models(layout: ColumnLayout, critic: bool = True) -> tuple[int, int | N
     return video, layout.add("DRFLoadVLMCritic", {"model": CRITIC_NAME, "dtype": "auto", "device": "auto"})
 
 
-def side_by_side(layout: ColumnLayout) -> int:
+def questions_and_reward(layout: ColumnLayout, prompts: str) -> tuple[int, int]:
+    """Decompose Prompt over Reward Settings, in the current column."""
+    questions = layout.add("DRFDecomposePrompt", {"prompts": prompts, "method": "rules"})
+    return questions, layout.add("DRFRewardSettings")
+
+
+def connect_training(layout: ColumnLayout, video: int, critic: int, questions: int, reward: int, train: int) -> None:
+    for source, output, name in (
+        (video, "video_model", "video_model"),
+        (critic, "critic", "critic"),
+        (questions, "questions", "questions"),
+        (reward, "reward", "reward"),
+    ):
+        layout.builder.connect(source, output, train, name)
+
+
+def before_after(layout: ColumnLayout, video: int, lora: int, sampling: dict[str, Any]) -> None:
+    """Base and LoRA Sample Video (same widgets, so the same noise) and Compare Side by Side, column by column;
+    the base sampler goes into the current column."""
+    base = layout.add("DRFSampleVideo", sampling, title="Sample Video: base", preview=True)
+    layout.next_column()
+    tuned = layout.add("DRFSampleVideo", sampling, title="Sample Video: LoRA", preview=True)
+    layout.next_column()
     widgets = {"left_label": "base", "right_label": "LoRA"}
-    return layout.add("DRFCompareSideBySide", widgets, preview=True, node_width=WIDE_NODE)
+    compare = layout.add("DRFCompareSideBySide", widgets, preview=True, node_width=WIDE_NODE)
+    connect = layout.builder.connect
+    connect(video, "video_model", base, "video_model")
+    connect(video, "video_model", tuned, "video_model")
+    connect(lora, "lora", tuned, "lora")
+    connect(base, "frames", compare, "left")
+    connect(tuned, "frames", compare, "right")
 
 
 # --- the workflows -----------------------------------------------------------------------------------------
@@ -186,20 +214,15 @@ def train_wan_lora(layout: ColumnLayout) -> None:
     )
     video, critic = load_models(layout)
     layout.next_column()
-    questions = layout.add("DRFDecomposePrompt", {"prompts": "\n".join(TRAINING_PROMPTS), "method": "rules"})
-    reward = layout.add("DRFRewardSettings")
+    questions, reward = questions_and_reward(layout, "\n".join(TRAINING_PROMPTS))
     layout.next_column()
     train = layout.add("DRFTrainLoRA", {"run_name": MAIN_RUN_NAME, "steps": 300, **TRAINING}, preview=True)
     layout.next_column()
     save = layout.add("DRFSaveLoRA", {"filename_prefix": MAIN_LORA_PREFIX, "format": "comfyui", "dtype": "fp32"})
     curves = layout.add("DRFRewardCurves", {"title": "Diffusion-DRF reward"}, preview=True, node_width=WIDE_NODE)
-    connect = layout.builder.connect
-    connect(video, "video_model", train, "video_model")
-    connect(critic, "critic", train, "critic")
-    connect(questions, "questions", train, "questions")
-    connect(reward, "reward", train, "reward")
-    connect(train, "lora", save, "lora")
-    connect(train, "metrics", curves, "metrics")
+    connect_training(layout, video, critic, questions, reward, train)
+    layout.builder.connect(train, "lora", save, "lora")
+    layout.builder.connect(train, "metrics", curves, "metrics")
 
 
 @workflow("drf_critique_video.json")
@@ -214,8 +237,7 @@ def critique_video(layout: ColumnLayout) -> None:
     )
     video, critic = load_models(layout)
     layout.next_column()
-    questions = layout.add("DRFDecomposePrompt", {"prompts": CRITIQUE_PROMPT, "method": "rules"})
-    reward = layout.add("DRFRewardSettings")
+    questions, reward = questions_and_reward(layout, CRITIQUE_PROMPT)
     layout.next_column()
     sample = layout.add("DRFSampleVideo", {"prompt": CRITIQUE_PROMPT, **SAMPLING}, preview=True)
     layout.next_column()
@@ -243,18 +265,7 @@ def compare_base_vs_lora(layout: ColumnLayout) -> None:
     video, _ = load_models(layout, critic=False)
     lora = layout.add("DRFLoadLoRA", {"lora_name": MAIN_LORA_FILE, "family": "wan"})
     layout.next_column()
-    sampling = {"prompt": TRAINING_PROMPTS[0], "lora_strength": 1.0, **SAMPLING}
-    base = layout.add("DRFSampleVideo", sampling, title="Sample Video: base", preview=True)
-    layout.next_column()
-    tuned = layout.add("DRFSampleVideo", sampling, title="Sample Video: LoRA", preview=True)
-    layout.next_column()
-    compare = side_by_side(layout)
-    connect = layout.builder.connect
-    connect(video, "video_model", base, "video_model")
-    connect(video, "video_model", tuned, "video_model")
-    connect(lora, "lora", tuned, "lora")
-    connect(base, "frames", compare, "left")
-    connect(tuned, "frames", compare, "right")
+    before_after(layout, video, lora, {"prompt": TRAINING_PROMPTS[0], "lora_strength": 1.0, **SAMPLING})
 
 
 @workflow("drf_single_prompt_finetune.json")
@@ -272,32 +283,17 @@ def single_prompt_finetune(layout: ColumnLayout) -> None:
     )
     video, critic = load_models(layout)
     layout.next_column()
-    questions = layout.add("DRFDecomposePrompt", {"prompts": SINGLE_PROMPT, "method": "rules"})
-    reward = layout.add("DRFRewardSettings")
+    questions, reward = questions_and_reward(layout, SINGLE_PROMPT)
     options_widgets = {"target_preset": "attention", "warmup_steps": 10, "release_text_encoder": False}
     options = layout.add("DRFTrainingOptions", options_widgets)
     layout.next_column()
     train = layout.add("DRFTrainLoRA", {"run_name": SINGLE_RUN_NAME, "steps": 200, **TRAINING}, preview=True)
     layout.next_column()
     save = layout.add("DRFSaveLoRA", {"filename_prefix": SINGLE_LORA_PREFIX, "format": "comfyui", "dtype": "fp32"})
-    sampling = {"prompt": SINGLE_PROMPT, **SAMPLING}
-    base = layout.add("DRFSampleVideo", sampling, title="Sample Video: base", preview=True)
-    layout.next_column()
-    tuned = layout.add("DRFSampleVideo", sampling, title="Sample Video: LoRA", preview=True)
-    layout.next_column()
-    compare = side_by_side(layout)
-    connect = layout.builder.connect
-    connect(video, "video_model", train, "video_model")
-    connect(critic, "critic", train, "critic")
-    connect(questions, "questions", train, "questions")
-    connect(reward, "reward", train, "reward")
-    connect(options, "options", train, "options")
-    connect(train, "lora", save, "lora")
-    connect(video, "video_model", base, "video_model")
-    connect(video, "video_model", tuned, "video_model")
-    connect(train, "lora", tuned, "lora")
-    connect(base, "frames", compare, "left")
-    connect(tuned, "frames", compare, "right")
+    connect_training(layout, video, critic, questions, reward, train)
+    layout.builder.connect(options, "options", train, "options")
+    layout.builder.connect(train, "lora", save, "lora")
+    before_after(layout, video, train, {"prompt": SINGLE_PROMPT, **SAMPLING})
 
 
 # --- building and writing ----------------------------------------------------------------------------------

@@ -328,24 +328,23 @@ class WanBackend(VideoBackend):
             model_timestep = temp_ts.unsqueeze(0).expand(latents.shape[0], -1)
         else:
             model_timestep = timestep.expand(latents.shape[0])
-        noise_pred = model(
-            hidden_states=latent_model_input,
-            timestep=model_timestep,
-            encoder_hidden_states=embeddings.positive,
-            return_dict=False,
-        )[0]
+
+        def denoise(text_embeddings: torch.Tensor) -> torch.Tensor:
+            return model(
+                hidden_states=latent_model_input,
+                timestep=model_timestep,
+                encoder_hidden_states=text_embeddings,
+                return_dict=False,
+            )[0]
+
+        noise_pred = denoise(embeddings.positive)
         if guidance_scale > 1.0:
             if embeddings.negative is None:
                 raise DRFInputError(
                     f"guidance scale {guidance_scale} > 1 needs negative prompt embeddings; encode the prompts "
                     "with the same guidance scale"
                 )
-            noise_uncond = model(
-                hidden_states=latent_model_input,
-                timestep=model_timestep,
-                encoder_hidden_states=embeddings.negative,
-                return_dict=False,
-            )[0]
+            noise_uncond = denoise(embeddings.negative)
             noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
         return noise_pred
 
