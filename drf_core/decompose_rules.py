@@ -140,9 +140,7 @@ def _sequence_questions(scene: Scene) -> list[YesNoQuestion]:
     for first, then in itertools.pairwise(ordered):
         subject = first.subject
         after = then.phrase() if then.subject is subject else _clause(then)
-        question = f"{subject.do()} the {subject.name} {first.base_phrase()} first, and only then {after}?"
-        if then.subject is subject:
-            question = f"{subject.do()} the {subject.name} {first.base_phrase()} before {after}?"
+        question = f"{subject.do()} the {subject.name} {first.base_phrase()} before {after}?"
         questions.append(YesNoQuestion(question, tag="sequence"))
     return questions
 

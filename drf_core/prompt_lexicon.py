@@ -34,7 +34,7 @@ QUANTIFIERS = {
     "a pack of": "several", "a school of": "several", "a bunch of": "several", "a pile of": "several",
     "a crowd of": "many", "lots of": "many", "a lot of": "many", "dozens of": "many", "numerous": "many",
 }  # fmt: skip
-DETERMINERS = word_set("a an the this that these those some his her their its my your our")
+DETERMINERS = word_set("a an the this that these those some any his her their its my your our")
 AUXILIARIES = word_set("is are was were be being been has have had can will there it's do does did")
 CONJUNCTIONS = word_set("and or but")
 PRONOUNS = {"her": "female", "she": "female", "him": "male", "he": "male", "it": "thing", "them": "plural"}
@@ -81,7 +81,10 @@ VERB_LEMMAS = word_set(
     "march sprint juggle knit sew draw strum drum sip bite pet feed wash brush stir chop slice bake fry grill "
     "build dig plant lift drop swing stretch bend bow kneel lie rest wait pose hide stare yawn cry shout "
     "perform practice collide shatter break slide tumble wobble wear graze hunt trot rush travel paddle "
-    "row skateboard snowboard fish"
+    "row skateboard snowboard fish stop start get take put pick give turn switch blow light lean open close "
+    "arrive depart approach reach grab toss wipe clean sweep mop scrub peel pour fill empty tap knock ring "
+    "nod shrug blink wink frown glance point clap wag scratch sneeze cough breathe whisper scream chat argue "
+    "flicker glow sparkle glitter twinkle flash blink ripple wave erupt collapse"
 )
 ING_NOUNS = word_set(
     "building ceiling evening morning clothing king ring string thing wing spring painting lighting sibling "

@@ -220,6 +220,9 @@ class Scene:
 
     def resolve_pronoun(self, pronoun: str) -> Entity | None:
         kind = PRONOUNS[pronoun]
+        if kind == "thing":  # "throws it": the last thing named that is not alive and not a place
+            things = [e for e in self.entities.values() if not e.living and e.category != "place"]
+            return things[-1] if things else self.main_subject()
         for entity in self.entities.values():
             if (kind == "female" and entity.head in FEMALE) or (kind == "plural" and entity.plural):
                 return entity
@@ -347,6 +350,8 @@ class _ClauseParser:
         i = 0
         while i < len(self.words):
             kind, length, value = classify(self.words, i)
+            if kind == "noun" and self._verb_in_context(i):
+                kind, value = "verb", verb_lemma(self.words[i])
             if kind in _NOUN_PHRASE_KINDS:
                 i = self._noun_phrase(i)
                 self.previous_kind = "np"
@@ -377,6 +382,23 @@ class _ClauseParser:
         return self.subjects[0] if self.subjects else self.previous_subject
 
     # ---- noun phrases ---------------------------------------------------------------------------
+    def _verb_in_context(self, i: int) -> bool:
+        """A noun-or-verb word read as the clause's verb: "a man picks up", "the woman opens the door".
+
+        Only a third-person form right after a noun, before the clause has its verb, and followed by
+        the end of the clause, a particle, a determiner or a pronoun ("coffee cups on a table" stays a noun).
+        """
+        word = self.words[i]
+        lemma = verb_lemma(word)
+        if not lemma or i == 0 or word == lemma or (self.action is not None and not self.after_conjunction):
+            return False
+        if classify(self.words, i - 1)[0] != "noun" or is_plural(self.words[i - 1]):
+            return False
+        following = classify(self.words, i + 1)[0] if i + 1 < len(self.words) else ""
+        return following in ("", "particle", "det", "pronoun", "number", "text") or (
+            following == "prep" and self.words[i + 1] in ("up", "down", "off", "away", "out")
+        )
+
     def _noun_phrase(self, i: int) -> int:
         entity = Entity(name="", key="", plural=False)
         names: list[str] = []
@@ -386,7 +408,7 @@ class _ClauseParser:
             kind, length, value = classify(self.words, i)
             word = self.words[i]
             following = classify(self.words, i + length)[0] if i + length < len(self.words) else ""
-            if names and kind != "noun":
+            if names and (kind != "noun" or self._verb_in_context(i)):
                 break  # after the first name word only more name words continue it ("jazz club")
             if kind == "det":
                 determiner = word
@@ -574,7 +596,7 @@ class _ClauseParser:
 
 
 _CAMERA_START = re.compile(
-    r"^(?:(?:slow|slowly|fast|quick|quickly|smooth|smoothly|gentle|gently)\s+)*"
+    r"^(?:an? |the )?(?:(?:slow|slowly|fast|quick|quickly|smooth|smoothly|gentle|gently)\s+)*"
     r"(?:pan|tilt|zoom|dolly|push in|pull back|pull out|track|orbit|static|handheld|time[- ]?lapse|slow[- ]?mo|wide|"
     r"first[- ]person|aerial|drone|crane)"
 )
@@ -616,7 +638,9 @@ def parse_prompt(prompt: str) -> Scene:
         if prefix and prefix.group("kind") in STYLE_KIND_NOUNS:  # "a watercolor painting of ...", "a drone shot of"
             modifiers, kind = prefix.group("mods").strip(), prefix.group("kind")
             is_camera = find_camera(scene, f"{modifiers} {kind}") or kind in CAMERA_KIND_NOUNS
-            if not is_camera and modifiers:
+            if is_camera and modifiers in STYLES:  # "a black and white video of", "a cinematic shot of"
+                scene.add_unique(scene.styles, STYLES[modifiers])
+            elif not is_camera and modifiers:
                 described = f"{modifiers} {kind}"
                 described = f"{article(described)} {described}"
                 style = STYLES.get(
