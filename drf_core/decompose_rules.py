@@ -234,8 +234,10 @@ def _phy_questions(scene: Scene, prompt: str) -> tuple[list[YesNoQuestion], list
                 f"{subject.do()} the {subject.name} come back down to the {surface.name} after each {action.lemma}?"
             )
             yes_no.append(YesNoQuestion(question, tag="gravity"))
-    for subject, prep, surface in scene.relations + [(a.subject, a.prep, a.prep_obj) for a in actions]:
-        if prep in SURFACE_PREPS and surface is not None and subject not in bouncing:
+    intransitive = [(a.subject, a.prep, a.prep_obj) for a in actions if a.obj is None and not a.object_text]
+    for subject, prep, surface in scene.relations + intransitive:
+        along_water = surface is not None and surface.head in _WATER and prep in ("along", "across")
+        if prep in SURFACE_PREPS and surface is not None and subject not in bouncing and not along_water:
             yes_no.append(YesNoQuestion(_contact_question(subject, surface), tag="contact"))
     for action in actions:
         subject = action.subject

@@ -33,6 +33,7 @@ QUANTIFIERS = {
     "a pair of": "two", "a group of": "several", "a herd of": "several", "a flock of": "several",
     "a pack of": "several", "a school of": "several", "a bunch of": "several", "a pile of": "several",
     "a crowd of": "many", "lots of": "many", "a lot of": "many", "dozens of": "many", "numerous": "many",
+    "a single": "one", "single": "one", "a lone": "one", "lone": "one",
 }  # fmt: skip
 DETERMINERS = word_set("a an the this that these those some any his her their its my your our")
 AUXILIARIES = word_set("is are was were be being been has have had can will there it's do does did")
@@ -136,12 +137,12 @@ for _word, _phrase in (("night", "at night"), ("nighttime", "at night"), ("dayti
     CONDITIONS[_word] = (f"Does the scene take place {_phrase}?", f"The scene takes place {_phrase}.", "time")
 for _words_, _question, _sentence in (
     ("rain raining rainy rainfall", "Is it raining in the video?", "It is raining."),
-    ("snow snowing snowy snowfall", "Is it snowing in the video?", "It is snowing."),
+    ("snow snowing snowy snowfall snowstorm blizzard", "Is it snowing in the video?", "It is snowing."),
     ("fog foggy mist misty", "Is the scene foggy?", "The scene is foggy."),
     ("storm stormy thunderstorm", "Is there a storm in the video?", "There is a storm."),
     ("sunny", "Is it sunny in the video?", "It is sunny."),
     ("cloudy overcast", "Is the sky cloudy?", "The sky is cloudy."),
-    ("windy", "Is it windy in the video?", "It is windy."),
+    ("windy wind breeze", "Is it windy in the video?", "It is windy."),
 ):
     for _word in _words_.split():
         CONDITIONS[_word] = (_question, _sentence, "weather")
@@ -160,7 +161,8 @@ STYLES: dict[str, tuple[str, str]] = {
     "film noir": ("Is the video in film noir style?", "The video is in film noir style."),
 }
 for _word in sorted(word_set("watercolor watercolour oil pencil charcoal ink pastel acrylic")):
-    STYLES[_word] = (f"Does the video look like a {_word} painting?", f"The video looks like a {_word} painting.")
+    _a = "an" if _word[0] in "aeiou" else "a"
+    STYLES[_word] = (f"Does the video look like {_a} {_word} painting?", f"The video looks like {_a} {_word} painting.")
 for _word in sorted(word_set("vintage retro cyberpunk steampunk surreal impressionist minimalist documentary noir")):
     STYLES[_word] = (f"Is the video in {_word} style?", f"The video is in {_word} style.")
 CAMERA_KIND_NOUNS = word_set("video footage clip scene shot view close-up closeup")
@@ -245,7 +247,10 @@ VERB_NEGATORS = word_set("not never n't")
 # "neither of them", "none of them": subjects that negate what they wear / have
 NEGATIVE_SUBJECTS = ("neither of them", "none of them", "neither of the", "none of the", "no one", "nobody")
 # verb particles: with a verb they are part of it ("lies down", "drives away"), never a thing
-PARTICLES = word_set("off up down away out back over around on in along aside apart together forward backward")
+PARTICLES = word_set(
+    "off up down away out back over around on in along aside apart together forward backward outside indoors "
+    "outdoors upstairs downstairs home"
+)
 # verb + particle pairs that keep the particle when an object follows ("turns off the lamp")
 TRANSITIVE_PHRASAL = {
     ("turn", "off"), ("turn", "on"), ("turn", "up"), ("turn", "down"), ("switch", "on"), ("switch", "off"),
@@ -257,7 +262,10 @@ TRANSITIVE_PHRASAL = {
     ("hand", "over"), ("bring", "back"), ("give", "back"), ("open", "up"), ("close", "up"), ("pick", "out"),
 }  # fmt: skip
 # verbs that show quoted text: the owner displays it ("a sign that reads 'OPEN'"); the verb is not an action
-TEXT_SHOWING_VERBS = word_set("read reads say says spell spells display displays show shows flash flashes")
+TEXT_SHOWING_VERBS = word_set(
+    "read reads reading say says saying spell spells spelling display displays displaying show shows showing "
+    "flash flashes flashing"
+)
 # verbs that make quoted text: the subject writes it ("a child writes 'HELLO'"); the verb stays an action
 TEXT_WRITING_VERBS = word_set("write writes paint paints type types draw draws spray sprays carve carves print prints")
 TEXT_NOUNS = word_set("text word words letters sign title caption message label")
@@ -275,7 +283,8 @@ SIDE_PREPOSITIONS = {
     "away from": "away from", "off of": "off",
 }  # fmt: skip
 PREPOSITIONS.update(SIDE_PREPOSITIONS)
-PREPOSITIONS.update({"off": "off", "between": "between", "out": "out of", "within": "inside"})
+PREPOSITIONS.update({"off": "off", "between": "between", "out": "out of", "within": "inside", "during": "during",
+                     "amid": "amid", "beyond": "beyond", "throughout": "throughout"})  # fmt: skip
 SPATIAL_PREPS |= {"to the left of", "to the right of", "between"}
 MOTION_PREPS |= {"off", "away from"}
 # words no thing in a prompt is named by (a question "Is there an off?" is nonsense)

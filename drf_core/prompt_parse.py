@@ -220,7 +220,10 @@ class Scene:
 
     def resolve_pronoun(self, pronoun: str) -> Entity | None:
         kind = PRONOUNS[pronoun]
-        if kind == "thing":  # "throws it": the last thing named that is not alive and not a place
+        if kind == "thing":  # "drinks it": the last action's object, else the last thing named (not alive, no place)
+            objects = [a.obj for a in self.actions if a.obj is not None and not a.obj.living]
+            if objects:
+                return objects[-1]
             things = [e for e in self.entities.values() if not e.living and e.category != "place"]
             return things[-1] if things else self.main_subject()
         for entity in self.entities.values():
@@ -359,7 +362,7 @@ class _ClauseParser:
             if kind == "verb":
                 self._verb(i, value)
             elif kind == "prep" or kind == "particle":
-                self._preposition_or_particle(i, kind, value)
+                self._preposition_or_particle(i, length, kind, value)
             elif kind == "condition":
                 self._condition(value)
             elif kind == "style":
@@ -419,6 +422,8 @@ class _ClauseParser:
                 getattr(entity, {"color": "colors", "size": "sizes", "attribute": "attributes"}[kind]).append(word)
             elif kind == "material" and following in _MODIFIER_KINDS:
                 entity.materials.append(value)
+            elif kind == "condition" and following in _MODIFIER_KINDS:
+                self.scene.add_unique(self.scene.conditions, value)  # "a foggy field": the field stays the head
             elif kind == "condition":
                 self._condition(value)
             elif kind == "style":
@@ -464,8 +469,8 @@ class _ClauseParser:
                 action.condition = f"{self.prep} the camera"  # "waves at the camera"
             self.prep = ""
             return True
-        if head in BODY_PARTS and determiner in POSSESSIVES:
-            phrase = f"{determiner} {' '.join(names)}"
+        if head in BODY_PARTS and (determiner in POSSESSIVES or any(n.endswith("'s") for n in names[:-1])):
+            phrase = " ".join([determiner, *names]).strip()
             if action is not None and self.prep and action.prep_obj is None and not action.condition:
                 action.condition = f"{self.prep} {phrase}"
             elif action is not None and action.obj is None and not action.object_text:
@@ -505,6 +510,14 @@ class _ClauseParser:
         elif self.prep:
             if isinstance(anchor, Action):
                 anchor.prep, anchor.prep_obj = self.prep, entity
+            acting = anchor if isinstance(anchor, Action) else self.action
+            if (
+                acting is not None
+                and (acting.obj is not None or acting.object_text)
+                and entity.category != "place"
+                and self.prep not in ("in", "at", "inside")
+            ):  # "blows out the candles on a cake": the candles are on the cake, not the girl
+                owner = acting.obj
             if owner is not None and owner is not entity and (self.prep in SPATIAL_PREPS or self.prep == "with"):
                 self.scene.add_unique(self.scene.relations, (owner, self.prep, entity))
             of_phrase, self.prep = self.prep == "of", ""
@@ -534,6 +547,8 @@ class _ClauseParser:
             return
         if self.negative_subject:
             return  # "neither of them smiles": no one to ask about
+        if word != lemma and not word.endswith(("ing", "s")) and not relative:
+            return  # a past participle describes, it is no action: "a car parked next to", "'HI' written in icing"
         for subject in subjects:
             self.action = Action(subject, lemma, word=word, negated=negated, step=self.step)
             self.scene.add_unique(self.scene.actions, self.action)
@@ -545,12 +560,12 @@ class _ClauseParser:
             i += 1
         return i < len(self.words) and classify(self.words, i)[0] == "text"
 
-    def _preposition_or_particle(self, i: int, kind: str, value: str) -> None:
+    def _preposition_or_particle(self, i: int, length: int, kind: str, value: str) -> None:
         """A particle right after a verb belongs to it ("lies down", "turns off the lamp"); else a preposition."""
         word = self.words[i]
         action = self.action
         after_verb = self.previous_kind == "verb" or (self.previous_kind == "adverb" and action is not None)
-        if action is not None and after_verb and word in PARTICLES and not action.particle:
+        if action is not None and after_verb and word in PARTICLES and not action.particle and length == 1:
             next_kind = classify(self.words, i + 1)[0] if i + 1 < len(self.words) else ""
             starts_np = next_kind in _NP_START
             if not starts_np or (action.lemma, word) in TRANSITIVE_PHRASAL or kind == "particle":
