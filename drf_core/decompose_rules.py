@@ -35,7 +35,6 @@ def vanilla_question(prompt: str) -> str:
     return f'Does this video show: "{normalize_prompt(prompt)}"?'
 
 
-
 def _refer(scene: Scene, words: list[str]) -> Entity | None:
     """The entity a camera clause names after its verb ("tracks her", "follows the dog")."""
     for word in words:

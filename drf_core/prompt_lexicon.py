@@ -289,6 +289,14 @@ SPATIAL_PREPS |= {"to the left of", "to the right of", "between"}
 MOTION_PREPS |= {"off", "away from"}
 # words no thing in a prompt is named by (a question "Is there an off?" is nonsense)
 CLOSED_CLASS = (
-    DETERMINERS | AUXILIARIES | CONJUNCTIONS | set(PRONOUNS) | NEGATORS | VERB_NEGATORS | PARTICLES
-    | {p for p in PREPOSITIONS if " " not in p} | RELATIVE_PRONOUNS | word_set("then first next finally any")
+    DETERMINERS
+    | AUXILIARIES
+    | CONJUNCTIONS
+    | set(PRONOUNS)
+    | NEGATORS
+    | VERB_NEGATORS
+    | PARTICLES
+    | {p for p in PREPOSITIONS if " " not in p}
+    | RELATIVE_PRONOUNS
+    | word_set("then first next finally any")
 )

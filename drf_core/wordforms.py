@@ -90,7 +90,7 @@ def is_plural(noun: str) -> bool:
 
 
 def article(word: str) -> str:
-    """"a" or "an" before `word` (by sound for the common exceptions: an hour, a unicorn, a one-way sign)."""
+    """ "a" or "an" before `word` (by sound for the common exceptions: an hour, a unicorn, a one-way sign)."""
     lower = word.lower()
     if lower.startswith(("hour", "honest", "heir")):
         return "an"

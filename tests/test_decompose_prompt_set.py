@@ -74,7 +74,9 @@ def test_prompt_set_coverage_report(capsys):
         row = totals.setdefault(entry["category"], [0, 0, 0, 0])
         row[0], row[1], row[2], row[3] = row[0] + 1, row[1] + covered, row[2] + wanted, row[3] + problems
     lines = ["", "rule decomposer on the public prompt set (prompts, elements covered, nonsense questions):"]
-    lines += [f"  {name:<13} {n:3d} prompts  {c:3d}/{w:<3d} covered  {p} nonsense" for name, (n, c, w, p) in totals.items()]
+    lines += [
+        f"  {name:<13} {n:3d} prompts  {c:3d}/{w:<3d} covered  {p} nonsense" for name, (n, c, w, p) in totals.items()
+    ]
     with capsys.disabled():
         sys.stdout.write("\n".join(lines) + "\n")
     assert sum(row[1] for row in totals.values()) == sum(row[2] for row in totals.values())
@@ -102,7 +104,7 @@ def one_aspect(prompt: str, *questions: tuple[str, str], aspect: str = "TA", tag
         ("a neon sign that reads 'OPEN 24 HOURS' flickers", "Are there reads?", "yes", "TA", "a verb of the prompt"),
         ("a neon sign that reads 'OPEN 24 HOURS' flickers", "Are there exactly 24 hours?", "yes", "TA",
          "part of the quoted text"),
-        ("a red cube to the left of a blue sphere", "Is the cube blue?", "yes", "TA", "which the prompt gives the sphere"),
+        ("a red cube to the left of a blue sphere", "Is the cube blue?", "yes", "TA", "the prompt gives the sphere"),
         ("a red cube to the left of a blue sphere", "Is there a red sphere?", "yes", "TA", "gives the cube"),
         ("a wooden chair beside a metal table", "Is the chair made of metal?", "yes", "TA", "gives the table"),
         ("a dog lies down", "Is there a down?", "yes", "TA", "a thing called 'down'"),
