@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 from .errors import DRFInputError
 from .prompt_lexicon import CONDITIONS, MAX_PHY_ENTITIES, PRONOUNS, QUANTIFIERS, SURFACE_PREPS, word_set
-from .prompt_parse import Absence, Action, Entity, Scene, parse_prompt
+from .prompt_parse import parse_prompt
+from .prompt_scene import Absence, Action, Entity, Scene
 from .questions import Aspect, AspectSpec, ExplanationQuery, QuestionSet, YesNoQuestion
 from .registry import Registry
 from .wordforms import sentence, singular, third_person
