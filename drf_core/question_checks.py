@@ -48,7 +48,8 @@ _BINDABLE = COLORS | SIZES | set(MATERIALS) | set(MATERIALS.values())
 # words in a question that make it ask for an absence ("Is the video free of people?" expects yes)
 _NEGATION_IN_QUESTION = re.compile(r"\b(?:no|not|without|free of|absent|missing|none|nobody|nothing)\b|n't\b")
 _ABOUT_THE_BODY_TAGS = frozenset("anatomy shape motion permanence contact gravity stability 3d".split())
-_NOT_A_THING = frozenset(CLOSED_CLASS - {"back", "over", "top"})  # "the back of the car" is a thing
+# closed-class words that never name a thing ("the back of the car", "the inside of the box" do)
+_NOT_A_THING = frozenset(CLOSED_CLASS - {"back", "over", "top", "inside", "outside", "home"})
 _EXISTENCE = re.compile(r"^(?:is|are) there (?:an? |any |exactly \w+ |several |many |some )?(?P<thing>[\w'-]+)")
 _ARTICLE_THEN = re.compile(r"\b(?:the|an?|exactly \w+)\s+(?P<word>[\w'-]+)")
 _PREDICATE = re.compile(r"^(?:is|are) the (?P<thing>[\w' -]+?) (?:made of )?(?P<adjectives>\w+(?: and \w+)*)\?$")
@@ -127,7 +128,7 @@ def _nonsense(question: str, expected: str, aspect: str, tag: str, facts: Prompt
     """Why `question` is nonsense for the prompt ("" if it is not)."""
     text = question.casefold()
     existence = _EXISTENCE.match(text)
-    if existence and existence.group("thing") in _NOT_A_THING:
+    if existence and existence.group("thing") in _NOT_A_THING - NEGATORS:  # "Is there no smoke?" is a question
         return f"asks whether there is a thing called {existence.group('thing')!r}"
     if existence and existence.group("thing") in facts.verbs:
         return f"asks whether there is a thing called {existence.group('thing')!r}, a verb of the prompt"

@@ -126,6 +126,8 @@ def test_checks_catch_nonsense(prompt, question, expected, aspect, reason):
         ("a neon sign that reads 'OPEN 24 HOURS' flickers", 'Does the sign show the text "OPEN 24 HOURS"?', "yes"),
         ("five birds on a wire", "Are there exactly five birds?", "yes"),
         ("a man leans on the back of a car", "Is the man leaning on the back of the car?", "yes"),
+        ("a ball inside a box, no smoke", "Is the ball in the inside of the box?", "yes"),
+        ("a ball inside a box, no smoke", "Is there no smoke?", "yes"),
     ],
 )
 def test_checks_accept_sensible_questions(prompt, question, expected):
