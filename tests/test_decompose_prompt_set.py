@@ -16,7 +16,9 @@ from drf_core.decompose import decompose
 from drf_core.question_checks import check_question_set
 from drf_core.questions import Aspect, QuestionSet, YesNoQuestion
 
-PROMPT_SET = json.loads((Path(__file__).parent / "data" / "decompose_prompts.json").read_text())["prompts"]
+PROMPT_SET = json.loads((Path(__file__).parent / "data" / "decompose_prompts.json").read_text(encoding="utf-8"))[
+    "prompts"
+]
 OVERALL = re.compile(r'^Does this video show: ".*"\?$')
 
 
