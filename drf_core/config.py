@@ -322,7 +322,7 @@ class RunConfig(_Serializable):
         path = Path(path)
         if not path.is_file():
             raise DRFInputError(f"config file {path} does not exist; write one (see README, 'train')")
-        return cls.from_json(path.read_text(), where=str(path))
+        return cls.from_json(path.read_text(encoding="utf-8"), where=str(path))
 
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

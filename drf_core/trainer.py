@@ -219,7 +219,7 @@ class Trainer:
         path = self.output_dir / METRICS_FILE
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def _rewrite_metrics(self) -> None:
         write_text_atomic(self.output_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.metrics))

@@ -23,7 +23,7 @@ from drf_core.errors import DRFInputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POSIX_ONLY = {"resource", "fcntl", "pwd", "grp", "termios"}
-PACK_SOURCES = ("__init__.py", "drf_core", "nodes")
+PACK_SOURCES = ("__init__.py", "drf_core", "nodes", "tools")
 
 
 def pack_files() -> list[Path]:
@@ -46,6 +46,28 @@ def test_no_posix_only_import_is_written_anywhere_in_the_pack():
             where = f"{path.relative_to(REPO_ROOT)}:{getattr(node, 'lineno', 0)}"
             found += [f"{where} {name}" for name in names if name.split(".")[0] in POSIX_ONLY]
     assert not found, f"POSIX-only imports (the pack must load on Windows): {found}"
+
+
+def _text_io_without_encoding(node: ast.AST) -> bool:
+    """A call that reads or writes text in the locale's encoding (cp1252 on many Windows machines)."""
+    if not isinstance(node, ast.Call) or any(k.arg == "encoding" for k in node.keywords):
+        return False
+    func = node.func
+    if isinstance(func, ast.Attribute) and func.attr in ("read_text", "write_text"):
+        return True
+    if isinstance(func, ast.Name) and func.id == "open":
+        mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+        return not (isinstance(mode, ast.Constant) and "b" in str(mode.value))
+    return False
+
+
+def test_text_files_are_read_and_written_as_utf8_everywhere_in_the_pack():
+    """Prompts and questions are any language; Windows' default text encoding would garble or refuse them."""
+    found = []
+    for path in pack_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found += [f"{path.relative_to(REPO_ROOT)}:{n.lineno}" for n in ast.walk(tree) if _text_io_without_encoding(n)]
+    assert not found, f"text I/O without encoding='utf-8': {found}"
 
 
 @pytest.mark.slow
