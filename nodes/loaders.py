@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..drf_core.config import DTYPES
+from ..drf_core.critics import critic_model_type
 from ..drf_core.models import read_model_index
 from .model_cache import ModelHandle
 from .spec import CRITIC, VIDEO_MODEL, Combo, DRFNode, NodeContext, NodeResult, NodeSpec, OutputSpec, category
@@ -84,4 +85,5 @@ class LoadVLMCritic(DRFNode):
     @classmethod
     def run(cls, ctx: NodeContext, model: str, dtype: str, device: str) -> NodeResult:
         path = ctx.folders.resolve(CRITIC_FOLDER, model)
+        critic_model_type(path)  # a clear error now (wrong kind of folder), not at the first critique
         return NodeResult((ModelHandle("critic", str(path), dtype, device),))
