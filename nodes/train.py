@@ -89,6 +89,22 @@ class TrainingOptions:
 
 
 _OPTIONS = TrainingOptions()
+MIXED_PRECISION = ("auto", "bf16", "fp32")
+
+
+def check_options(options: TrainingOptions) -> TrainingOptions:
+    """Refuse a choice Training Options does not offer, on that node (not later, in Train LoRA)."""
+    choices = {
+        "target_preset": target_presets(),
+        "scheduler": ["default", *SCHEDULERS.names()],
+        "checkpointing": CHECKPOINTING.names(),
+        "mixed_precision": list(MIXED_PRECISION),
+    }
+    for name, allowed in choices.items():
+        value = getattr(options, name)
+        if value not in allowed:
+            raise DRFInputError(f"{name}: {value!r} is not one of {', '.join(allowed)}; pick one from the list")
+    return options
 
 
 class TrainingOptionsNode(DRFNode):
@@ -128,9 +144,7 @@ class TrainingOptionsNode(DRFNode):
                 1000,
                 "0: backpropagate through exactly K steps. Otherwise K is drawn from [K, this] at every step.",
             ),
-            Combo(
-                "mixed_precision", ("auto", "bf16", "fp32"), "auto: bf16 autocast on a GPU, fp32 on the CPU.", "auto"
-            ),
+            Combo("mixed_precision", MIXED_PRECISION, "auto: bf16 autocast on a GPU, fp32 on the CPU.", "auto"),
             Int("videos_per_step", _OPTIONS.videos_per_step, 1, 64, "Videos sampled per micro-batch."),
             Int("gradient_accumulation", _OPTIONS.gradient_accumulation, 1, 256, "Micro-batches per optimizer step."),
             Int("keep_last_checkpoints", _OPTIONS.keep_last_checkpoints, 1, 100, "Older checkpoints are deleted."),
@@ -151,7 +165,7 @@ class TrainingOptionsNode(DRFNode):
 
     @classmethod
     def run(cls, ctx: NodeContext, **settings: object) -> NodeResult:
-        return NodeResult((TrainingOptions(**settings),))  # type: ignore[arg-type]
+        return NodeResult((check_options(TrainingOptions(**settings)),))  # type: ignore[arg-type]
 
 
 def build_train_config(

@@ -190,6 +190,15 @@ def test_loaders_name_the_folder_and_the_fix(pack_nodes, local, ctx, root):
     (root / "models" / "diffusers" / "empty").mkdir()
     with pytest.raises(errors.ModelFolderError, match=r"model_index\.json"):
         run(pack_nodes, local, ctx, "DRFLoadVideoModel", model="empty", dtype="auto", device="cpu")
+    # ComfyUI 0.3.64 does not check a V3 combo's value against its list: the loaders refuse bad choices themselves.
+    with pytest.raises(errors.DRFInputError, match="no diffusers model chosen"):
+        run(pack_nodes, local, ctx, "DRFLoadVideoModel", model="", dtype="auto", device="cpu")
+    for bad in ({"dtype": "fp8"}, {"device": "tpu"}):
+        settings = {"dtype": "fp32", "device": "cpu", **bad}
+        with pytest.raises(errors.DRFInputError, match=f"unknown {next(iter(bad))} '{next(iter(bad.values()))}'"):
+            run(pack_nodes, local, ctx, "DRFLoadVLMCritic", model="Qwen2.5-VL-7B-Instruct", **settings)
+    with pytest.raises(errors.DRFInputError, match="scheduler: 'euler_a' is not one of default, "):
+        run(pack_nodes, local, ctx, "DRFTrainingOptions", scheduler="euler_a")
     # A video model's parts in the critic's folder: refused by the critic loader itself, before any loading.
     wan = root / "models" / "diffusers" / "Wan2.1-T2V-1.3B-Diffusers"
     (root / "models" / "LLM" / "wan_parts").symlink_to(wan.resolve(), target_is_directory=True)
