@@ -111,6 +111,7 @@ class LoadLoRA(DRFNode):
 
     @classmethod
     def run(cls, ctx: NodeContext, lora_name: str, family: str) -> NodeResult:
+        MODULE_NAME_MAPS.get(family)  # an unknown family is refused even when the file names its own
         path = ctx.folders.resolve(LORA_FOLDER, lora_name)
         if path.suffix != LORA_SUFFIX:
             raise DRFInputError(f"{lora_name}: only {LORA_SUFFIX} LoRA files can be read; convert it first")

@@ -86,7 +86,9 @@ class ModelFolders:
     def resolve(self, kind: str, name: str) -> Path:
         """The path of the listed `name` of `kind` (links kept); a clear error when it is not there."""
         where = ", ".join(str(b) for b in self.bases(kind)) or f"models/{kind}"
-        if not name or not name.strip():
+        if not isinstance(name, str):
+            raise DRFInputError(f"a {kind} model is chosen by its name (text), got {name!r}; pick one from the list")
+        if not name.strip():
             raise DRFInputError(
                 f"no {kind} model chosen (the name is empty, or the list was); put one in {where} and "
                 f"{self.refresh_hint}"

@@ -267,9 +267,7 @@ class TrainLoRA(DRFNode):
             Socket("video_model", VIDEO_MODEL, "The video model to fine-tune (from Load Video Model)."),
             Socket("critic", CRITIC, "The frozen critic (from Load VLM Critic)."),
             Socket("questions", QUESTIONS, "The question sets; their prompts are the training prompts."),
-            String(
-                "run_name", "wan_drf", "Folder under output/drf_runs for checkpoints and metrics (must not be empty)."
-            ),
+            String("run_name", "wan_drf", "Folder under output/drf_runs for checkpoints and metrics (required)."),
             Int("steps", _TRAIN.steps, 1, 100000, "Optimizer steps in total (a resumed run continues up to it)."),
             Float("learning_rate", _OPTIMIZER.learning_rate, 1e-7, 1e-1, "AdamW learning rate.", 1e-5),
             Int("lora_rank", _LORA.rank, 1, 256, "LoRA rank: capacity (and file size) of the adapter."),

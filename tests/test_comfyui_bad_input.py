@@ -27,6 +27,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,7 @@ def build_graph(target: str, served: dict, good: dict, **extra: Any) -> tuple[di
     builder = GraphBuilder(served, good)
     key = builder.add(target)
     builder.finish(key)
-    return shrink(builder.prompt, steps=1, run_name=RUN_NAME, **extra), key
+    return shrink(builder.prompt, **{"steps": 1, "run_name": RUN_NAME, **extra}), key
 
 
 # --- outcomes ------------------------------------------------------------------------------------------------------
@@ -356,7 +357,8 @@ def bad_values(item) -> list[tuple[str, Any, str]]:
         return [("not in the list", "zz-no-such-choice", choice), ("empty string", "", choice), ("a number", 7, choice)]
     if item.type == "STRING":  # ComfyUI passes str(value) on: a number arrives as text
         return [
-            ("empty string", "", RUNS if "empty" in item.tooltip.lower() else CLEAR),
+            # "(empty: none)", "Empty keeps ...": the tooltip says what empty means, so it must run
+            ("empty string", "", RUNS if re.search(r"\bempty(:| keeps)", item.tooltip, re.IGNORECASE) else CLEAR),
             ("a number", 7, CLEAR_OR_RUNS),
         ]
     if item.type == "BOOLEAN":  # ComfyUI passes bool(value) on: any value arrives as True or False
@@ -369,7 +371,7 @@ def check(outcome: Outcome, expect: str, key: str, node_id: str, name: str, valu
         assert_rejected(outcome, key, name, what)
     elif expect in (CLEAR, REJECT_OR_CLEAR) or outcome.error is not None or outcome.rejected is not None:
         assert expect != RUNS, f"{what}: the tooltip says what empty means, so it must run; it {outcome.describe()}"
-        about = (name, name.replace("_", " "), repr(str(value)), *(("empty",) if value == "" else ()))
+        about = (name, name.replace("_", " "), *((str(value),) if value != "" else ("empty", "''")))
         assert_clear_error(outcome, what, node_id, about)
 
 
@@ -442,7 +444,7 @@ def test_missing_or_wrong_model_files_get_a_clear_message(
     server, bad_env, what, loader, value, expect, reporter, words
 ):
     prompt, key = build_graph(loader, bad_env["served"], bad_env["good"])
-    (name,) = [i.name for i in SPECS[loader].inputs if i.type == "COMBO" and callable(i.options)]
+    name = next(i.name for i in SPECS[loader].inputs if i.type == "COMBO" and callable(i.options))  # the file list
     prompt[key]["inputs"][name] = value
     outcome = queue(server, prompt)
     if expect == REJECT_OR_CLEAR and outcome.rejected is not None:

@@ -193,6 +193,8 @@ def test_loaders_name_the_folder_and_the_fix(pack_nodes, local, ctx, root):
     # ComfyUI 0.3.64 does not check a V3 combo's value against its list: the loaders refuse bad choices themselves.
     with pytest.raises(errors.DRFInputError, match="no diffusers model chosen"):
         run(pack_nodes, local, ctx, "DRFLoadVideoModel", model="", dtype="auto", device="cpu")
+    with pytest.raises(errors.DRFInputError, match=r"chosen by its name \(text\), got 7"):
+        run(pack_nodes, local, ctx, "DRFLoadVideoModel", model=7, dtype="auto", device="cpu")
     for bad in ({"dtype": "fp8"}, {"device": "tpu"}):
         settings = {"dtype": "fp32", "device": "cpu", **bad}
         with pytest.raises(errors.DRFInputError, match=f"unknown {next(iter(bad))} '{next(iter(bad.values()))}'"):
@@ -244,6 +246,8 @@ def test_load_lora_refuses_a_lora_of_another_model_family(pack_nodes, local, ctx
         str(loras / "x.safetensors"),
         {"family": "sdxl"},
     )
+    with pytest.raises(errors.DRFInputError, match="unknown model family 'flux'"):
+        run(pack_nodes, local, ctx, "DRFLoadLoRA", lora_name="x.safetensors", family="flux")
     for name in ("sdxl_kohya.safetensors", "sdxl.safetensors"):
         with pytest.raises(errors.DRFInputError, match=f"{name}.*made for another model family"):
             run(pack_nodes, local, ctx, "DRFLoadLoRA", lora_name=name)
