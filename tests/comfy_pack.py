@@ -7,21 +7,19 @@ models under the real models' names (`models/diffusers/Wan2.1-T2V-1.3B-Diffusers
 example workflow into an API prompt; `drf_node` is one DRF node entry with the editor's defaults; `run_ok`
 queues a prompt and asserts it succeeded.
 
-The `server` fixture (one per test module) lives in conftest.py; this module knows nothing about pytest
-fixtures, only `pytest.skip` when no ComfyUI is given.
+The `server` fixture (one per test module) lives in conftest.py; where ComfyUI is (or why the tests skip)
+is `tests/comfy_checkout.py`'s business.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-
 from drf_core.tiny import TinyModelPaths, write_tiny_wan_native
+from tests.comfy_checkout import comfyui_checkout
 from tests.comfy_server import ComfyServer, history_error
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -75,17 +73,20 @@ def shrink(prompt: dict, **extra) -> dict:
 
 
 def start_pack_server(work: Path, extra_models: Path, tiny_models: TinyModelPaths) -> ComfyServer:
-    """A started ComfyUI serving this pack, all its state under `work`; skips the test without COMFYUI_DIR."""
-    value = os.environ.get("COMFYUI_DIR")
-    if not value:
-        pytest.skip("COMFYUI_DIR is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its venv python)")
+    """A started ComfyUI serving this pack, all its state under `work` (skips or fails as `comfyui_checkout` says)."""
+    comfy_dir, python = comfyui_checkout()
     # A `vlm` folder from extra_model_paths.yaml exists before the pack loads; the pack must add to it, not replace it.
     (extra_models / "vlm_extra").mkdir()
     (extra_models / "vlm_extra" / EXTRA_CRITIC).symlink_to(tiny_models.qwen, target_is_directory=True)
     config = extra_models / "extra_model_paths.yaml"
     config.write_text(f"drf_test:\n    base_path: {extra_models}\n    vlm: vlm_extra\n")
     comfy = ComfyServer(
-        Path(value), REPO_ROOT, work, pack_name=PACK_FOLDER, extra_args=("--extra-model-paths-config", str(config))
+        comfy_dir,
+        REPO_ROOT,
+        work,
+        python=str(python),
+        pack_name=PACK_FOLDER,
+        extra_args=("--extra-model-paths-config", str(config)),
     )
     models = comfy.models_dir
     for folder in ("diffusers", "LLM", "diffusion_models", "loras"):

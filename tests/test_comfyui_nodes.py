@@ -11,8 +11,10 @@ and resumes it. The server and prompt helpers are shared with the other real-Com
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +40,22 @@ WAKE_UP_PROMPT = {  # a core prompt that needs no model
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
     "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
 }
+
+
+def comfyui_version(comfy_dir: Path) -> str:
+    found = re.search(r"__version__\s*=\s*[\"']([^\"']+)", (comfy_dir / "comfyui_version.py").read_text())
+    return found.group(1) if found else "unknown"
+
+
+def test_nodes_are_built_with_the_newest_versioned_v3_api(server, pack_nodes):
+    """0.3.64 has comfy_api.v0_0_2 (and latest); a newer ComfyUI may have a newer versioned one."""
+    log = server.log_text()
+    used = re.search(r"DiffusionDRF nodes use ComfyUI's (comfy_api\.\w+)", log)
+    assert used, server.log_tail()
+    if comfyui_version(server.comfy_dir) == "0.3.64":
+        assert used.group(1) == "comfy_api.v0_0_2"
+    assert f"DiffusionDRF: {len(pack_nodes.NODES)} nodes built with ComfyUI's {used.group(1)}" in log
+    assert "DiffusionDRF: this ComfyUI has no" not in log  # every guarded ComfyUI function is present
 
 
 def test_every_node_is_served_with_its_schema(server, pack_nodes):
