@@ -6,8 +6,10 @@ an output node, a consumer down to an output node (core PreviewImage for IMAGE).
 into `models/` are used only when nothing else fits. That prompt must run; then every widget gets bad values
 and every socket a link of the wrong type, each queued through `POST /prompt`:
 
-- INT / FLOAT below min, above max, empty, not a number; COMBO not in the list, empty, a number: ComfyUI's
-  validation must refuse them (HTTP 400, `node_errors` naming the node and the input).
+- INT / FLOAT below min, above max, empty, not a number: ComfyUI's validation must refuse them (`node_errors`
+  naming the node and the input: HTTP 400, or 200 when another output of the prompt is valid and still runs).
+- COMBO not in the list, empty, a number: ComfyUI's validation error or the node's own clear error (0.3.64
+  does not check a V3 combo's value against its list, so the node must).
 - STRING empty: the node's own clear error naming the input, unless the tooltip says what empty means
   (then it must run). STRING / BOOLEAN of the wrong type: ComfyUI converts any value with `str()` / `bool()`
   before a node sees it, so the converted value must either run or get the node's clear error.
