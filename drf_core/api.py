@@ -129,9 +129,22 @@ def save_trained_lora(
 
 
 def load_lora(path: str | Path, family: str) -> LoRAWeights:
-    """Read a LoRA file of any supported layout into the family's denoiser names."""
+    """Read a LoRA file of any supported layout into the family's denoiser names.
+
+    Every layer must be one a model of `family` has (checked through the family's name map), so a LoRA
+    made for another model is refused here, not when it is applied.
+    """
     names = MODULE_NAME_MAPS.get(family)
-    return read_lora_file(path, names.from_native, family=family)
+    lora = read_lora_file(path, names.from_native, family=family)
+    for module in lora.modules:
+        try:
+            names.to_native(module)
+        except DRFInputError as error:
+            raise DRFInputError(
+                f"{path} names layer {module!r}, which a {family} model does not have ({error}); the LoRA was made "
+                f"for another model family: use it with that model's own LoRA loader"
+            ) from None
+    return lora
 
 
 def export_lora(source: str | Path, target: str | Path, fmt: str, family: str | None = None) -> Path:

@@ -6,7 +6,9 @@ A checkpoint is a folder `checkpoints/step_000042/` with
                        read back with `torch.load(weights_only=True)`, which never unpickles code),
   `state.json`         the step, the training config and bookkeeping, readable by people.
 It is written into a hidden temporary folder and renamed into place, so a crash mid-write never
-leaves a checkpoint that looks complete. Knows nothing about models or rewards.
+leaves a checkpoint that looks complete. A run folder holds `checkpoints/` and `metrics.jsonl`;
+`next_free_run_dir` finds a folder for a new run that leaves earlier runs untouched.
+Knows nothing about models or rewards.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .errors import DRFInputError
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
 
@@ -104,6 +107,26 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
         if match and (child / "state.json").is_file():
             found.append((int(match.group(1)), child))
     return [path for _, path in sorted(found)]
+
+
+def holds_run(folder: str | Path) -> bool:
+    """True when `folder` already holds a training run: a checkpoint, or metrics of at least one step."""
+    folder = Path(folder)
+    metrics = folder / METRICS_FILE
+    return bool(list_checkpoints(folder)) or (metrics.is_file() and bool(metrics.read_text(encoding="utf-8").strip()))
+
+
+def next_free_run_dir(folder: str | Path) -> Path:
+    """`folder` when it holds no run, else the first of `folder_2`, `folder_3`, ... that holds none.
+
+    A new run goes there, so starting over never overwrites or deletes an earlier run's files.
+    """
+    folder = Path(folder)
+    candidate, number = folder, 1
+    while holds_run(candidate):
+        number += 1
+        candidate = folder.with_name(f"{folder.name}_{number}")
+    return candidate
 
 
 def find_checkpoint(path: str | Path) -> Path | None:

@@ -92,6 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 @command("train", "train a LoRA from a run config file (real models from local folders)")
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import save_trained_lora, train_lora
+    from .checkpoint import next_free_run_dir
     from .config import RunConfig
     from .critics import load_critic
     from .decompose import decompose
@@ -100,6 +101,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     run = RunConfig.from_file(args.config)
     output = Path(args.out or run.output_dir)
+    resume = run.resume and not args.fresh
+    if not resume and next_free_run_dir(output) != output:
+        logger.warning(
+            "%s holds an earlier run, which is kept; the new run goes to %s", output, next_free_run_dir(output)
+        )
+        output = next_free_run_dir(output)
     models = run.models
     backend = load_video_backend(models.video_model, models.video_dtype, models.video_device)
     critic = load_critic(models.critic_model, models.critic_dtype, models.critic_device)
@@ -115,9 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         qs.save(output / f"questions_{i}.json")
     progress = _TrainingProgress("training")
     try:
-        trained = train_lora(
-            backend, critic, question_sets, run.train, output, progress=progress, resume=run.resume and not args.fresh
-        )
+        trained = train_lora(backend, critic, question_sets, run.train, output, progress=progress, resume=resume)
     finally:
         progress.close()
     for fmt, name in (("comfyui", "drf_lora.safetensors"), ("diffusers", "drf_lora_diffusers.safetensors")):
@@ -215,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = parsers["train"]
     p.add_argument("--config", required=True, help="run config JSON (see README)")
     p.add_argument("--out", help="output folder (default: the config's output_dir)")
-    p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new run; an earlier run in the output folder is kept and the new one goes to <out>_2",
+    )
 
     p = parsers["critique"]
     p.add_argument("--critic", required=True, help="local Qwen2.5-VL folder")

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .api import critique, sample_videos, save_trained_lora, train_lora
+from .checkpoint import next_free_run_dir
 from .config import (
     CriticInputConfig,
     DecodeConfig,
@@ -104,7 +105,8 @@ def run_demo(
     before, before_aspects = held_out_reward(None)
     base_video = sample_videos(backend, [DEMO_PROMPT], config.video, config.sampler, PREVIEW_SEED)[0]
 
-    trained = train_lora(backend, critic, [questions], config, output_dir / "run", progress=progress, resume=False)
+    run_dir = next_free_run_dir(output_dir / "run")  # a demo run again next to an earlier one keeps it
+    trained = train_lora(backend, critic, [questions], config, run_dir, progress=progress, resume=False)
     lora = trained.lora
     after, after_aspects = held_out_reward(lora)
     lora_video = sample_videos(backend, [DEMO_PROMPT], config.video, config.sampler, PREVIEW_SEED, lora=lora)[0]
@@ -114,7 +116,7 @@ def run_demo(
         "lora_diffusers": save_trained_lora(
             lora, output_dir / "drf_lora_diffusers.safetensors", trained.family, "diffusers"
         ),
-        "metrics": output_dir / "run" / "metrics.jsonl",
+        "metrics": run_dir / "metrics.jsonl",
         "questions": output_dir / "questions.json",
     }
     curve = output_dir / "reward_curve.png"

@@ -27,7 +27,16 @@ from typing import Any
 import torch
 
 from . import __version__
-from .checkpoint import capture_rng_state, find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    METRICS_FILE,
+    capture_rng_state,
+    find_checkpoint,
+    holds_run,
+    load_checkpoint,
+    next_free_run_dir,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .critics.base import Critic
 from .devices import device_memory_mb, host_memory_mb, reset_peak_memory
@@ -42,7 +51,6 @@ from .sampler import draw_truncation_steps, sample_latents
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 ADAPTER_NAME = "drf"
 
 
@@ -337,6 +345,12 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is not None and not self.resume(resume_from):
             logger.info("no checkpoint under %s; starting a new run", resume_from)
+        if self.step == 0 and holds_run(self.output_dir):
+            raise DRFInputError(
+                f"{self.output_dir} already holds a training run (checkpoints or metrics) that a new run would "
+                "overwrite; resume it, or start the new run in another folder such as "
+                f"{next_free_run_dir(self.output_dir)}"
+            )
         if self.step == 0:
             self.metrics = []
             self._rewrite_metrics()

@@ -6,7 +6,8 @@ Both return a `ModelHandle`; the model itself is loaded on first use and kept be
 
 from __future__ import annotations
 
-from ..drf_core.config import DTYPES
+from ..drf_core.config import DTYPES, resolve_device, resolve_dtype
+from ..drf_core.critics import critic_model_type
 from ..drf_core.devices import device_names
 from ..drf_core.models import read_model_index
 from .model_cache import ModelHandle
@@ -23,6 +24,11 @@ DTYPE_TOOLTIP = "auto: bf16 on an NVIDIA GPU, fp32 on the CPU and on Apple MPS. 
 def device_choices(_folders: object = None) -> list[str]:
     """auto, cpu, every CUDA device this machine has (cuda:0, cuda:1, ...) and mps on Apple machines."""
     return device_names()
+
+
+def check_dtype_and_device(dtype: str, device: str) -> None:
+    """Refuse an unknown dtype or device on the loader itself (the model loads later, in the node that uses it)."""
+    resolve_dtype(dtype, resolve_device(device))
 
 
 class LoadVideoModel(DRFNode):
@@ -55,6 +61,7 @@ class LoadVideoModel(DRFNode):
     def run(cls, ctx: NodeContext, model: str, dtype: str, device: str) -> NodeResult:
         path = ctx.folders.resolve(VIDEO_MODEL_FOLDER, model)
         read_model_index(path)  # a clear error now, not at the first sample
+        check_dtype_and_device(dtype, device)
         return NodeResult((ModelHandle("video_model", str(path), dtype, device),))
 
 
@@ -88,4 +95,6 @@ class LoadVLMCritic(DRFNode):
     @classmethod
     def run(cls, ctx: NodeContext, model: str, dtype: str, device: str) -> NodeResult:
         path = ctx.folders.resolve(CRITIC_FOLDER, model)
+        critic_model_type(path)  # a clear error now (wrong kind of folder), not at the first critique
+        check_dtype_and_device(dtype, device)
         return NodeResult((ModelHandle("critic", str(path), dtype, device),))

@@ -116,10 +116,17 @@ class LoadLoRA(DRFNode):
 
     @classmethod
     def run(cls, ctx: NodeContext, lora_name: str, family: str) -> NodeResult:
+        MODULE_NAME_MAPS.get(family)  # an unknown family is refused even when the file names its own
         path = ctx.folders.resolve(LORA_FOLDER, lora_name)
         if path.suffix != LORA_SUFFIX:
             raise DRFInputError(f"{lora_name}: only {LORA_SUFFIX} LoRA files can be read; convert it first")
         family = read_lora_header(path).get("family") or family
+        if family not in MODULE_NAME_MAPS:
+            raise DRFInputError(
+                f"{lora_name} is a LoRA for {family} models, and this pack works on "
+                f"{', '.join(MODULE_NAME_MAPS.names())} models only; apply it to a {family} model with ComfyUI's own "
+                "LoRA loader"
+            )
         weights = api.load_lora(path, family)
         wire = TrainedLoRAWire(weights, family, lora_name)
         return NodeResult((wire,), text=str(wire))

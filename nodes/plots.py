@@ -28,7 +28,7 @@ class RewardCurves(DRFNode):
         description="Plots the total reward and each aspect's reward against the training step (raw and smoothed).",
         inputs=(
             Socket("metrics", METRICS, "The metrics output of Train LoRA."),
-            String("title", "Diffusion-DRF reward", "The plot's title."),
+            String("title", "Diffusion-DRF reward", "The plot's title (empty: none)."),
         ),
         outputs=(OutputSpec("IMAGE", "plot", "The plot as an image."),),
         is_output_node=True,

@@ -85,11 +85,18 @@ class ModelFolders:
 
     def resolve(self, kind: str, name: str) -> Path:
         """The path of the listed `name` of `kind` (links kept); a clear error when it is not there."""
+        where = ", ".join(str(b) for b in self.bases(kind)) or f"models/{kind}"
+        if not isinstance(name, str):
+            raise DRFInputError(f"a {kind} model is chosen by its name (text), got {name!r}; pick one from the list")
+        if not name.strip():
+            raise DRFInputError(
+                f"no {kind} model chosen (the name is empty, or the list was); put one in {where} and "
+                f"{self.refresh_hint}"
+            )
         for base in self.bases(kind):
             path = safe_child_path(base, name, "", follow_symlinks=True)
             if path.exists():
                 return path
-        where = ", ".join(str(b) for b in self.bases(kind)) or f"models/{kind}"
         raise DRFInputError(f"{name!r} is not in {where}; put it there and {self.refresh_hint}")
 
     def save_dir(self, kind: str) -> Path:

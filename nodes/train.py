@@ -1,6 +1,7 @@
 """Train LoRA (and its Training Options): the Diffusion-DRF run, with progress, previews and resume.
 
-Runs `drf_core.api.train_lora` in the run folder `output/drf_runs/<run_name>`. The progress bar
+Runs `drf_core.api.train_lora` in the run folder `output/drf_runs/<run_name>` (a new run never
+writes into a folder that holds an earlier run: it goes to `<run_name>_2`, ...). The progress bar
 moves once per optimizer step and shows a frame of the video just scored; the node's text shows
 the reward per aspect. Interrupt stops at the next denoising step, saves a resumable checkpoint
 and stops the graph; queueing again with `resume` on continues from it.
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from ..drf_core import api
+from ..drf_core.checkpoint import find_checkpoint, holds_run, next_free_run_dir
 from ..drf_core.config import LoRAConfig, OptimizerConfig, SamplerConfig, TrainConfig, VideoSpec
 from ..drf_core.errors import DRFInputError
 from ..drf_core.io import safe_child_path
@@ -86,6 +89,22 @@ class TrainingOptions:
 
 
 _OPTIONS = TrainingOptions()
+MIXED_PRECISION = ("auto", "bf16", "fp32")
+
+
+def check_options(options: TrainingOptions) -> TrainingOptions:
+    """Refuse a choice Training Options does not offer, on that node (not later, in Train LoRA)."""
+    choices = {
+        "target_preset": target_presets(),
+        "scheduler": ["default", *SCHEDULERS.names()],
+        "checkpointing": CHECKPOINTING.names(),
+        "mixed_precision": list(MIXED_PRECISION),
+    }
+    for name, allowed in choices.items():
+        value = getattr(options, name)
+        if value not in allowed:
+            raise DRFInputError(f"{name}: {value!r} is not one of {', '.join(allowed)}; pick one from the list")
+    return options
 
 
 class TrainingOptionsNode(DRFNode):
@@ -125,9 +144,7 @@ class TrainingOptionsNode(DRFNode):
                 1000,
                 "0: backpropagate through exactly K steps. Otherwise K is drawn from [K, this] at every step.",
             ),
-            Combo(
-                "mixed_precision", ("auto", "bf16", "fp32"), "auto: bf16 autocast on a GPU, fp32 on the CPU.", "auto"
-            ),
+            Combo("mixed_precision", MIXED_PRECISION, "auto: bf16 autocast on a GPU, fp32 on the CPU.", "auto"),
             Int("videos_per_step", _OPTIONS.videos_per_step, 1, 64, "Videos sampled per micro-batch."),
             Int("gradient_accumulation", _OPTIONS.gradient_accumulation, 1, 256, "Micro-batches per optimizer step."),
             Int("keep_last_checkpoints", _OPTIONS.keep_last_checkpoints, 1, 100, "Older checkpoints are deleted."),
@@ -148,7 +165,7 @@ class TrainingOptionsNode(DRFNode):
 
     @classmethod
     def run(cls, ctx: NodeContext, **settings: object) -> NodeResult:
-        return NodeResult((TrainingOptions(**settings),))  # type: ignore[arg-type]
+        return NodeResult((check_options(TrainingOptions(**settings)),))  # type: ignore[arg-type]
 
 
 def build_train_config(
@@ -202,6 +219,25 @@ def build_train_config(
     return config
 
 
+def run_folder(runs: Path, run_name: str, resume: bool) -> tuple[Path, str]:
+    """The folder this run trains in, and a note when it is not `runs/run_name`.
+
+    With `resume` on, a run folder holding a checkpoint is continued. Otherwise a folder that already
+    holds a run is never written into: the new run goes to `run_name_2` (`_3`, ...) and the note says so.
+    """
+    if not run_name.strip():
+        raise DRFInputError("run_name is empty; give the run a name such as wan_drf (its folder under output/drf_runs)")
+    named = safe_child_path(runs, run_name.strip(), "")
+    if (resume and find_checkpoint(named) is not None) or not holds_run(named):
+        return named, ""
+    fresh = next_free_run_dir(named)
+    why = "resume is off" if not resume else "it has no checkpoint to resume from"
+    return fresh, (
+        f"{named.name} already holds a run and {why}: that run is kept and this one is in {fresh.name} "
+        f"(to continue this one later, set run_name to {fresh.name})"
+    )
+
+
 def progress_text(event: ProgressEvent) -> str:
     """What the node shows while training: the step, the reward, each aspect's reward."""
     metrics = event.metrics
@@ -224,13 +260,14 @@ class TrainLoRA(DRFNode):
             "Fine-tunes a LoRA on the video model so the frozen critic answers its questions better: samples a "
             "video, decodes a few frames with gradient, scores them with the critic's answer logits, and "
             "backpropagates through the last K denoising steps. Checkpoints go to output/drf_runs/<run_name>; "
-            "Interrupt saves one, and queueing again with 'resume' on continues."
+            "Interrupt saves one, and queueing again with 'resume' on continues. With 'resume' off the new run goes "
+            "to <run_name>_2 (_3, ...) and earlier runs are kept."
         ),
         inputs=(
             Socket("video_model", VIDEO_MODEL, "The video model to fine-tune (from Load Video Model)."),
             Socket("critic", CRITIC, "The frozen critic (from Load VLM Critic)."),
             Socket("questions", QUESTIONS, "The question sets; their prompts are the training prompts."),
-            String("run_name", "wan_drf", "Folder under output/drf_runs for checkpoints and metrics."),
+            String("run_name", "wan_drf", "Folder under output/drf_runs for checkpoints and metrics (required)."),
             Int("steps", _TRAIN.steps, 1, 100000, "Optimizer steps in total (a resumed run continues up to it)."),
             Float("learning_rate", _OPTIMIZER.learning_rate, 1e-7, 1e-1, "AdamW learning rate.", 1e-5),
             Int("lora_rank", _LORA.rank, 1, 256, "LoRA rank: capacity (and file size) of the adapter."),
@@ -265,7 +302,12 @@ class TrainLoRA(DRFNode):
                 100000,
                 "Save a checkpoint every N steps (0: at the end).",
             ),
-            Boolean("resume", True, "Continue the newest checkpoint in the run folder when there is one."),
+            Boolean(
+                "resume",
+                True,
+                "Continue the newest checkpoint in the run folder when there is one. Off: a new run starts in a new "
+                "folder (<run_name>_2, ...); an earlier run is never overwritten.",
+            ),
             Socket("reward", REWARD, "Reward settings (defaults when not connected).", optional=True),
             Socket("options", TRAINING_OPTIONS, "Training Options (defaults when not connected).", optional=True),
             Socket("initial_lora", LORA, "Start a new run from this LoRA instead of a fresh one.", optional=True),
@@ -295,7 +337,7 @@ class TrainLoRA(DRFNode):
         config = build_train_config(
             [qs.prompt for qs in questions], settings, reward or RewardSettings(), options or _OPTIONS
         )
-        run_dir = safe_child_path(ctx.folders.output_dir() / RUNS_FOLDER, run_name.strip() or "run", "")
+        run_dir, moved = run_folder(ctx.folders.output_dir() / RUNS_FOLDER, run_name, resume)
         backend, vlm = video_model.get(), critic.get()
         if initial_lora is not None and initial_lora.family != backend.family:
             raise DRFInputError(
@@ -335,6 +377,8 @@ class TrainLoRA(DRFNode):
         curve = comfy_image(from_pil([plot_reward_curves(run.metrics)]))
         wire = TrainedLoRAWire(trained.lora, trained.family, f"run {run_dir.name} step {run.final_step}")
         summary = f"finished {run.final_step}/{config.steps} steps in {run_dir}\ncheckpoint: {run.checkpoint}"
+        if moved:
+            summary = f"{moved}\n{summary}"
         if run.metrics:
             summary += "\n" + progress_text(ProgressEvent(run.final_step, config.steps, run.metrics[-1]))
         previews = [Preview(curve)] + ([Preview(frames, animated=True)] if preview is not None else [])

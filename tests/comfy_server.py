@@ -340,6 +340,13 @@ class ComfyServer:
 
     def queue(self, api_prompt: dict, client_id: str | None = None) -> str:
         """POST an API-format prompt; return its prompt_id. HTTP 400 raises ComfyPromptError with the node errors."""
+        return self.submit(api_prompt, client_id)["prompt_id"]
+
+    def submit(self, api_prompt: dict, client_id: str | None = None) -> dict:
+        """POST an API-format prompt; return ComfyUI's answer (`prompt_id`, `number`, `node_errors`).
+
+        ComfyUI queues a prompt when at least one output node is valid and drops the invalid ones: their
+        errors are in the answer's `node_errors`. When none is valid it answers HTTP 400: ComfyPromptError."""
         payload = {"prompt": api_prompt, "client_id": client_id or uuid.uuid4().hex}
         try:
             answer = self.post("/prompt", payload)
@@ -352,7 +359,7 @@ class ComfyServer:
             raise ComfyPromptError(
                 f"ComfyUI rejected the prompt (HTTP {error.code}): {json.dumps(body, indent=1)[:LOG_TAIL_CHARS]}", body
             ) from None
-        return answer["prompt_id"]
+        return answer
 
     def history(self, prompt_id: str) -> dict | None:
         """The `/history/<id>` entry of a finished prompt, or None while it is queued or running."""

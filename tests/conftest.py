@@ -130,3 +130,13 @@ def comfy_root(tiny_models, tmp_path_factory) -> Path:
     (root / "models" / "diffusers" / "Wan2.1-T2V-1.3B-Diffusers").symlink_to(tiny_models.wan, target_is_directory=True)
     (root / "models" / "LLM" / "Qwen2.5-VL-7B-Instruct").symlink_to(tiny_models.qwen, target_is_directory=True)
     return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_models, pack_nodes):
+    """One real ComfyUI per test module, serving this pack with the tiny models (skipped without COMFYUI_DIR)."""
+    from tests.comfy_pack import start_pack_server
+
+    comfy = start_pack_server(tmp_path_factory.mktemp("comfyui"), tmp_path_factory.mktemp("extra_models"), tiny_models)
+    yield comfy
+    comfy.stop()

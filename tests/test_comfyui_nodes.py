@@ -4,12 +4,12 @@ One headless ComfyUI server on loopback, with only this pack in its `custom_node
 under the real models' names in its model folders. Checks `/object_info` and `/workflow_templates`,
 queues every example workflow (API format, shrunk sizes), checks that core `LoraLoaderModelOnly`
 applies the saved LoRA exactly and without "lora key not loaded", and interrupts a training run
-and resumes it.
+and resumes it. The server and prompt helpers are shared with the other real-ComfyUI modules
+(`tests/comfy_pack.py`, the `server` fixture in conftest.py).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import time
@@ -20,100 +20,26 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from drf_core.tiny import write_tiny_wan_native
-from tests.comfy_checkout import comfyui_checkout
-from tests.comfy_server import ComfyServer, history_error
+from tests.comfy_pack import (
+    EXTRA_CRITIC,
+    PACK_FOLDER,
+    REPO_ROOT,
+    TINY_UNET,
+    TRAIN_WORKFLOW,
+    WORKFLOWS,
+    api_prompt,
+    drf_node,
+    run_ok,
+    shrink,
+)
+from tests.comfy_server import history_error
 
 pytestmark = pytest.mark.comfyui
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PACK_FOLDER = "ComfyUI-DiffusionDRF"
-WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
-TRAIN_WORKFLOW = REPO_ROOT / "workflows" / "drf_train_wan_lora.json"
-TINY_UNET = "tiny_wan_t2v.safetensors"
-EXTRA_CRITIC = "Qwen-from-extra-model-paths"
 WAKE_UP_PROMPT = {  # a core prompt that needs no model
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
     "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
 }
-# Inputs that make a workflow run in seconds on tiny models (names shared by several nodes).
-SHRINK = {
-    "width": 32,
-    "height": 32,
-    "num_frames": 5,
-    "steps": 2,
-    "num_inference_steps": 2,
-    "truncated_backprop_steps": 1,
-    "lora_rank": 4,
-    "lora_alpha": 4.0,
-    "learning_rate": 3e-2,
-    "critic_width": 28,
-    "critic_height": 28,
-    "frame_count": 1,
-    "max_new_tokens": 4,
-    "checkpoint_interval": 0,
-    "dtype": "fp32",
-    "device": "cpu",
-}
-
-
-def shrink(prompt: dict, **extra) -> dict:
-    """Small values for the inputs named in SHRINK, kept inside each DRF input's own range."""
-    nodes = importlib.import_module("comfyui_diffusiondrf.nodes")
-    values = {**SHRINK, **extra}
-    for node in prompt.values():
-        spec = nodes.NODES_BY_ID[node["class_type"]].SPEC if node["class_type"] in nodes.NODES_BY_ID else None
-        for name in node["inputs"]:
-            if name in values and not isinstance(node["inputs"][name], list):
-                value = values[name]
-                item = spec.input(name) if spec is not None else None
-                if item is not None and item.min is not None:
-                    value = type(item.default)(min(max(value, item.min), item.max))
-                node["inputs"][name] = value
-    return prompt
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_models, pack_nodes):
-    comfy_dir, python = comfyui_checkout()
-    work = tmp_path_factory.mktemp("comfyui")
-    # A `vlm` folder from extra_model_paths.yaml exists before the pack loads; the pack must add to it, not replace it.
-    extra = tmp_path_factory.mktemp("extra_models")
-    (extra / "vlm_extra").mkdir()
-    (extra / "vlm_extra" / EXTRA_CRITIC).symlink_to(tiny_models.qwen, target_is_directory=True)
-    config = extra / "extra_model_paths.yaml"
-    config.write_text(f"drf_test:\n    base_path: {extra}\n    vlm: vlm_extra\n")
-    comfy = ComfyServer(
-        comfy_dir,
-        REPO_ROOT,
-        work,
-        python=str(python),
-        pack_name=PACK_FOLDER,
-        extra_args=("--extra-model-paths-config", str(config)),
-    )
-    models = comfy.models_dir
-    models.mkdir(parents=True, exist_ok=True)
-    for folder in ("diffusers", "LLM", "diffusion_models", "loras"):
-        (models / folder).mkdir(exist_ok=True)
-    (models / "diffusers" / "Wan2.1-T2V-1.3B-Diffusers").symlink_to(tiny_models.wan, target_is_directory=True)
-    (models / "LLM" / "Qwen2.5-VL-7B-Instruct").symlink_to(tiny_models.qwen, target_is_directory=True)
-    write_tiny_wan_native(tiny_models.wan, models / "diffusion_models" / TINY_UNET)
-    comfy.start()
-    yield comfy
-    comfy.stop()
-
-
-def api_prompt(path: Path, pack_nodes) -> dict:
-    workflow_tools = importlib.import_module(f"{pack_nodes.__name__}.workflow")
-    specs = {node.SPEC.node_id: node.SPEC for node in pack_nodes.NODES}
-    return workflow_tools.ui_to_api(json.loads(path.read_text()), specs)
-
-
-def run_ok(server: ComfyServer, prompt: dict, timeout: float = 600) -> dict:
-    entry = server.wait(server.queue(prompt), timeout=timeout)
-    error = history_error(entry)
-    assert error is None, f"{error}\n{server.log_tail()}"
-    return entry
 
 
 def comfyui_version(comfy_dir: Path) -> str:
@@ -320,12 +246,6 @@ def test_training_shows_progress_preview_frames_and_aspect_text_in_the_editor(se
     assert len(previews) >= steps  # one scored frame per step on the progress bar
     executed = {m["node"]: m["output"] for m in recorder.messages("executed")}
     assert executed[train_id]["images"] and executed[train_id]["text"][0].startswith(f"finished {steps}/{steps}")
-
-
-def drf_node(pack_nodes, class_type: str, **inputs) -> dict:
-    """An API-format entry for a DRF node: widget defaults (as the editor would send them), then `inputs`."""
-    local = importlib.import_module(f"{pack_nodes.__name__}.local")
-    return {"class_type": class_type, "inputs": local.with_defaults(pack_nodes.NODES_BY_ID[class_type].SPEC, inputs)}
 
 
 def test_sampled_frames_save_as_mp4_with_core_nodes_and_a_loaded_mp4_can_be_critiqued(server, pack_nodes):

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 PACK_NAME = "comfyui_diffusiondrf"  # conftest.import_pack imports the repository under this name
 
@@ -190,6 +190,71 @@ def test_loaders_name_the_folder_and_the_fix(pack_nodes, local, ctx, root):
     (root / "models" / "diffusers" / "empty").mkdir()
     with pytest.raises(errors.ModelFolderError, match=r"model_index\.json"):
         run(pack_nodes, local, ctx, "DRFLoadVideoModel", model="empty", dtype="auto", device="cpu")
+    # ComfyUI 0.3.64 does not check a V3 combo's value against its list: the loaders refuse bad choices themselves.
+    with pytest.raises(errors.DRFInputError, match="no diffusers model chosen"):
+        run(pack_nodes, local, ctx, "DRFLoadVideoModel", model="", dtype="auto", device="cpu")
+    with pytest.raises(errors.DRFInputError, match=r"chosen by its name \(text\), got 7"):
+        run(pack_nodes, local, ctx, "DRFLoadVideoModel", model=7, dtype="auto", device="cpu")
+    for bad in ({"dtype": "fp8"}, {"device": "tpu"}):
+        settings = {"dtype": "fp32", "device": "cpu", **bad}
+        with pytest.raises(errors.DRFInputError, match=f"unknown {next(iter(bad))} '{next(iter(bad.values()))}'"):
+            run(pack_nodes, local, ctx, "DRFLoadVLMCritic", model="Qwen2.5-VL-7B-Instruct", **settings)
+    with pytest.raises(errors.DRFInputError, match="scheduler: 'euler_a' is not one of default, "):
+        run(pack_nodes, local, ctx, "DRFTrainingOptions", scheduler="euler_a")
+    # A video model's parts in the critic's folder: refused by the critic loader itself, before any loading.
+    wan = root / "models" / "diffusers" / "Wan2.1-T2V-1.3B-Diffusers"
+    (root / "models" / "LLM" / "wan_parts").symlink_to(wan.resolve(), target_is_directory=True)
+    with pytest.raises(errors.ModelFolderError, match=r"diffusers component \(WanTransformer3DModel\)"):
+        run(pack_nodes, local, ctx, "DRFLoadVLMCritic", model="wan_parts/transformer", dtype="auto", device="cpu")
+    with pytest.raises(errors.ModelFolderError, match="'umt5', which is not a supported critic"):
+        run(pack_nodes, local, ctx, "DRFLoadVLMCritic", model="wan_parts/text_encoder", dtype="auto", device="cpu")
+
+
+def test_model_folders_without_their_weights_say_download_again(pack_nodes, local, ctx, root):
+    errors = pack_module("drf_core.errors")
+    wan = (root / "models" / "diffusers" / "Wan2.1-T2V-1.3B-Diffusers").resolve()
+    broken = root / "models" / "diffusers" / "no_weights"
+    broken.mkdir()
+    for child in wan.iterdir():
+        if child.name != "transformer":
+            (broken / child.name).symlink_to(child)
+    (broken / "transformer").mkdir()
+    (broken / "transformer" / "config.json").symlink_to(wan / "transformer" / "config.json")
+    video = run(pack_nodes, local, ctx, "DRFLoadVideoModel", model="no_weights", dtype="fp32", device="cpu")
+    with pytest.raises(errors.ModelFolderError, match=r"no_weights cannot be loaded .*download the whole model folder"):
+        video.outputs[0].get()
+    qwen = (root / "models" / "LLM" / "Qwen2.5-VL-7B-Instruct").resolve()
+    (root / "models" / "LLM" / "qwen_no_weights").mkdir()
+    for child in qwen.iterdir():
+        if child.suffix != ".safetensors":
+            (root / "models" / "LLM" / "qwen_no_weights" / child.name).symlink_to(child)
+    critic = run(pack_nodes, local, ctx, "DRFLoadVLMCritic", model="qwen_no_weights", dtype="fp32", device="cpu")
+    with pytest.raises(errors.ModelFolderError, match=r"qwen_no_weights cannot be loaded .*download the whole model"):
+        critic.outputs[0].get()
+
+
+def test_load_lora_refuses_a_lora_of_another_model_family(pack_nodes, local, ctx, root):
+    errors = pack_module("drf_core.errors")
+    layer = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"  # an SDXL UNet layer
+    down, up = torch.zeros(4, 640), torch.zeros(640, 4)
+    kohya = "lora_unet_" + layer.replace(".", "_")
+    loras = root / "models" / "loras"
+    save_file({f"{kohya}.lora_down.weight": down, f"{kohya}.lora_up.weight": up}, str(loras / "sdxl_kohya.safetensors"))
+    save_file({f"unet.{layer}.lora_A.weight": down, f"unet.{layer}.lora_B.weight": up}, str(loras / "sdxl.safetensors"))
+    save_file(
+        {f"{kohya}.lora_down.weight": down, f"{kohya}.lora_up.weight": up},
+        str(loras / "x.safetensors"),
+        {"family": "sdxl"},
+    )
+    with pytest.raises(errors.DRFInputError, match="unknown model family 'flux'"):
+        run(pack_nodes, local, ctx, "DRFLoadLoRA", lora_name="x.safetensors", family="flux")
+    for name in ("sdxl_kohya.safetensors", "sdxl.safetensors"):
+        with pytest.raises(errors.DRFInputError, match=f"{name}.*made for another model family"):
+            run(pack_nodes, local, ctx, "DRFLoadLoRA", lora_name=name)
+    with pytest.raises(
+        errors.DRFInputError, match=r"x\.safetensors is a LoRA for sdxl models.*ComfyUI's own LoRA loader"
+    ):
+        run(pack_nodes, local, ctx, "DRFLoadLoRA", lora_name="x.safetensors")
 
 
 # --- the model cache ----------------------------------------------------------------------------
@@ -305,13 +370,24 @@ def test_interrupt_saves_a_checkpoint_and_resume_continues_exactly(pack_nodes, l
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
 
 
-def test_resume_off_starts_over(pack_nodes, local, ctx, loaded):
+def test_resume_off_starts_over_in_a_new_folder_and_keeps_the_first_run(pack_nodes, local, ctx, root, loaded):
     first = run(pack_nodes, local, ctx, "DRFTrainLoRA", steps=1, seed=2, run_name="again", **loaded, **SMALL_TRAIN)
+    runs = root / "output" / "drf_runs"
+    kept = {p: p.read_bytes() for p in (runs / "again").rglob("*") if p.is_file()}
     again = run(
         pack_nodes, local, ctx, "DRFTrainLoRA", steps=2, seed=2, run_name="again", resume=False, **loaded, **SMALL_TRAIN
     )
     assert [row["step"] for row in again.outputs[3]] == [1, 2]
-    assert again.outputs[3][0]["reward"] == first.outputs[3][0]["reward"]
+    assert again.outputs[3][0]["reward"] == first.outputs[3][0]["reward"]  # started over: same first step
+    assert {p: p.read_bytes() for p in (runs / "again").rglob("*") if p.is_file()} == kept
+    assert [json.loads(line)["step"] for line in (runs / "again_2" / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+    ]
+    assert "again already holds a run and resume is off" in again.text and "set run_name to again_2" in again.text
+    errors = pack_module("drf_core.errors")
+    with pytest.raises(errors.DRFInputError, match="run_name is empty"):
+        run(pack_nodes, local, ctx, "DRFTrainLoRA", steps=1, run_name="  ", **loaded, **SMALL_TRAIN)
 
 
 def test_initial_lora_continues_from_the_file_weights(pack_nodes, local, ctx, loaded, trained):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from drf_core.checkpoint import list_checkpoints
+from drf_core.checkpoint import holds_run, list_checkpoints, next_free_run_dir
 from drf_core.config import (
     CriticInputConfig,
     DecodeConfig,
@@ -168,6 +168,22 @@ def test_resume_refuses_changed_lora_settings(fresh, questions, tmp_path):
     changed = small_config(steps=4, lora=LoRAConfig(rank=8, alpha=8.0, target_preset="attention_ffn"))
     with pytest.raises(DRFInputError, match=r"train\.lora"):
         Trainer(backend, critic, [questions], changed, tmp_path).train(resume_from=tmp_path)
+
+
+def test_a_new_run_never_overwrites_an_earlier_one(fresh, questions, tmp_path):
+    backend, critic = fresh
+    run = tmp_path / "run"
+    assert next_free_run_dir(run) == run and not holds_run(run)
+    Trainer(backend, critic, [questions], small_config(steps=2), run).train()
+    kept = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert holds_run(run) and next_free_run_dir(run) == tmp_path / "run_2"
+    remove_lora(backend.denoiser)
+    with pytest.raises(DRFInputError, match=r"already holds a training run.*run_2"):
+        Trainer(backend, critic, [questions], small_config(steps=2, seed=1), run).train()
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == kept
+    (tmp_path / "run_2").mkdir()  # an empty folder holds no run: it is free
+    (tmp_path / "run_2" / METRICS_FILE).write_text("")
+    assert next_free_run_dir(run) == tmp_path / "run_2"
 
 
 def test_stop_callback_saves_a_resumable_checkpoint(fresh, questions, tmp_path):

@@ -23,10 +23,10 @@ CRITICS: Registry[type[Critic]] = Registry("critic")
 CRITICS.add("qwen2_5_vl", QwenVLCritic)
 CRITICS.add("qwen2_vl", Qwen2VLCritic)
 
-__all__ = ["CRITICS", "AnswerLogProbs", "Critic", "Qwen2VLCritic", "QwenVLCritic", "load_critic"]
+__all__ = ["CRITICS", "AnswerLogProbs", "Critic", "Qwen2VLCritic", "QwenVLCritic", "critic_model_type", "load_critic"]
 
 
-def _critic_model_type(folder: Path) -> str:
+def critic_model_type(folder: Path) -> str:
     """The folder's `model_type`, after checking that it is a transformers VLM folder at all."""
     supported = ", ".join(CRITICS.names())
     if not folder.exists():
@@ -53,6 +53,11 @@ def _critic_model_type(folder: Path) -> str:
     except (OSError, json.JSONDecodeError) as error:
         raise ModelFolderError(f"{config_file} cannot be read as JSON ({error}); re-download the file") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type is None and isinstance(config, dict) and config.get("_class_name"):
+        raise ModelFolderError(
+            f"{folder} holds a diffusers component ({config['_class_name']}), not a vision-language model; give the "
+            f"critic a transformers VLM folder ({supported}) such as Qwen2.5-VL-7B-Instruct"
+        )
     if model_type not in CRITICS:
         raise ModelFolderError(
             f"{folder} holds a model of type {model_type!r}, which is not a supported critic; supported "
@@ -71,7 +76,13 @@ def load_critic(path: str | Path, dtype: Any = "auto", device: Any = "auto") -> 
     import torch
 
     folder = Path(path).expanduser()
-    model_type = _critic_model_type(folder)
+    model_type = critic_model_type(folder)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
-    return CRITICS.get(model_type).from_folder(folder, dtype=dtype, device=device)
+    try:
+        return CRITICS.get(model_type).from_folder(folder, dtype=dtype, device=device)
+    except OSError as error:  # transformers' "no file named model.safetensors ..." and other missing files
+        raise ModelFolderError(
+            f"the critic in {folder} cannot be loaded ({error}); the folder is incomplete or damaged: download "
+            "the whole model folder again (config, every weight file, tokenizer)"
+        ) from error

@@ -148,6 +148,12 @@ def load_video_backend(
     resolved_device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device) if isinstance(dtype, str) else dtype
     backend_class = VIDEO_BACKENDS.get(index["_class_name"])
-    return backend_class.from_folder(  # type: ignore[attr-defined]
-        Path(path).expanduser(), dtype=resolved_dtype, device=resolved_device, **backend_options
-    )
+    try:
+        return backend_class.from_folder(  # type: ignore[attr-defined]
+            Path(path).expanduser(), dtype=resolved_dtype, device=resolved_device, **backend_options
+        )
+    except OSError as error:  # diffusers' "no file named diffusion_pytorch_model..." and other missing files
+        raise ModelFolderError(
+            f"the video model in {path} cannot be loaded ({error}); the folder is incomplete or damaged: download "
+            "the whole model folder again (every sub-folder and weight file)"
+        ) from error
