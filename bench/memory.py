@@ -559,7 +559,7 @@ def _trace_rows(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
             index = pending.pop(0)
             command = [sys.executable, str(Path(__file__).resolve()), "--row", str(index), "--json"]
             command += ["--steps", str(args.steps)]
-            running[index] = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+            running[index] = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, encoding="utf-8")
         for index, process in list(running.items()):
             if process.poll() is None:
                 continue

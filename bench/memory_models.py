@@ -278,7 +278,9 @@ def build_critic(name: str, dtype: torch.dtype, device: torch.device, texts: lis
     model.requires_grad_(False)
     model.eval()
     with tempfile.TemporaryDirectory(prefix="drf_memory_vision_") as folder:
-        (Path(folder) / "preprocessor_config.json").write_text(json.dumps(QWEN2_5_VL_PREPROCESSOR_CONFIG))
+        (Path(folder) / "preprocessor_config.json").write_text(
+            json.dumps(QWEN2_5_VL_PREPROCESSOR_CONFIG), encoding="utf-8"
+        )
         vision = read_vision_settings(folder)
     return QwenVLCritic(model, tokenizer, QWEN2_5_VL_CHAT_TEMPLATE, vision, f"fake:Qwen2.5-VL-{name}")
 
