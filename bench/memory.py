@@ -518,6 +518,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=1, help="optimizer steps traced (default 1)")
     parser.add_argument("--jobs", type=int, default=1, help="rows traced at the same time (one process each)")
     parser.add_argument("--row", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--from-json", nargs="+", help="build the report from saved --row/--preset --json outputs")
+    parser.add_argument("--tiny-json", help="the tiny-size check's result saved by --tiny-only")
+    parser.add_argument("--tiny-only", action="store_true", help="run the tiny-size check only; print its JSON")
     parser.add_argument("--no-validate", action="store_true", help="skip the tiny-size check in the report")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "memory_results.md"), help="report file")
     args = parser.parse_args(argv)
@@ -545,6 +548,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         height, width, frames = (int(part) for part in args.size.lower().split("x"))
         overrides.update(height=height, width=width, num_frames=frames)
     return overrides
+
+
+def _row_name(summary: dict[str, Any]) -> str:
+    """A saved summary's SWEEP row: its `row`, else the row with the same settings."""
+    if summary.get("row"):
+        return summary["row"]
+    for name, preset, overrides in SWEEP:
+        if dataclasses.asdict(preset_settings(preset, **overrides)) == summary["settings"]:
+            return name
+    return f"preset {summary.get('preset')}: {summary['settings']}"
 
 
 def _trace_rows(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
@@ -582,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logger.setLevel(logging.INFO)
+    if args.tiny_only:
+        print(json.dumps(validate_tiny()))
+        return 0
     if args.row is not None:
         name, preset, overrides = SWEEP[args.row]
         summary = trace_real_size(preset_settings(preset, **overrides), args.steps)
@@ -595,8 +611,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("\n".join(render_table([(f"preset {args.preset}", summary)])))
         return 0
-    rows = _trace_rows(args)
-    tiny = None if args.no_validate else validate_tiny()
+    if args.from_json:  # rows traced earlier, one `--row I --json` (or `--preset ... --json`) output per file
+        summaries = [json.loads(Path(f).read_text(encoding="utf-8").strip().splitlines()[-1]) for f in args.from_json]
+        rows = [(_row_name(summary), summary) for summary in summaries]
+    else:
+        rows = _trace_rows(args)
+    if args.tiny_json:
+        tiny = json.loads(Path(args.tiny_json).read_text(encoding="utf-8"))
+    else:
+        tiny = None if args.no_validate else validate_tiny()
     report = render_report(rows, tiny, args.command_line)
     print(report)
     Path(args.out).write_text(report, encoding="utf-8")
