@@ -94,4 +94,3 @@ def test_settings_build_a_valid_train_config():
     config.validate()
     assert config.sampler.truncated_backprop_steps == 4 and config.decode.frame_selection_count == 9
     assert config.mixed_precision == "bf16" and config.video.height == 480
-
