@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,11 +195,12 @@ def write_tiny_wan_native(wan_folder: str | Path, path: str | Path) -> Path:
     return path
 
 
-def build_tiny_qwen_tokenizer(yes_no_single_tokens: bool = True):
+def build_tiny_qwen_tokenizer(yes_no_single_tokens: bool = True, extra_words: Sequence[str] = ()):
     """A byte-level BPE tokenizer with Qwen's special tokens and Qwen's chat template.
 
     With `yes_no_single_tokens`, merges make "Yes", "No", " Yes" and " No" single tokens, as in
     the real Qwen vocabulary; without, they split into characters (for the error-path test).
+    `extra_words` become whole tokens too (bench/memory.py: prompts as long as the real tokenizer's).
     """
     from transformers import Qwen2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -218,7 +220,7 @@ def build_tiny_qwen_tokenizer(yes_no_single_tokens: bool = True):
             current += ch
 
     space = bytes_to_unicode()[ord(" ")]
-    words = list(_TINY_WORDS)
+    words = list(dict.fromkeys([*_TINY_WORDS, *extra_words]))
     if yes_no_single_tokens:
         words = ["Yes", "No", *words]
     for word in words:

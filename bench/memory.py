@@ -1,0 +1,630 @@
+"""Memory model: the engine's own training step traced at real model sizes with fake tensors.
+
+`python bench/memory.py` builds Wan2.1-T2V-1.3B (or Wan2.2-TI2V-5B), its UMT5-XXL text encoder and
+a Qwen2.5-VL-7B / -3B critic from their published configs as fake-tensor models
+(`memory_models.py`), hands them to the engine (`WanBackend`, `QwenVLCritic`) and runs
+`drf_core.trainer.Trainer.train()` for the step count asked, under `memory_trace.LiveBytes`: every
+tensor storage is counted while it lives, rounded to the CUDA allocator's 512-byte blocks. It prints
+and writes (`bench/memory_results.md`) a table per setting: traced peak, where it happens, and what
+is alive at that moment (weights per model, LoRA + optimizer state, activations by the phase that
+made them), plus a check at tiny size that the trace equals the real CPU allocation.
+
+`python bench/memory.py --preset 24GB --critic 7B --json` traces one configuration and prints one
+JSON object (`peak_gib`, `settings`, the breakdown). Presets are named bundles of the engine's
+existing settings (`PRESETS`).
+
+How the trace maps to a GPU: the models are bf16 and the step runs under bf16 autocast, as the
+engine does on CUDA (`dtype="auto"`, `mixed_precision="auto"`). The fake tensors live on the CPU
+device: torch's autograd engine needs a real CUDA device to run a backward pass over CUDA tensors,
+even fake ones. So attention runs torch's fused CPU flash kernel (it keeps what CUDA's flash and
+memory-efficient kernels keep: the output and a float32 log-sum-exp) and autocast follows torch's
+CPU op lists (see README: "What memory to expect"). Changes nothing in the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+
+from bench.memory_trace import LiveBytes, cuda_autocast_policy, cuda_block_bytes, exact_bytes  # noqa: E402
+
+logger = logging.getLogger("bench.memory")
+
+PROMPT = "two red apples on a wooden table, the camera slowly pans left"
+NEGATIVE_PROMPT = "blurry, static"
+GIB = 2**30
+MIB = 2**20
+# The CUDA context and allocator slack (issue 11): a card needs about 1.07 x peak + 0.8 GiB.
+CARD_FACTOR, CARD_OVERHEAD_GIB = 1.07, 0.8
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """One traced configuration: the models and the engine settings that change memory."""
+
+    video_model: str = "Wan2.1-T2V-1.3B"
+    critic: str = "7B"
+    height: int = 480
+    width: int = 832
+    num_frames: int = 33
+    num_steps: int = 20  # T
+    grad_steps: int = 1  # K
+    guidance_scale: float = 5.0
+    frames_scored: int = 5  # decode.frame_selection "prefix", this count
+    release_text_encoder: bool = False
+    critic_size: int = 448  # critic_input height = width
+    questions_per_batch: int = 0  # critic_input.max_questions_per_batch (0: all at once)
+    lora_rank: int = 16
+
+    def train_config(self, steps: int) -> Any:
+        from drf_core.config import CriticInputConfig, DecodeConfig, LoRAConfig, SamplerConfig, TrainConfig, VideoSpec
+
+        defaults = TrainConfig()
+        return dataclasses.replace(
+            defaults,
+            prompts=[PROMPT],
+            negative_prompt=NEGATIVE_PROMPT,
+            steps=steps,
+            mixed_precision="bf16",  # what "auto" picks on CUDA
+            video=VideoSpec(self.height, self.width, self.num_frames),
+            sampler=dataclasses.replace(
+                SamplerConfig(),
+                num_inference_steps=self.num_steps,
+                truncated_backprop_steps=self.grad_steps,
+                guidance_scale=self.guidance_scale,
+            ),
+            decode=dataclasses.replace(
+                DecodeConfig(), frame_selection="prefix", frame_selection_count=self.frames_scored
+            ),
+            critic_input=dataclasses.replace(
+                CriticInputConfig(),
+                height=self.critic_size,
+                width=self.critic_size,
+                max_questions_per_batch=self.questions_per_batch,
+            ),
+            lora=dataclasses.replace(LoRAConfig(), rank=self.lora_rank, alpha=float(self.lora_rank)),
+            checkpoint_interval=0,
+            release_text_encoder=self.release_text_encoder,
+        )
+
+
+# Named bundles of settings that exist in the engine today (no quantization or offload yet).
+PRESETS: dict[str, dict[str, Any]] = {
+    "48GB+": {},  # the engine's defaults
+    "24GB": {"release_text_encoder": True, "questions_per_batch": 1},
+    "16GB": {"release_text_encoder": True, "questions_per_batch": 1, "frames_scored": 1, "critic_size": 336},
+}
+
+
+def preset_settings(preset: str, **overrides: Any) -> MemorySettings:
+    return dataclasses.replace(MemorySettings(), **{**PRESETS[preset], **overrides})
+
+
+# --- driving the trainer under the tracer ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def _in_phase(tracker: LiveBytes, name: str, fn: Any) -> Any:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        label = f"backward: {name} (recompute)" if tracker.current_phase.startswith("backward") else name
+        with tracker.phase(label):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _sampling_phase(tracker: LiveBytes, fn: Any, full_no_grad_calls: int | None) -> Any:
+    """Phase marks around `backend.predict`; with `full_no_grad_calls`, the no-grad shortcut.
+
+    The shortcut: the denoiser calls without gradient all see the same shapes, keep nothing and
+    return one tensor, so after `full_no_grad_calls` traced calls of a shape the later ones return
+    an empty tensor of the output's shape (the same bytes, allocated the same way) instead of
+    tracing the transformer again. `validate_tiny` checks that it leaves the traced peak unchanged.
+    """
+    seen: dict[tuple[Any, ...], tuple[int, torch.Size, torch.dtype]] = {}
+
+    def wrapped(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        grad = torch.is_grad_enabled()
+        name = "sampling, with grad" if grad else "sampling, no grad"
+        if tracker.current_phase.startswith("backward"):
+            name = f"backward: {name} (recompute)"
+        key = (tuple(latents.shape), latents.dtype)
+        with tracker.phase(name):
+            if not grad and full_no_grad_calls is not None and key in seen:
+                count, shape, dtype = seen[key]
+                if count >= full_no_grad_calls:
+                    return torch.empty(shape, dtype=dtype, device=latents.device)
+            out = fn(latents, *args, **kwargs)
+            if not grad:
+                count = seen[key][0] if key in seen else 0
+                seen[key] = (count + 1, out.shape, out.dtype)
+            return out
+
+    return wrapped
+
+
+@dataclass
+class TraceResult:
+    peak_bytes: int
+    peak_phase: str
+    peak_labels: dict[str, int]
+    phase_peaks: dict[str, int]
+    resident: dict[str, int]  # weights per model, registered before the step
+    step_peaks: list[int]  # per optimizer step: the window peak above the step's start
+    step_starts: list[int]
+    seconds: float
+    ops: dict[str, int]
+
+
+def trace_training(
+    backend: Any,
+    critic: Any,
+    config: Any,
+    tracker: LiveBytes,
+    on_step: Any = None,
+    full_no_grad_calls: int | None = None,
+) -> TraceResult:
+    """Run `Trainer.train()` for `config.steps` steps under `tracker`, with phases marked."""
+    from drf_core.decompose import decompose
+    from drf_core.trainer import Trainer
+
+    started = time.perf_counter()
+    questions = decompose(PROMPT)
+    resident = {
+        "weights: transformer": tracker.add_resident(backend.transformer, "weights: transformer"),
+        "weights: text encoder": tracker.add_resident(backend.text_encoder, "weights: text encoder"),
+        "weights: VAE": tracker.add_resident(backend.vae, "weights: VAE"),
+        "weights: critic": tracker.add_resident(critic.model, "weights: critic"),
+    }
+    step_peaks: list[int] = []
+    step_starts: list[int] = [tracker.total]
+    trainer_box: list[Any] = []
+
+    def progress(event: Any) -> None:
+        trainer = trainer_box[0]
+        state = [t for s in trainer.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+        tracker.relabel(list(trainer.parameters) + state, "LoRA + optimizer state")
+        step_peaks.append(tracker.window_peak - step_starts[-1])
+        if on_step is not None:
+            on_step(event.step)
+        step_starts.append(tracker.total)
+        tracker.reset_window()
+
+    with tempfile.TemporaryDirectory(prefix="drf_memory_run_") as output_dir, contextlib.ExitStack() as stack:
+        stack.enter_context(tracker)
+        with tracker.phase("LoRA + optimizer state"):
+            trainer = Trainer(backend, critic, [questions], config, output_dir, progress=progress)
+        trainer_box.append(trainer)
+        # Checkpoint files copy the LoRA to the host; fake tensors cannot be written.
+        stack.enter_context(_patched(trainer, "save_checkpoint", lambda: Path(output_dir) / "not-written"))
+        stack.enter_context(
+            _patched(backend, "encode_prompts", _in_phase(tracker, "text encoding", backend.encode_prompts))
+        )
+        stack.enter_context(_patched(backend, "predict", _sampling_phase(tracker, backend.predict, full_no_grad_calls)))
+        stack.enter_context(_patched(backend, "decode", _in_phase(tracker, "VAE decode", backend.decode)))
+        for method in ("score_yes_no", "score_answers"):
+            stack.enter_context(_patched(critic, method, _in_phase(tracker, "critic", getattr(critic, method))))
+        stack.enter_context(
+            _patched(torch.autograd, "backward", _in_phase(tracker, "backward", torch.autograd.backward))
+        )
+        stack.enter_context(
+            _patched(
+                torch.nn.utils, "clip_grad_norm_", _in_phase(tracker, "optimizer step", torch.nn.utils.clip_grad_norm_)
+            )
+        )
+        opening = trainer.optimizer.register_step_pre_hook(lambda *_: tracker.push_phase("optimizer step"))
+        closing = trainer.optimizer.register_step_post_hook(lambda *_: tracker.pop_phase())
+        stack.callback(opening.remove)
+        stack.callback(closing.remove)
+        tracker.reset_window()
+        step_starts[0] = tracker.total
+        trainer.train()
+    return TraceResult(
+        peak_bytes=tracker.peak,
+        peak_phase=tracker.peak_phase,
+        peak_labels=dict(tracker.peak_labels),
+        phase_peaks=dict(tracker.phase_peaks),
+        resident=resident,
+        step_peaks=step_peaks,
+        step_starts=step_starts[:-1],
+        seconds=time.perf_counter() - started,
+        ops=dict(tracker.ops),
+    )
+
+
+def trace_real_size(settings: MemorySettings, steps: int = 1) -> dict[str, Any]:
+    """Trace `settings` with fake bf16 models of the published configs; a JSON-ready summary."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.memory_models import build_critic, build_video_backend
+    from drf_core.decompose import decompose
+
+    questions = decompose(PROMPT)
+    texts = [PROMPT, NEGATIVE_PROMPT]
+    for aspect in questions.aspects:
+        texts += [q.question for q in aspect.yes_no]
+        texts += [text for e in aspect.explanations for text in (e.question, e.target)]
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    device, dtype = torch.device("cpu"), torch.bfloat16
+    built = time.perf_counter()
+    with fake_mode:
+        backend = build_video_backend(settings.video_model, dtype, device)
+        critic = build_critic(settings.critic, dtype, device, texts)
+    build_seconds = time.perf_counter() - built
+    tracker = LiveBytes(cuda_block_bytes, fake_mode)
+    with cuda_autocast_policy():
+        result = trace_training(backend, critic, settings.train_config(steps), tracker, full_no_grad_calls=2)
+    return summarize(settings, result, build_seconds)
+
+
+def summarize(settings: MemorySettings, result: TraceResult, build_seconds: float = 0.0) -> dict[str, Any]:
+    peak_gib = result.peak_bytes / GIB
+    return {
+        "peak_gib": round(peak_gib, 3),
+        "card_gib": round(CARD_FACTOR * peak_gib + CARD_OVERHEAD_GIB, 2),
+        "peak_phase": result.peak_phase,
+        "at_peak_gib": {k: round(v / GIB, 3) for k, v in sorted(result.peak_labels.items(), key=lambda kv: -kv[1])},
+        "phase_peaks_gib": {k: round(v / GIB, 3) for k, v in result.phase_peaks.items()},
+        "resident_gib": {k: round(v / GIB, 3) for k, v in result.resident.items()},
+        "settings": dataclasses.asdict(settings),
+        "trace_seconds": round(result.seconds + build_seconds, 1),
+        "ops_traced": sum(result.ops.values()),
+        "ops_by_phase": result.ops,
+    }
+
+
+# --- validation at tiny size -----------------------------------------------------------------------
+
+TINY = MemorySettings(
+    video_model="tiny",
+    critic="tiny",
+    height=64,
+    width=64,
+    num_frames=9,
+    num_steps=4,
+    grad_steps=1,
+    frames_scored=5,
+    critic_size=56,
+    lora_rank=4,
+)
+
+
+def validate_tiny(steps: int = 2) -> dict[str, Any]:
+    """The last step of a tiny run measured three ways; they should agree.
+
+    - `profiler`: real tensors, the CPU allocator's own events (`torch.profiler`, as
+      `bench/train_step.py` measures);
+    - `traced_real`: the same real run counted by `LiveBytes` (exact bytes, no rounding);
+    - `traced_fake`: the same models and settings rebuilt with fake weights, counted by `LiveBytes`.
+    Each is the step's peak above what was allocated when it started.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.memory_models import fake_copy_backend, fake_copy_critic
+    from bench.train_step import allocator_peak_bytes
+    from drf_core.critics import load_critic
+    from drf_core.models import load_video_backend
+    from drf_core.tiny import write_tiny_models
+
+    config = dataclasses.replace(TINY.train_config(steps), mixed_precision="auto")  # fp32 on the CPU
+    with tempfile.TemporaryDirectory(prefix="drf_memory_tiny_") as folder:
+        paths = write_tiny_models(folder)
+        backend = load_video_backend(paths.wan, "fp32", "cpu")
+        critic = load_critic(paths.qwen, "fp32", "cpu")
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode:
+        fake_backend, fake_critic = fake_copy_backend(backend), fake_copy_critic(critic)
+
+    profiled: dict[str, Any] = {}
+
+    def profile_last_step(step: int) -> None:
+        if step == steps - 1:
+            profiled["profiler"] = torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+            )
+            profiled["profiler"].start()
+        elif step == steps:
+            profiled["profiler"].stop()
+            profiled["peak"] = allocator_peak_bytes(profiled["profiler"])
+
+    real = trace_training(backend, critic, config, LiveBytes(exact_bytes), on_step=profile_last_step)
+    fake = trace_training(fake_backend, fake_critic, config, LiveBytes(exact_bytes, fake_mode))
+    with fake_mode:
+        fake_backend, fake_critic = fake_copy_backend(backend), fake_copy_critic(critic)
+    shortcut = trace_training(
+        fake_backend, fake_critic, config, LiveBytes(exact_bytes, fake_mode), full_no_grad_calls=2
+    )
+    return {
+        "settings": dataclasses.asdict(TINY),
+        "steps": steps,
+        "profiler_bytes": profiled["peak"],
+        "traced_real_bytes": real.step_peaks[-1],
+        "traced_fake_bytes": fake.step_peaks[-1],
+        "traced_fake_shortcut_bytes": shortcut.step_peaks[-1],
+        "fake_shortcut_whole_run_peak_bytes": shortcut.peak_bytes,
+        "fake_whole_run_peak_bytes": fake.peak_bytes,
+        "real_whole_run_peak_bytes": real.peak_bytes,
+    }
+
+
+# --- the report ----------------------------------------------------------------------------------------
+
+# (row name, preset, overrides): the settings issue 11 asks about, each against the defaults.
+SWEEP: list[tuple[str, str, dict[str, Any]]] = [
+    ("defaults (48GB+), 7B critic", "48GB+", {}),
+    ("defaults, 3B critic", "48GB+", {"critic": "3B"}),
+    ("K=4", "48GB+", {"grad_steps": 4}),
+    ("1 frame scored", "48GB+", {"frames_scored": 1}),
+    ("9 frames scored", "48GB+", {"frames_scored": 9}),
+    ("text encoder released", "48GB+", {"release_text_encoder": True}),
+    ("preset 24GB, 7B critic", "24GB", {}),
+    ("preset 24GB, 3B critic", "24GB", {"critic": "3B"}),
+    ("preset 16GB, 3B critic", "16GB", {"critic": "3B"}),
+]
+TARGETS_GIB = {"24GB": 21.7, "16GB": 14.2}  # issue 11: traced peak for a 24 / 16 GB card
+
+_BREAKDOWN = (
+    ("weights: transformer", "transformer"),
+    ("weights: text encoder", "text encoder"),
+    ("weights: VAE", "VAE"),
+    ("weights: critic", "critic"),
+    ("LoRA + optimizer state", "LoRA + AdamW"),
+)
+
+
+def _activation_groups(at_peak: dict[str, float]) -> dict[str, float]:
+    """Bytes alive at the peak that are not weights, grouped by the phase that made them."""
+    groups: dict[str, float] = {}
+    known = {label for label, _ in _BREAKDOWN}
+    for label, gib in at_peak.items():
+        if label in known:
+            continue
+        group = label.split(":")[0] if label.startswith("backward") else label
+        groups[group] = groups.get(group, 0.0) + gib
+    return groups
+
+
+def render_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = [
+        "| setting | traced peak GiB | card (1.07 x + 0.8) | peak during | weights: transformer / UMT5 / VAE / critic "
+        "| LoRA + AdamW | activations alive at the peak, by the phase that made them (GiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, summary in rows:
+        at_peak = summary["at_peak_gib"]
+        weights = " / ".join(f"{at_peak.get(label, 0.0):.2f}" for label, _ in _BREAKDOWN[:4])
+        groups = _activation_groups(at_peak)
+        activations = ", ".join(f"{k} {v:.2f}" for k, v in sorted(groups.items(), key=lambda kv: -kv[1]) if v >= 0.005)
+        lines.append(
+            f"| {name} | **{summary['peak_gib']:.2f}** | {summary['card_gib']:.1f} | {summary['peak_phase']} "
+            f"| {weights} | {at_peak.get('LoRA + optimizer state', 0.0):.2f} | {activations} |"
+        )
+    return lines
+
+
+def _preset_text() -> str:
+    return "; ".join(f"`{name}` = {values or 'the defaults'}" for name, values in PRESETS.items())
+
+
+def render_report(rows: list[tuple[str, dict[str, Any]]], tiny: dict[str, Any] | None, command: str) -> str:
+    import platform
+
+    import diffusers
+    import transformers
+
+    base = rows[0][1]["settings"] if rows else dataclasses.asdict(MemorySettings())
+    lines = [
+        "# Memory model: traced peaks at real sizes",
+        "",
+        f"Written by `python bench/memory.py {command}`; every number below was traced by that run "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python {platform.python_version()}, torch "
+        f"{torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}).",
+        "",
+        "The engine's own training step (`Trainer.train()`: text encoding, sampling, decode, critic, reward, "
+        "backward, clipping, AdamW) on fake-tensor models of the published configs, every tensor storage counted "
+        "while it lives and rounded to the CUDA allocator's 512-byte blocks. A GPU needs about "
+        f"{CARD_FACTOR} x peak + {CARD_OVERHEAD_GIB} GiB (CUDA context, allocator slack); `bench/README.md` says "
+        "what is and is not modelled.",
+        "",
+        f"Common settings: {base['video_model']} at {base['height']}x{base['width']}x{base['num_frames']}, "
+        f"T={base['num_steps']}, guidance {base['guidance_scale']}, LoRA rank {base['lora_rank']} (attention), "
+        f"bf16 models under bf16 autocast, critic input {base['critic_size']}x{base['critic_size']} as a video, "
+        "21 yes/no questions + 4 explanation queries; each row changes what its name says "
+        f"(presets: {_preset_text()}).",
+        "",
+        *render_table(rows),
+        "",
+    ]
+    for name, summary in rows:
+        preset = next((p for p in TARGETS_GIB if name.startswith(f"preset {p}")), None)
+        if preset:
+            target = TARGETS_GIB[preset]
+            gap = summary["peak_gib"] - target
+            verdict = "met" if gap <= 0 else f"not met: {gap:.2f} GiB over"
+            lines.append(f"- {name}: target <= {target} GiB traced -> {verdict}")
+    lines += ["", "Peak total reached inside each phase (GiB), first row:", ""]
+    if rows:
+        lines += [f"- {phase}: {gib:.2f}" for phase, gib in rows[0][1]["phase_peaks_gib"].items()]
+    if tiny is not None:
+        profiler, real, fake = tiny["profiler_bytes"], tiny["traced_real_bytes"], tiny["traced_fake_bytes"]
+        settings = tiny["settings"]
+        lines += [
+            "",
+            "## Check at tiny size (drf_core.tiny models, CPU, fp32)",
+            "",
+            f"{settings['height']}x{settings['width']}x{settings['num_frames']}, T={settings['num_steps']}, "
+            f"K={settings['grad_steps']}, {settings['frames_scored']} frames scored; step {tiny['steps']} of a run, "
+            "its peak above what was allocated when it started (exact bytes, no rounding):",
+            "",
+            "| measured by | peak bytes | vs profiler |",
+            "|---|---|---|",
+            f"| `torch.profiler` allocation events, real tensors (as `bench/train_step.py`) | {profiler:,} | 1 |",
+            f"| this tracer, real tensors | {real:,} | {real / profiler:.4f} |",
+            f"| this tracer, fake tensors | {fake:,} | {fake / profiler:.4f} |",
+            f"| this tracer, fake tensors, no-grad shortcut | {tiny['traced_fake_shortcut_bytes']:,} | "
+            f"{tiny['traced_fake_shortcut_bytes'] / profiler:.4f} |",
+        ]
+    lines += [
+        "",
+        "Trace times on this machine (seconds, 2 shared CPU cores): "
+        + ", ".join(f"{name}: {summary['trace_seconds']:.0f}" for name, summary in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from bench.memory_models import CRITIC_MODELS, VIDEO_MODELS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="trace one preset (with --json: print it)")
+    parser.add_argument("--critic", choices=sorted(CRITIC_MODELS), help="critic size for --preset (default 7B)")
+    parser.add_argument("--video-model", choices=sorted(VIDEO_MODELS), help="video model for --preset")
+    parser.add_argument("--frames", type=int, help="frames scored (overrides the preset)")
+    parser.add_argument("--k", type=int, help="K, denoising steps with gradient (overrides the preset)")
+    parser.add_argument("--num-steps", type=int, help="T (overrides the preset)")
+    parser.add_argument("--size", help="HEIGHTxWIDTHxFRAMES (overrides the preset), e.g. 480x832x33")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (with --preset)")
+    parser.add_argument("--steps", type=int, default=1, help="optimizer steps traced (default 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="rows traced at the same time (one process each)")
+    parser.add_argument("--row", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--from-json", nargs="+", help="build the report from saved --row/--preset --json outputs")
+    parser.add_argument("--tiny-json", help="the tiny-size check's result saved by --tiny-only")
+    parser.add_argument("--tiny-only", action="store_true", help="run the tiny-size check only; print its JSON")
+    parser.add_argument("--no-validate", action="store_true", help="skip the tiny-size check in the report")
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "memory_results.md"), help="report file")
+    args = parser.parse_args(argv)
+    args.command_line = " ".join(sys.argv[1:] if argv is None else argv)
+    if args.json and not args.preset and args.row is None:
+        parser.error("--json needs --preset (one configuration)")
+    if args.jobs < 1 or args.steps < 1:
+        parser.error("--jobs and --steps must be at least 1")
+    return args
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if args.critic:
+        overrides["critic"] = args.critic
+    if args.video_model:
+        overrides["video_model"] = args.video_model
+    if args.frames is not None:
+        overrides["frames_scored"] = args.frames
+    if args.k is not None:
+        overrides["grad_steps"] = args.k
+    if args.num_steps is not None:
+        overrides["num_steps"] = args.num_steps
+    if args.size:
+        height, width, frames = (int(part) for part in args.size.lower().split("x"))
+        overrides.update(height=height, width=width, num_frames=frames)
+    return overrides
+
+
+def _row_name(summary: dict[str, Any]) -> str:
+    """A saved summary's SWEEP row: its `row`, else the row with the same settings."""
+    if summary.get("row"):
+        return summary["row"]
+    for name, preset, overrides in SWEEP:
+        if dataclasses.asdict(preset_settings(preset, **overrides)) == summary["settings"]:
+            return name
+    return f"preset {summary.get('preset')}: {summary['settings']}"
+
+
+def _trace_rows(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """Every SWEEP row, each in its own process (`--row I --json`), `args.jobs` at a time."""
+    import subprocess
+
+    pending = list(range(len(SWEEP)))
+    running: dict[int, subprocess.Popen] = {}
+    results: dict[int, dict[str, Any]] = {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            index = pending.pop(0)
+            command = [sys.executable, str(Path(__file__).resolve()), "--row", str(index), "--json"]
+            command += ["--steps", str(args.steps)]
+            running[index] = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, encoding="utf-8")
+        for index, process in list(running.items()):
+            if process.poll() is None:
+                continue
+            output = process.stdout.read() if process.stdout else ""
+            if process.returncode != 0:
+                raise RuntimeError(f"row {index} ({SWEEP[index][0]}) failed with exit code {process.returncode}")
+            results[index] = json.loads(output.strip().splitlines()[-1])
+            logger.info(
+                "%s: peak %.2f GiB (%.0f s)",
+                SWEEP[index][0],
+                results[index]["peak_gib"],
+                results[index]["trace_seconds"],
+            )
+            del running[index]
+        time.sleep(1.0)
+    return [(SWEEP[i][0], results[i]) for i in range(len(SWEEP))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logger.setLevel(logging.INFO)
+    if args.tiny_only:
+        print(json.dumps(validate_tiny()))
+        return 0
+    if args.row is not None:
+        name, preset, overrides = SWEEP[args.row]
+        summary = trace_real_size(preset_settings(preset, **overrides), args.steps)
+        print(json.dumps({**summary, "row": name}))
+        return 0
+    if args.preset:
+        summary = trace_real_size(preset_settings(args.preset, **_overrides(args)), args.steps)
+        summary["preset"] = args.preset
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print("\n".join(render_table([(f"preset {args.preset}", summary)])))
+        return 0
+    if args.from_json:  # rows traced earlier, one `--row I --json` (or `--preset ... --json`) output per file
+        summaries = [json.loads(Path(f).read_text(encoding="utf-8").strip().splitlines()[-1]) for f in args.from_json]
+        rows = [(_row_name(summary), summary) for summary in summaries]
+    else:
+        rows = _trace_rows(args)
+    if args.tiny_json:
+        tiny = json.loads(Path(args.tiny_json).read_text(encoding="utf-8"))
+    else:
+        tiny = None if args.no_validate else validate_tiny()
+    report = render_report(rows, tiny, args.command_line)
+    print(report)
+    Path(args.out).write_text(report, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
