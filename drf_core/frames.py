@@ -11,6 +11,7 @@ Knows nothing about models; `models/` decodes the chosen frames, the critic scor
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from .errors import DRFInputError
@@ -91,5 +92,5 @@ def check_frame_indices(indices: list[int], num_frames: int, source: str = "fram
         raise DRFInputError(
             f"{source} gave frame indices {outside} outside the {num_frames}-frame video; use 0..{num_frames - 1}"
         )
-    if any(b <= a for a, b in zip(indices, indices[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(indices)):
         raise DRFInputError(f"{source} gave frame indices {indices}; they must increase (no repeats)")

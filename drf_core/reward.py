@@ -315,7 +315,8 @@ class DRFReward:
 LOW_ANSWER_MASS = 0.5
 
 
-def _mass_text(score: QuestionScore) -> str:
+def answer_mass_note(score: QuestionScore) -> str:
+    """ ", Yes/No mass 0.93" for a report line (flagged when low); "" when the critic did not say."""
     if score.answer_mass is None:
         return ""
     flag = " LOW: the critic wanted to say something else" if score.answer_mass < LOW_ANSWER_MASS else ""
@@ -330,7 +331,7 @@ def reward_summary(result: RewardResult) -> str:
     if worst:
         lines.append("  weakest answers:")
         lines += [
-            f"    [{q.aspect}] {q.question} (expected {q.expected}, p={q.probability:.2f}{_mass_text(q)})"
+            f"    [{q.aspect}] {q.question} (expected {q.expected}, p={q.probability:.2f}{answer_mass_note(q)})"
             for q in worst
             if q.probability is not None and not math.isnan(q.probability)
         ]

@@ -20,7 +20,6 @@ import torch
 
 from ..config import CriticInputConfig
 
-
 # Appended to every yes/no question: an instruction-tuned VLM then answers with one word, so the
 # logits of "Yes" / "No" at the first answer position are its answer, not the start of a sentence.
 # `CriticScores.yes_no_mass` shows how far the critic follows it.

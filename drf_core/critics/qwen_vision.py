@@ -125,9 +125,7 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
             f"frames of {height}x{width} have an aspect ratio above {MAX_ASPECT_RATIO}, which Qwen-VL cannot take; "
             "crop the frames or give critic_input.height/width explicitly"
         )
-    h_bar, w_bar = _official_smart_resize()(
-        height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels
-    )
+    h_bar, w_bar = _official_smart_resize()(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return int(h_bar), int(w_bar)
 
 
