@@ -5,7 +5,8 @@ over the whole clip at the official Qwen-VL size (aspect ratio kept, `smart_resi
 of a training step after the sampler depends on this choice: decoding the selected frames with
 gradient (the Wan VAE is causal, so frames spread to the end of the clip decode every latent frame),
 the critic's forward over them, and the backward through both. `python bench/critic_input.py`
-measures exactly that part, at Wan's real frame size and length by default, for the four
+measures exactly that part, at Wan's length and aspect ratio (128x224, 33 frames: a CPU can run it;
+`--height/--width` for more), for the four
 combinations of {first 5, uniform 8} x {448x448, official size}:
 
 - random latents of the video's shape (requires_grad, as the sampler's output is) are decoded with
@@ -46,6 +47,7 @@ import train_step  # noqa: E402  (bench/train_step.py: model folders, memory pro
 logger = logging.getLogger("bench.critic_input")
 
 PROMPT = train_step.PROMPT
+WAN_HEIGHT, WAN_WIDTH, WAN_FRAMES = 480, 832, 33  # Wan2.1's default video (the engine's VideoSpec)
 # (label, frame selection, count, critic height, critic width); 0 x 0 = the official size rule.
 SETTINGS = (
     ("old default: first 5 frames, 448x448", "prefix", 5, 448, 448),
@@ -198,13 +200,14 @@ def render(args: argparse.Namespace, machine: dict[str, str], results: list[dict
         f"New default / old default: step time {time_ratio:.2f}x, "
         f"peak memory {new['peak_mib'] / old['peak_mib']:.2f}x.",
         "",
-        f"Visual tokens a real Qwen2.5-VL-7B-Instruct receives at {args.height}x{args.width}, {args.num_frames} "
-        "frames (its preprocessor_config.json limits; computed with the engine's size rules, not measured):",
+        f"Visual tokens a real Qwen2.5-VL-7B-Instruct receives for Wan's {WAN_HEIGHT}x{WAN_WIDTH}, {WAN_FRAMES} "
+        "frames (its preprocessor_config.json limits; computed with the engine's size rules, not measured). "
+        "The critic's activations grow with these tokens (times the questions in a batch):",
         "",
         "| setting | critic frame size | visual tokens |",
         "|---|---|---|",
     ]
-    for label, tokens, size in real_model_tokens(args.height, args.width, args.num_frames):
+    for label, tokens, size in real_model_tokens(WAN_HEIGHT, WAN_WIDTH, WAN_FRAMES):
         lines.append(f"| {label} | {size[0]}x{size[1]} | {tokens} |")
     lines += ["", f"Whole benchmark: {wall:.0f} s wall."]
     return "\n".join(lines) + "\n"
@@ -213,8 +216,8 @@ def render(args: argparse.Namespace, machine: dict[str, str], results: list[dict
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    parser.add_argument("--height", type=int, default=480, help="video height (default Wan's 480)")
-    parser.add_argument("--width", type=int, default=832, help="video width (default Wan's 832)")
+    parser.add_argument("--height", type=int, default=128, help="video height (default 128: Wan's 480 / 3.75)")
+    parser.add_argument("--width", type=int, default=224, help="video width (default 224, Wan's aspect ratio)")
     parser.add_argument("--num-frames", type=int, default=33, help="video frames (default 33, 4n+1)")
     parser.add_argument("--timed-steps", type=int, default=2, help="timed steps after the warm-up")
     parser.add_argument("--out", default=str(BENCH_DIR / "critic_input_results.md"), help="report file")
