@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     backend = load_video_backend(models.video_model, models.video_dtype, models.video_device)
     critic = load_critic(models.critic_model, models.critic_dtype, models.critic_device)
     if run.questions_file:
-        loaded = json.loads(Path(run.questions_file).read_text())
+        loaded = json.loads(Path(run.questions_file).read_text(encoding="utf-8"))
         items = loaded if isinstance(loaded, list) else [loaded]
         question_sets = [QuestionSet.from_dict(item, source=run.questions_file) for item in items]
     else:
@@ -173,10 +173,13 @@ def cmd_critique(args: argparse.Namespace) -> int:
 
 @command("decompose", "print the QuestionSet JSON for a prompt")
 def cmd_decompose(args: argparse.Namespace) -> int:
-    from .decompose import CausalLMChat, decompose
+    from .chat_models import load_chat_model
+    from .decompose import decompose_with_report
 
-    chat = CausalLMChat(args.model) if args.model else None
-    questions = decompose(args.prompt, method=args.method, chat=chat)
+    chat = load_chat_model(args.model, args.dtype, args.device) if args.model else None
+    result = decompose_with_report(args.prompt, method=args.method, chat=chat, max_new_tokens=args.max_new_tokens)
+    logger.info("%s", result.summary())
+    questions = result.question_set
     if args.out:
         questions.save(args.out)
         logger.info("wrote %s", args.out)
@@ -244,7 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = parsers["decompose"]
     p.add_argument("--prompt", required=True)
     p.add_argument("--method", default="rules", choices=DECOMPOSERS.names())
-    p.add_argument("--model", help="local instruct LM folder for --method llm")
+    p.add_argument(
+        "--model", help="for --method llm: a local vision-language model folder (the critic's) or instruct LLM folder"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="the longest reply of the language model")
+    p.add_argument("--dtype", default="auto", help="the language model's dtype (auto, bf16, fp16, fp32)")
+    p.add_argument("--device", default="auto", help="the language model's device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--out", help="also save the JSON to this file")
 
     p = parsers["export"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from ..drf_core.decompose import DECOMPOSERS, decompose
+from ..drf_core.decompose import DECOMPOSERS, decompose_with_report
 from ..drf_core.errors import DRFInputError
 from ..drf_core.questions import QuestionSet
 from .spec import (
@@ -73,8 +73,10 @@ class DecomposePrompt(DRFNode):
         category=category("questions"),
         description=(
             "Turns each prompt into weighted aspects (TA: text alignment, PHY: physics, VQ: visual quality) of "
-            "yes/no questions and explanation queries that the critic answers. 'rules' parses the prompt offline; "
-            "'llm' asks the connected critic to write the questions; 'vanilla' asks one generic question per aspect."
+            "yes/no questions and explanation queries that the critic answers. 'llm' asks the connected critic to "
+            "write the questions, checks them (no nonsense, every thing in the prompt asked about) and repairs them "
+            "from the rules, or uses the rules' questions when its reply is unusable (the node says why); 'rules' "
+            "parses the prompt offline; 'vanilla' asks one question about the whole prompt."
         ),
         inputs=(
             String(
@@ -114,9 +116,11 @@ class DecomposePrompt(DRFNode):
         if not weights:
             raise DRFInputError("aspect_weights: empty; give at least one aspect, e.g. " + DEFAULT_ASPECT_WEIGHTS)
         chat = critic.get() if critic is not None else None  # type: ignore[attr-defined]
-        sets = tuple(decompose(p, method, weights, chat, max_new_tokens) for p in prompt_lines(prompts))
+        results = [decompose_with_report(p, method, weights, chat, max_new_tokens) for p in prompt_lines(prompts)]
+        sets = tuple(result.question_set for result in results)
         text = questions_json(sets)
-        return NodeResult((sets, text), text=text)
+        how = "\n".join(f"{r.question_set.prompt!r}: {r.summary()}" for r in results)
+        return NodeResult((sets, text), text=f"{how}\n\n{text}")
 
 
 class QuestionsFromJSON(DRFNode):

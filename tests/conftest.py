@@ -23,6 +23,33 @@ def tiny_models(tmp_path_factory) -> TinyModelPaths:
     return write_tiny_models(tmp_path_factory.mktemp("tiny_models"))
 
 
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> Path:
+    """A tiny random Qwen2 causal LM with the tiny Qwen tokenizer, saved as an ordinary folder."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from drf_core.tiny import build_tiny_qwen_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_qwen2_lm")
+    tokenizer = build_tiny_qwen_tokenizer()
+    config = Qwen2Config(
+        vocab_size=(len(tokenizer) + 63) // 64 * 64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def qwen_dir(tiny_models):
     return tiny_models.qwen

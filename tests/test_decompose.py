@@ -405,33 +405,6 @@ def test_lm_template_example_is_a_valid_question_set():
     assert "<PROMPT>" in LM_INSTRUCTION_TEMPLATE and "<ASPECTS>" in LM_INSTRUCTION_TEMPLATE
 
 
-@pytest.fixture(scope="module")
-def tiny_causal_lm(tmp_path_factory) -> Path:
-    """A tiny random Qwen2 causal LM with the tiny Qwen tokenizer, saved as an ordinary folder."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from drf_core.tiny import build_tiny_qwen_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_qwen2_lm")
-    tokenizer = build_tiny_qwen_tokenizer()
-    config = Qwen2Config(
-        vocab_size=(len(tokenizer) + 63) // 64 * 64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=8192,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-    )
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_causal_lm_chat_with_a_tiny_random_model_falls_back(tiny_causal_lm, caplog):
     chat = CausalLMChat(tiny_causal_lm, dtype="fp32", device="cpu", max_new_tokens=8)
     reply = chat.chat("Say hello.", system="Be brief.", max_new_tokens=8)

@@ -240,6 +240,19 @@ def test_save_lora_counts_up_never_overwrites_and_stays_in_loras(pack_nodes, loc
     assert combo == names
 
 
+def test_save_lora_counter_ignores_case_and_takes_windows_separators(pack_nodes, local, ctx, root, trained):
+    """On Windows and macOS `Case/Style_00003` and `case/style_00003` are one file: never overwrite it."""
+    loras = root / "models" / "loras"
+    (loras / "Case").mkdir(parents=True, exist_ok=True)
+    taken = loras / "Case" / "STYLE_00003.safetensors"
+    taken.write_bytes(b"someone else's LoRA")
+    (name,) = run(pack_nodes, local, ctx, "DRFSaveLoRA", lora=trained.outputs[0], filename_prefix="Case\\STYLE").outputs
+    assert name == "Case/STYLE_00004.safetensors"
+    (name,) = run(pack_nodes, local, ctx, "DRFSaveLoRA", lora=trained.outputs[0], filename_prefix="Case/style").outputs
+    assert name == "Case/style_00005.safetensors"
+    assert taken.read_bytes() == b"someone else's LoRA"
+
+
 def test_load_lora_returns_the_saved_weights(pack_nodes, local, ctx, trained):
     lora = trained.outputs[0]
     (name,) = run(pack_nodes, local, ctx, "DRFSaveLoRA", lora=lora, filename_prefix="x").outputs
@@ -435,12 +448,23 @@ def test_decompose_with_the_critic_as_language_model(pack_nodes, local, ctx, loa
     question = {"question": "Is there a red ball?", "expected": "yes"}
     reply = json.dumps({"prompt": PROMPT, "aspects": [{"name": "TA", "weight": 1.0, "yes_no": [question]}]})
     monkeypatch.setattr(critic, "chat", lambda prompt, system=None, max_new_tokens=512: asked.append(prompt) or reply)
-    sets, _ = run(
+    result = run(
         pack_nodes, local, ctx, "DRFDecomposePrompt", prompts=PROMPT, method="llm", aspect_weights="TA=1",
         critic=loaded["critic"], max_new_tokens=64,
-    ).outputs  # fmt: skip
+    )  # fmt: skip
+    sets, _ = result.outputs
     assert len(asked) == 1 and PROMPT in asked[0]  # the connected critic wrote the questions
-    assert [q.question for _, q in sets[0].iter_yes_no()] == ["Is there a red ball?"]
+    questions = [q.question for _, q in sets[0].iter_yes_no()]
+    assert questions[0] == "Is there a red ball?"  # the model's, then the rules' about what it left out
+    assert "Is there grass?" in questions and all("grass" in q for q in questions[1:])
+    assert result.text.startswith(f"{PROMPT!r}: questions by llm; repaired: ")
+    assert "do not cover grass" in result.text
+
+    monkeypatch.setattr(critic, "chat", lambda prompt, system=None, max_new_tokens=512: "no JSON here")
+    result = run(pack_nodes, local, ctx, "DRFDecomposePrompt", prompts=PROMPT, method="llm", critic=loaded["critic"])
+    rules = pack_module("drf_core.decompose").decompose(PROMPT)
+    assert result.outputs[0][0] == rules  # the rules' questions, and the node says why
+    assert "questions by rules: the language model's reply was not used (no JSON object in the reply)" in result.text
 
 
 def test_releasing_the_text_encoder_reloads_the_model_for_new_prompts(pack_nodes, local, ctx, loaded):

@@ -151,9 +151,11 @@ def load_models(layout: ColumnLayout, critic: bool = True) -> tuple[int, int | N
     return video, layout.add("DRFLoadVLMCritic", {"model": CRITIC_NAME, "dtype": "auto", "device": "auto"})
 
 
-def questions_and_reward(layout: ColumnLayout, prompts: str) -> tuple[int, int]:
-    """Decompose Prompt over Reward Settings, in the current column."""
-    questions = layout.add("DRFDecomposePrompt", {"prompts": prompts, "method": "rules"})
+def questions_and_reward(layout: ColumnLayout, prompts: str, critic: int) -> tuple[int, int]:
+    """Decompose Prompt over Reward Settings, in the current column. The connected critic writes the
+    questions ("llm"); the node falls back to the rules' questions, and says why, when its reply is unusable."""
+    questions = layout.add("DRFDecomposePrompt", {"prompts": prompts, "method": "llm"})
+    layout.builder.connect(critic, "critic", questions, "critic")
     return questions, layout.add("DRFRewardSettings")
 
 
@@ -204,8 +206,8 @@ def train_wan_lora(layout: ColumnLayout) -> None:
     layout.note(
         "## Fine-tune Wan 2.1 with a VLM critic (Diffusion-DRF)\n"
         f"1. {MODEL_FOLDERS_MD}\n"
-        "2. Write your prompts in **Decompose Prompt**, one per line: its yes/no questions are what the critic "
-        "checks and rewards.\n"
+        "2. Write your prompts in **Decompose Prompt**, one per line: the critic writes yes/no questions about "
+        "each (checked, repaired, or replaced by the rule-based ones; the node says which) and rewards them.\n"
         "3. Queue. **Train LoRA** shows each step's reward per aspect and a frame of the video it scored; "
         f"a checkpoint is saved every 50 steps in `output/drf_runs/{MAIN_RUN_NAME}`.\n"
         "4. **Interrupt** at any time saves a checkpoint; **queue again** (resume on) to continue from it.\n"
@@ -214,7 +216,7 @@ def train_wan_lora(layout: ColumnLayout) -> None:
     )
     video, critic = load_models(layout)
     layout.next_column()
-    questions, reward = questions_and_reward(layout, "\n".join(TRAINING_PROMPTS))
+    questions, reward = questions_and_reward(layout, "\n".join(TRAINING_PROMPTS), critic)
     layout.next_column()
     train = layout.add("DRFTrainLoRA", {"run_name": MAIN_RUN_NAME, "steps": 300, **TRAINING}, preview=True)
     layout.next_column()
@@ -237,7 +239,7 @@ def critique_video(layout: ColumnLayout) -> None:
     )
     video, critic = load_models(layout)
     layout.next_column()
-    questions, reward = questions_and_reward(layout, CRITIQUE_PROMPT)
+    questions, reward = questions_and_reward(layout, CRITIQUE_PROMPT, critic)
     layout.next_column()
     sample = layout.add("DRFSampleVideo", {"prompt": CRITIQUE_PROMPT, **SAMPLING}, preview=True)
     layout.next_column()
@@ -283,7 +285,7 @@ def single_prompt_finetune(layout: ColumnLayout) -> None:
     )
     video, critic = load_models(layout)
     layout.next_column()
-    questions, reward = questions_and_reward(layout, SINGLE_PROMPT)
+    questions, reward = questions_and_reward(layout, SINGLE_PROMPT, critic)
     options_widgets = {"target_preset": "attention", "warmup_steps": 10, "release_text_encoder": False}
     options = layout.add("DRFTrainingOptions", options_widgets)
     layout.next_column()
