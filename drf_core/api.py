@@ -42,7 +42,7 @@ from .models import MODULE_NAME_MAPS
 from .models.base import VideoBackend
 from .plots import plot_question_scores, plot_reward_curves
 from .questions import QuestionSet
-from .reward import DRFReward, RewardResult, reward_summary
+from .reward import LOW_ANSWER_MASS, DRFReward, RewardResult, answer_mass_note, reward_summary
 from .sampler import sample_video
 from .trainer import ADAPTER_NAME, ProgressEvent, Trainer, TrainResult
 
@@ -205,6 +205,12 @@ class Critique:
     def report(self) -> str:
         """Markdown: the summary, every question's score, and the critic's free-text answers."""
         lines = ["# Critique", "", "```", reward_summary(self.result), "```", ""]
+        if any(q.answer_mass is not None for q in self.result.per_question):
+            lines += [
+                "Yes/No mass: the share of the critic's probability on the words Yes and No when asked a yes/no "
+                f"question; below {LOW_ANSWER_MASS} it wanted to say something else, and its answer means little.",
+                "",
+            ]
         for aspect in dict.fromkeys(q.aspect for q in self.result.per_question):
             lines += [f"## {aspect}: {self.result.per_aspect.get(aspect, float('nan')):+.4f}", ""]
             for q in self.result.per_question:
@@ -214,6 +220,7 @@ class Critique:
                     verdict = "ok" if (q.probability or 0) >= 0.5 else "FAILS"
                     lines.append(
                         f"- {q.question} expected {q.expected}: p={q.probability:.3f} ({verdict}), score {q.value:+.4f}"
+                        + answer_mass_note(q)
                     )
                 else:
                     lines.append(f'- {q.question} target "{q.target}": weighted log-likelihood {q.value:+.4f}')

@@ -141,6 +141,7 @@ def cmd_critique(args: argparse.Namespace) -> int:
     from .config import CriticInputConfig, RewardConfig
     from .critics import load_critic
     from .decompose import decompose
+    from .frames import select_frames
     from .media import load_frames, save_animation
     from .questions import QuestionSet
 
@@ -151,8 +152,12 @@ def cmd_critique(args: argparse.Namespace) -> int:
         if not args.prompt:
             raise DRFInputError("give --prompt (to decompose) or --questions FILE")
         questions = decompose(args.prompt, method=args.decomposer, chat=critic if args.decomposer == "llm" else None)
-    frames = load_frames(args.video, max_frames=args.max_frames)
-    visual = CriticInputConfig(height=args.size, width=args.size)
+    frames = load_frames(args.video)
+    if args.max_frames < 1:
+        raise DRFInputError(f"--max-frames must be at least 1, got {args.max_frames}")
+    picked = select_frames("uniform", len(frames), min(args.max_frames, len(frames)))
+    frames = frames[picked]
+    visual = CriticInputConfig(height=args.size, width=args.size, video_fps=args.video_fps).for_frames(picked)
     result = critique(
         critic, frames, questions, RewardConfig(), visual, explain=not args.no_explain, heatmaps=bool(args.out)
     )
@@ -232,8 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="the prompt the video was made from")
     p.add_argument("--questions", help="a QuestionSet JSON file instead of --prompt")
     p.add_argument("--decomposer", default="rules", choices=DECOMPOSERS.names())
-    p.add_argument("--size", type=int, default=448, help="VLM input size, a multiple of 28 (default 448)")
-    p.add_argument("--max-frames", type=int, default=16, help="frames sampled from the video (default 16)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=0,
+        help="square VLM input size, a multiple of 28; 0 (default): the model's own size rule, aspect ratio kept",
+    )
+    p.add_argument(
+        "--max-frames", type=int, default=8, help="frames scored, evenly spaced over the whole video (default 8)"
+    )
+    p.add_argument("--video-fps", type=float, default=16.0, help="the video's frame rate (default 16, Wan's)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-explain", action="store_true", help="skip the critic's free-text answers")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,7 +120,12 @@ class SamplerConfig(_Serializable):
         steps = self.num_inference_steps
         _check(steps >= 1, f"{where}.num_inference_steps", f"must be at least 1, got {steps}")
         k = self.truncated_backprop_steps
-        _check(k >= 0, f"{where}.truncated_backprop_steps", f"must be 0 or more, got {k}")
+        # K = 0 would run every step without gradient: the reward then has no path to the LoRA.
+        _check(
+            k >= 1,
+            f"{where}.truncated_backprop_steps",
+            f"K must be at least 1 (the last K denoising steps carry the gradient to the LoRA), got {k}",
+        )
         _check(
             k <= steps,
             f"{where}.truncated_backprop_steps",
@@ -139,10 +145,12 @@ class SamplerConfig(_Serializable):
 class DecodeConfig(_Serializable):
     """Which frames the VAE decodes with gradient (and the critic then scores)."""
 
-    # A key of `frames.FRAME_SELECTIONS`: "all", "every_nth", "first_middle_last", "prefix".
-    frame_selection: str = "prefix"
-    # every_nth: n; prefix: how many frames. Ignored by "all" and "first_middle_last".
-    frame_selection_count: int = 5
+    # A key of `frames.FRAME_SELECTIONS`: "uniform" (evenly spaced over the whole clip, so motion
+    # is visible), "all", "every_nth", "first_middle_last", "prefix" (the first N: cheapest, since
+    # the Wan VAE is causal, but five consecutive frames show almost no motion).
+    frame_selection: str = "uniform"
+    # uniform / prefix: how many frames; every_nth: n. Ignored by "all" and "first_middle_last".
+    frame_selection_count: int = 8
     # Checkpoint the VAE decoder per latent frame (recompute in backward; much less memory).
     checkpoint_per_latent_frame: bool = True
 
@@ -154,26 +162,58 @@ class DecodeConfig(_Serializable):
         )
 
 
+# The smallest side a Qwen-VL critic can take: one merged patch (patch_size 14 x merge_size 2).
+MIN_CRITIC_SIDE = 28
+
+
 @dataclass
 class CriticInputConfig(_Serializable):
     """How frames are handed to the VLM."""
 
     # "video": one video of the frames; "images": each frame as its own image.
     mode: str = "video"
-    # Size the frames are resized to before patching (multiples of 28 for Qwen-VL); 0 keeps the
-    # frame size, rounded the way the official processor rounds it.
-    height: int = 448
-    width: int = 448
-    # Frames per second the video is said to have (Qwen2.5-VL's temporal position spacing).
-    fps: float = 2.0
+    # Size the frames are resized to before patching. 0 x 0 (the default) keeps the aspect ratio:
+    # the official Qwen-VL rule (`smart_resize`: sides rounded to multiples of 28, pixel count
+    # within the model folder's min/max pixels). A fixed size (multiples of 28) squashes frames of
+    # another aspect ratio; it stays for users who want a fixed cost.
+    height: int = 0
+    width: int = 0
+    # Frame rate of the video the frames come from (Wan 2.1 and 2.2 A14B: 16; Wan 2.2 TI2V-5B: 24).
+    video_fps: float = 16.0
+    # Frame rate the critic is told (Qwen2.5-VL spaces video positions in time by it). 0 (the
+    # default): the true rate of the scored frames, `video_fps` over their mean spacing in frames.
+    fps: float = 0.0
     # Questions scored in one VLM forward; 0 = all questions of a video at once.
     max_questions_per_batch: int = 0
 
     def validate(self, where: str = "critic_input") -> None:
         _check(self.mode in ("video", "images"), f"{where}.mode", f"must be 'video' or 'images', got {self.mode!r}")
-        _check(self.height >= 0 and self.width >= 0, f"{where}.height/width", "must be 0 or positive")
-        _check(self.fps > 0, f"{where}.fps", f"must be positive, got {self.fps}")
+        size = (self.height, self.width)
+        _check(
+            size == (0, 0) or min(size) >= MIN_CRITIC_SIDE,
+            f"{where}.height/width",
+            f"{self.height}x{self.width}: set both to 0 (the official size rule, aspect ratio kept) or both to at "
+            f"least one patch ({MIN_CRITIC_SIDE} px, multiples of {MIN_CRITIC_SIDE})",
+        )
+        _check(self.video_fps > 0, f"{where}.video_fps", f"must be positive, got {self.video_fps}")
+        _check(self.fps >= 0, f"{where}.fps", f"must be 0 (the true rate of the frames) or positive, got {self.fps}")
         _check(self.max_questions_per_batch >= 0, f"{where}.max_questions_per_batch", "must be 0 or positive")
+
+    def clip_fps(self, frame_indices: Sequence[int] | None = None) -> float:
+        """The frame rate the critic is told for frames taken at `frame_indices` of the video
+        (None: consecutive frames): `fps` when set, else `video_fps` / the frames' mean spacing."""
+        if self.fps > 0:
+            return self.fps
+        if frame_indices is None or len(frame_indices) < 2:
+            return self.video_fps
+        indices = list(frame_indices)
+        span = indices[-1] - indices[0]
+        _check(span > 0, "frame_indices", f"must increase, got {indices}")
+        return self.video_fps * (len(indices) - 1) / span
+
+    def for_frames(self, frame_indices: Sequence[int]) -> CriticInputConfig:
+        """A copy whose `fps` is the true rate of frames taken at `frame_indices` (see `clip_fps`)."""
+        return dataclasses.replace(self, fps=self.clip_fps(frame_indices))
 
 
 @dataclass
@@ -186,7 +226,8 @@ class RewardConfig(_Serializable):
     explanation: str = "token_weighted_log_likelihood"
     # Weight of the explanation term against the yes/no term inside each aspect.
     explanation_weight: float = 0.5
-    # Weight of function words ("the", "of", ...) in the token-weighted likelihood; content 1.0.
+    # Weight of light words (articles, auxiliaries, pronouns: `reward.LIGHT_WORDS`) in the
+    # token-weighted likelihood; every other word (negations and spatial words included) weighs 1.
     function_word_weight: float = 0.2
     # Overrides of the question set's aspect weights, by aspect name.
     aspect_weights: dict[str, float] = field(default_factory=dict)

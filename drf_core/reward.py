@@ -1,10 +1,12 @@
 """Logit-level rewards: a critic's answers about the frames become one differentiable number.
 
-- yes/no questions: the logits of ("Yes", "No") at the answer position, oriented so the first
-  column is the answer a faithful video gives, turned into a score by a `YES_NO_REWARDS` entry
-  (log-probability normalised over {Yes, No}, probability, or logit margin);
+- yes/no questions (asked with "Answer yes or no."): the logits of ("Yes", "No") at the answer
+  position, oriented so the first column is the answer a faithful video gives, turned into a score
+  by a `YES_NO_REWARDS` entry (log-probability normalised over {Yes, No}, probability, or logit
+  margin); the share of all probability on {Yes, No} is reported per question (`answer_mass`);
 - explanation queries: the teacher-forced log-likelihood of the target answer, each token weighted
-  by whether its word carries meaning (`EXPLANATION_REWARDS`, "token-aware");
+  by whether its word carries meaning (`EXPLANATION_REWARDS`, "token-aware"; `LIGHT_WORDS`);
+- one critic call (`Critic.score`) per video for both kinds, so the vision tower runs once;
 - per aspect: the weighted mean of its yes/no scores, blended with its explanation score by
   `RewardConfig.explanation_weight`; total: the aspect-weight-normalised sum.
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import CriticInputConfig, RewardConfig
-from .critics.base import AnswerLogProbs, Critic
+from .critics.base import AnswerLogProbs, Critic, CriticScores
 from .errors import DRFInputError
 from .questions import QuestionSet
 from .registry import Registry
@@ -81,29 +83,47 @@ def mean_log_likelihood(token_logprobs: torch.Tensor, token_weights: torch.Tenso
 
 EXPLANATION_REWARDS.add("none", None)
 
-# Words that carry little of a prompt's meaning; their tokens get `function_word_weight`.
-FUNCTION_WORDS = frozenset(
-    """a an the this that these those there here it its it's they them their he she his her him we our
-    you your i me my is are was were be been being am do does did has have had will would can could shall
-    should may might must of in on at to from by for with without about into onto over under above below
-    between through during before after up down out off as than then so and or but nor if while because
-    not no yes very just also too only all any some each every both either neither such own same other
-    which who whom whose what when where why how""".split()
+# Token weights of the explanation term. A target answer such as "The cat is not under the table"
+# is mostly grammar; its meaning sits in a few words. LIGHT_WORDS get `function_word_weight`: they
+# are what any fluent answer contains whatever the video shows, so rewarding their likelihood
+# rewards fluency, not faithfulness. Everything else weighs 1.0, including two groups of short
+# words a plain stop-word list would make light:
+# - NEGATION_WORDS flip the meaning ("a child without a hat", "no people"): a light "no" would let
+#   the likelihood of "there are people" pay almost as much as "there are no people";
+# - SPATIAL_WORDS carry the layout the prompt asks for ("the cube is left of the sphere", "on" vs
+#   "under" the table), which is exactly what text-to-video models get wrong.
+# Words of order in time ("before", "after", "then") and quantity ("both", "each", "only") are not
+# light either: sequences and counts are part of what a prompt asks for.
+NEGATION_WORDS = frozenset("no not never neither nor without none nothing nobody nowhere cannot".split())
+SPATIAL_WORDS = frozenset(
+    """left right on under behind between above below inside outside over beneath underneath beside near
+    next front back top bottom across through into onto toward towards away around along up down off out in
+    against among within upon""".split()
 )
+LIGHT_WORDS = frozenset(
+    """a an the this that these those there here it its it's they them their theirs he she his her hers him
+    we us our you your i me my mine is are was were be been being am do does did doing has
+    have having had will would can could shall should may might must of to from by for with at as about than
+    and or but so if while because also too very just really quite yes which who whom whose what when where
+    why how""".split()
+)
+# The old name, kept for callers that import it.
+FUNCTION_WORDS = LIGHT_WORDS
 
 # A word: letters and digits of any script, with apostrophes inside ("it's", "cat's").
 _WORD = re.compile(r"[\w'’]+")
 
 
 def token_weights(answer: str, token_spans: Sequence[tuple[int, int]], function_word_weight: float) -> torch.Tensor:
-    """One weight per answer token: 1.0 for tokens inside a content word, `function_word_weight`
-    for tokens inside function words or made only of spaces and punctuation."""
+    """One weight per answer token: 1.0 for a token inside any word that is not in `LIGHT_WORDS`
+    (content, negation and spatial words), `function_word_weight` for tokens inside light words or
+    made only of spaces and punctuation."""
     words = [(m.start(), m.end(), m.group().lower().replace("’", "'").strip("'")) for m in _WORD.finditer(answer)]
     weights = []
     for start, end in token_spans:
         weight = function_word_weight
         for word_start, word_end, word in words:
-            if word_start < end and start < word_end and word not in FUNCTION_WORDS:
+            if word_start < end and start < word_end and word not in LIGHT_WORDS:
                 weight = 1.0
                 break
         weights.append(weight)
@@ -124,6 +144,8 @@ class QuestionScore:
     weight: float
     expected: str = ""  # yes/no: the answer a faithful video gives
     probability: float | None = None  # yes/no: p(expected | {Yes, No})
+    # yes/no: p(Yes) + p(No) among all tokens; low means the critic wanted to answer something else.
+    answer_mass: float | None = None
     target: str = ""  # explanation: the target answer
 
     def to_dict(self) -> dict:
@@ -188,15 +210,14 @@ class DRFReward:
         if frames.shape[0] == 0:
             raise DRFInputError("no frames to score; choose a frame selection that keeps at least one frame")
         aspect_weights = self.aspect_weights(questions)
-        yes_no_scores = self._score_yes_no(frames, questions)
-        explanation_scores = self._score_explanations(frames, questions)
+        yes_no_scores, explanation_scores = self._score(frames, questions)
 
         per_question: list[QuestionScore] = []
         aspect_values: dict[str, torch.Tensor] = {}
         for aspect in questions.aspects:
             yes_no_terms, yes_no_weights = [], []
             for question in aspect.yes_no:
-                value, probability = yes_no_scores[(question.question, question.expected)]
+                value, probability, mass = yes_no_scores[(question.question, question.expected)]
                 yes_no_terms.append(value)
                 yes_no_weights.append(question.weight)
                 per_question.append(
@@ -208,6 +229,7 @@ class DRFReward:
                         question.weight,
                         expected=question.expected,
                         probability=probability,
+                        answer_mass=mass,
                     )
                 )
             explanation_terms, explanation_weights = [], []
@@ -245,39 +267,60 @@ class DRFReward:
             per_question=per_question,
         )
 
-    def _score_yes_no(self, frames: torch.Tensor, questions: QuestionSet) -> dict:
-        pairs = [(aspect.name, q) for aspect in questions.aspects for q in aspect.yes_no]
-        if not pairs:
+    def _score(self, frames: torch.Tensor, questions: QuestionSet) -> tuple[dict, dict]:
+        """One critic call for every yes/no question and explanation query (one look at the video)."""
+        pairs = [q for aspect in questions.aspects for q in aspect.yes_no]
+        texts = list(dict.fromkeys(q.question for q in pairs))
+        keys = []
+        if self.explanation_reward is not None:
+            keys = list(
+                dict.fromkeys((a.name, q.question, q.target) for a in questions.aspects for q in a.explanations)
+            )
+        unique = list(dict.fromkeys((question, target) for _, question, target in keys))
+        if not texts and not unique:
+            return {}, {}
+        scores = self.critic.score(frames, texts, [q for q, _ in unique], [t for _, t in unique], self.critic_input)
+        return self._yes_no_values(pairs, texts, scores), self._explanation_values(keys, unique, scores.answers)
+
+    def _yes_no_values(self, pairs: list, texts: list[str], scores: CriticScores) -> dict:
+        if not texts:
             return {}
-        texts = list(dict.fromkeys(q.question for _, q in pairs))
-        logits = _at_least_float32(self.critic.score_yes_no(frames, texts, self.critic_input))
+        logits = _at_least_float32(scores.yes_no_logits)
+        masses = scores.yes_no_mass
         row = {text: i for i, text in enumerate(texts)}
-        scores = {}
+        values = {}
         # Keyed by (text, expected): one text may be asked with either expected answer.
-        for key in dict.fromkeys((q.question, q.expected) for _, q in pairs):
+        for key in dict.fromkeys((q.question, q.expected) for q in pairs):
             text, expected = key
             yes_no = logits[row[text]]
             oriented = yes_no if expected == "yes" else yes_no.flip(0)
             value = self.yes_no_reward(oriented.unsqueeze(0))[0]
             probability = float(torch.softmax(oriented.detach(), dim=-1)[0])
-            scores[key] = (value, probability)
-        return scores
+            mass = float(masses[row[text]]) if masses is not None else None
+            values[key] = (value, probability, mass)
+        return values
 
-    def _score_explanations(self, frames: torch.Tensor, questions: QuestionSet) -> dict:
-        if self.explanation_reward is None:
-            return {}
-        keys = list(dict.fromkeys((a.name, q.question, q.target) for a in questions.aspects for q in a.explanations))
-        if not keys:
-            return {}
-        unique = list(dict.fromkeys((question, target) for _, question, target in keys))
-        scored: list[AnswerLogProbs] = self.critic.score_answers(
-            frames, [q for q, _ in unique], [t for _, t in unique], self.critic_input
-        )
+    def _explanation_values(self, keys: list, unique: list, scored: list[AnswerLogProbs]) -> dict:
         values = {}
         for (question, target), answer in zip(unique, scored, strict=True):
             weights = token_weights(answer.answer, answer.token_spans, self.config.function_word_weight)
-            values[(question, target)] = self.explanation_reward(_at_least_float32(answer.token_logprobs), weights)
+            values[(question, target)] = self.explanation_reward(  # type: ignore[misc]
+                _at_least_float32(answer.token_logprobs), weights
+            )
         return {key: values[(key[1], key[2])] for key in keys}
+
+
+# Below this share of the probability on {Yes, No}, a report flags the answer: the critic wanted to
+# say something else (a sentence, "yes" in lower case, a refusal), so its yes/no logits mean little.
+LOW_ANSWER_MASS = 0.5
+
+
+def answer_mass_note(score: QuestionScore) -> str:
+    """ ", Yes/No mass 0.93" for a report line (flagged when low); "" when the critic did not say."""
+    if score.answer_mass is None:
+        return ""
+    flag = " LOW: the critic wanted to say something else" if score.answer_mass < LOW_ANSWER_MASS else ""
+    return f", Yes/No mass {score.answer_mass:.2f}{flag}"
 
 
 def reward_summary(result: RewardResult) -> str:
@@ -288,7 +331,7 @@ def reward_summary(result: RewardResult) -> str:
     if worst:
         lines.append("  weakest answers:")
         lines += [
-            f"    [{q.aspect}] {q.question} (expected {q.expected}, p={q.probability:.2f})"
+            f"    [{q.aspect}] {q.question} (expected {q.expected}, p={q.probability:.2f}{answer_mass_note(q)})"
             for q in worst
             if q.probability is not None and not math.isnan(q.probability)
         ]

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -81,6 +82,8 @@ _TINY_WORDS = (
 
 
 TINY_QWEN_INITIALIZER_RANGE = 0.1
+# vocab_size in config.json of Qwen/Qwen2.5-VL-3B/7B-Instruct (151,665 tokens, padded).
+QWEN2_5_VL_VOCAB_SIZE = 151936
 TINY_WAN_TEXT_DIM = 4096  # UMT5-XXL's width, which ComfyUI's Wan model assumes
 
 
@@ -232,11 +235,13 @@ def build_tiny_qwen_tokenizer(yes_no_single_tokens: bool = True, extra_words: Se
     return tokenizer
 
 
-def build_tiny_qwen2_5_vl_config(tokenizer):
+def build_tiny_qwen2_5_vl_config(tokenizer, vocab_size: int | None = None):
+    """A 2-layer Qwen2.5-VL config for `tokenizer`; `vocab_size` defaults to its length rounded up to 64
+    (give `QWEN2_5_VL_VOCAB_SIZE` with the real tokenizer to get the real model's embedding size)."""
     from transformers import Qwen2_5_VLConfig
 
     ids = dict(zip(QWEN_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS)), strict=True))
-    vocab_size = (len(tokenizer) + 63) // 64 * 64
+    vocab_size = vocab_size or (len(tokenizer) + 63) // 64 * 64
     special = {
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
@@ -284,14 +289,28 @@ def build_tiny_qwen2_5_vl_config(tokenizer):
     )
 
 
-def write_tiny_qwen2_5_vl(directory: str | Path, seed: int = 0, yes_no_single_tokens: bool = True) -> Path:
-    """Write a tiny Qwen2.5-VL folder laid out like Qwen/Qwen2.5-VL-7B-Instruct; return its path."""
+def write_tiny_qwen2_5_vl(
+    directory: str | Path,
+    seed: int = 0,
+    yes_no_single_tokens: bool = True,
+    tokenizer: Any = None,
+    vocab_size: int | None = None,
+) -> Path:
+    """Write a tiny Qwen2.5-VL folder laid out like Qwen/Qwen2.5-VL-7B-Instruct; return its path.
+
+    `tokenizer` (default: the tiny BPE) may be a real Qwen2.5 tokenizer; it is saved with the
+    Qwen2.5-VL chat template, and with `vocab_size=QWEN2_5_VL_VOCAB_SIZE` the tiny model then has the
+    real vocabulary, so prompts, special tokens and answer positions are the ones a real critic sees.
+    """
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_qwen_tokenizer(yes_no_single_tokens)
-    config = build_tiny_qwen2_5_vl_config(tokenizer)
+    if tokenizer is None:
+        tokenizer = build_tiny_qwen_tokenizer(yes_no_single_tokens)
+    else:
+        tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    config = build_tiny_qwen2_5_vl_config(tokenizer, vocab_size)
     _seeded(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(

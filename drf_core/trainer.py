@@ -107,7 +107,6 @@ class Trainer:
         self.progress = progress
         self.should_stop = should_stop or (lambda: False)
         self.questions = self._match_questions(config.prompts, question_sets)
-        self.reward = DRFReward(critic, config.reward, config.critic_input)
         presets = backend.lora_target_presets
         if config.lora.target_preset not in presets:
             raise DRFInputError(
@@ -118,6 +117,8 @@ class Trainer:
         self.frame_indices = select_frames(
             config.decode.frame_selection, num_frames, config.decode.frame_selection_count
         )
+        # The critic is told the scored frames' true rate (video fps over their spacing).
+        self.reward = DRFReward(critic, config.reward, config.critic_input.for_frames(self.frame_indices))
         self.device = backend.device
         self.generator = torch.Generator(device="cpu")
         self.step = 0

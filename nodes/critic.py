@@ -1,7 +1,9 @@
 """Critique Video: the critic's verdict on a video, as a report, a chart and gradient heatmaps.
 
-The frames scored are the ones training would score (the reward settings' frame selection), so a
-critique explains the reward the trainer sees. Heatmaps are the reward's gradient with respect to
+The frames scored are the ones training would score (the reward settings' frame selection, told
+to the critic at their true frame rate), so a critique explains the reward the trainer sees. The
+report gives, per yes/no question, the share of the critic's probability on {Yes, No}: a low share
+means the critic wanted to say something else. Heatmaps are the reward's gradient with respect to
 the pixels, per aspect: where changing the video would raise that aspect's score most.
 """
 
@@ -84,7 +86,7 @@ class CritiqueVideo(DRFNode):
             video,
             questions[0],
             settings.reward,
-            settings.critic_input,
+            settings.critic_input.for_frames(picked),
             explain=explain,
             heatmaps=heatmaps,
             max_new_tokens=max_new_tokens,

@@ -86,14 +86,52 @@ class RewardSettingsNode(DRFNode):
             Combo(
                 "frame_selection",
                 FRAME_SELECTIONS.names(),
-                "Which decoded frames the critic scores (fewer frames: less memory). prefix: the first N.",
+                "Which decoded frames the critic scores. uniform: N frames evenly spaced over the whole clip (motion "
+                "is visible); prefix: the first N (cheapest, but almost no motion); every_nth; first_middle_last; all.",
                 _DEFAULT_DECODE.frame_selection,
             ),
-            Int("frame_count", _DEFAULT_DECODE.frame_selection_count, 1, 256, "N for prefix / every_nth."),
+            Int(
+                "frame_count",
+                _DEFAULT_DECODE.frame_selection_count,
+                1,
+                256,
+                "N for uniform / prefix (frames scored), n for every_nth. More frames: more memory.",
+            ),
             Combo("critic_input", CRITIC_MODES, "video: the frames as one clip; images: each frame alone.", "video"),
-            Int("critic_width", _DEFAULT_INPUT.width, 0, 2048, "Width the critic sees (multiple of 28; 0: as is).", 28),
-            Int("critic_height", _DEFAULT_INPUT.height, 0, 2048, "Height the critic sees (multiple of 28).", 28),
-            Float("critic_fps", _DEFAULT_INPUT.fps, 0.1, 60.0, "Frame rate the clip is said to have.", 0.1),
+            Int(
+                "critic_width",
+                _DEFAULT_INPUT.width,
+                0,
+                2048,
+                "0 (with height 0): the model's own size rule, aspect ratio kept. Else a fixed width (multiple of "
+                "28), which squashes frames of another aspect ratio.",
+                28,
+            ),
+            Int(
+                "critic_height",
+                _DEFAULT_INPUT.height,
+                0,
+                2048,
+                "0 (with width 0): the model's own size rule, aspect ratio kept. Else a fixed height (multiple of 28).",
+                28,
+            ),
+            Float(
+                "video_fps",
+                _DEFAULT_INPUT.video_fps,
+                1.0,
+                240.0,
+                "Frame rate of the scored videos (Wan 2.1 / 2.2 A14B: 16, Wan 2.2 TI2V-5B: 24; your own clip: its "
+                "fps, e.g. from Get Video Components).",
+                1.0,
+            ),
+            Float(
+                "critic_fps",
+                _DEFAULT_INPUT.fps,
+                0.0,
+                60.0,
+                "Frame rate the critic is told. 0: the true rate of the scored frames (video_fps over their spacing).",
+                0.1,
+            ),
         ),
         outputs=(OutputSpec(REWARD, "reward", "The reward settings, for Train LoRA and Critique Video."),),
     )
@@ -112,6 +150,7 @@ class RewardSettingsNode(DRFNode):
         critic_input: str,
         critic_width: int,
         critic_height: int,
+        video_fps: float,
         critic_fps: float,
     ) -> NodeResult:
         YES_NO_REWARDS.get(yes_no_reward)
@@ -124,7 +163,9 @@ class RewardSettingsNode(DRFNode):
             function_word_weight=function_word_weight,
             aspect_weights=parse_weights(aspect_weights, "aspect_weights"),
         )
-        visual = CriticInputConfig(mode=critic_input, height=critic_height, width=critic_width, fps=critic_fps)
+        visual = CriticInputConfig(
+            mode=critic_input, height=critic_height, width=critic_width, video_fps=video_fps, fps=critic_fps
+        )
         decode = DecodeConfig(frame_selection=frame_selection, frame_selection_count=frame_count)
         for config in (reward, visual, decode):
             config.validate()

@@ -279,7 +279,7 @@ class TrainLoRA(DRFNode):
             Int(
                 "truncated_backprop_steps",
                 _SAMPLER.truncated_backprop_steps,
-                0,
+                1,
                 1000,
                 "K: the last K denoising steps carry gradient (1 is robust; more costs time, not memory).",
             ),

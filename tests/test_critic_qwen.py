@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from drf_core.config import CriticInputConfig
-from drf_core.critics import CRITICS, Qwen2VLCritic, QwenVLCritic, load_critic
+from drf_core.critics import CRITICS, Qwen2VLCritic, QwenVLCritic, load_critic, yes_no_prompt
 from drf_core.critics.qwen_vision import preprocess_frames, read_vision_settings
 from drf_core.errors import DRFInputError, ModelFolderError
 from drf_core.tiny import (
@@ -50,7 +50,8 @@ def _official_inputs(processor, frames, texts, mode, fps):
 
 
 def _official_yes_no(critic, processor, frames, questions, mode, fps=2.0):
-    prompts, media = _official_inputs(processor, frames, questions, mode, fps)
+    """The yes/no logits of the same user text (question + instruction), built the documented way."""
+    prompts, media = _official_inputs(processor, frames, [yes_no_prompt(q) for q in questions], mode, fps)
     inputs = processor(text=prompts, do_rescale=False, return_tensors="pt", padding=True, padding_side="left", **media)
     assert (inputs["attention_mask"] == 0).any(), "questions of different lengths must exercise left padding"
     yes, no = (critic.tokenizer.convert_tokens_to_ids(word) for word in ("Yes", "No"))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from drf_core.config import CriticInputConfig, LoRAConfig, RewardConfig, SamplerConfig, VideoSpec
-from drf_core.critics import AnswerLogProbs, Critic, load_critic
+from drf_core.critics import AnswerLogProbs, Critic, load_critic, yes_no_prompt
 from drf_core.decompose import decompose
 from drf_core.errors import DRFInputError
 from drf_core.lora import add_lora, remove_lora
@@ -158,7 +158,8 @@ def _reference_reward(critic, processor, frames, questions: QuestionSet, config:
     for aspect in questions.aspects:
         yes_no_values = []
         for question in aspect.yes_no:
-            logits = _official_forward(critic, processor, frames, _official_prompt(processor, question.question))[-1]
+            prompt = _official_prompt(processor, yes_no_prompt(question.question))
+            logits = _official_forward(critic, processor, frames, prompt)[-1]
             log_p = {"yes": logits[yes], "no": logits[no]}
             value = log_p[question.expected] - torch.logsumexp(torch.stack([logits[yes], logits[no]]), 0)
             yes_no_values.append(float(value))
@@ -333,7 +334,7 @@ def test_token_weights_on_hand_made_spans():
         (3, 7),  # " app": part of a content word
         (7, 10),  # "les"
         (10, 11),  # ","
-        (11, 14),  # " on"
+        (11, 14),  # " on": a spatial word, full weight
         (14, 16),  # " a"
         (16, 19),  # " ca": part of a non-ASCII content word
         (19, 20),  # "f"
@@ -347,7 +348,7 @@ def test_token_weights_on_hand_made_spans():
         (39, 40),  # "."
     ]
     assert "".join(answer[s:e] for s, e in spans) == answer
-    expected = [fw, 1, 1, fw, fw, fw, 1, 1, 1, 1, fw, fw, fw, 1, 1, fw]
+    expected = [fw, 1, 1, fw, 1, fw, 1, 1, 1, 1, fw, fw, fw, 1, 1, fw]
     weights = token_weights(answer, spans, fw)
     assert weights.dtype == torch.float32
     assert weights.tolist() == pytest.approx(expected)
@@ -365,9 +366,9 @@ def test_token_weights_on_the_tiny_tokenizers_real_spans(critic):
     # The tiny BPE splits "Two", "apples" and "table" into pieces (and " a" is the start of "apples" here).
     assert pieces == ["T", "wo", " red", " a", "p", "p", "le", "s", " on", " the", " wooden", " ", "tab", "le", "."]
     fw = FUNCTION_WORD_WEIGHT
-    expected = [1, 1, 1, 1, 1, 1, 1, 1, fw, fw, 1, fw, 1, 1, fw]
+    expected = [1, 1, 1, 1, 1, 1, 1, 1, 1, fw, 1, fw, 1, 1, fw]  # " on" is spatial: full weight
     assert token_weights(answer, scored.token_spans, fw).tolist() == pytest.approx(expected)
-    assert {"a", "on", "the", "of", "is"} <= FUNCTION_WORDS and not {"red", "apples", "two"} & FUNCTION_WORDS
+    assert {"a", "the", "of", "is"} <= FUNCTION_WORDS and not {"red", "apples", "two", "on"} & FUNCTION_WORDS
 
 
 def test_only_function_words_with_zero_function_word_weight_fall_back_to_the_plain_mean():

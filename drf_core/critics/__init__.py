@@ -16,14 +16,25 @@ from typing import Any
 from ..config import resolve_device, resolve_dtype
 from ..errors import ModelFolderError
 from ..registry import Registry
-from .base import AnswerLogProbs, Critic
+from .base import YES_NO_INSTRUCTION, AnswerLogProbs, Critic, CriticScores, yes_no_prompt
 from .qwen2_5_vl import Qwen2VLCritic, QwenVLCritic
 
 CRITICS: Registry[type[Critic]] = Registry("critic")
 CRITICS.add("qwen2_5_vl", QwenVLCritic)
 CRITICS.add("qwen2_vl", Qwen2VLCritic)
 
-__all__ = ["CRITICS", "AnswerLogProbs", "Critic", "Qwen2VLCritic", "QwenVLCritic", "critic_model_type", "load_critic"]
+__all__ = [
+    "CRITICS",
+    "YES_NO_INSTRUCTION",
+    "AnswerLogProbs",
+    "Critic",
+    "CriticScores",
+    "Qwen2VLCritic",
+    "QwenVLCritic",
+    "critic_model_type",
+    "load_critic",
+    "yes_no_prompt",
+]
 
 
 def critic_model_type(folder: Path) -> str:

@@ -20,6 +20,16 @@ import torch
 
 from ..config import CriticInputConfig
 
+# Appended to every yes/no question: an instruction-tuned VLM then answers with one word, so the
+# logits of "Yes" / "No" at the first answer position are its answer, not the start of a sentence.
+# `CriticScores.yes_no_mass` shows how far the critic follows it.
+YES_NO_INSTRUCTION = "Answer yes or no."
+
+
+def yes_no_prompt(question: str) -> str:
+    """The text a critic is asked for a yes/no question: the question, then the one-word instruction."""
+    return f"{question.rstrip()} {YES_NO_INSTRUCTION}"
+
 
 @dataclass
 class AnswerLogProbs:
@@ -34,6 +44,17 @@ class AnswerLogProbs:
     token_spans: list[tuple[int, int]]
 
 
+@dataclass
+class CriticScores:
+    """Everything a reward asks about one video, from one look at it (one vision-tower pass)."""
+
+    yes_no_logits: torch.Tensor  # [Q, 2] float: logits of ("Yes", "No"), differentiable w.r.t. the frames
+    # [Q] detached: p(Yes) + p(No) among all tokens at the answer position. Low: the critic wanted to
+    # say something else, so its yes/no logits mean little. None when a critic cannot tell.
+    yes_no_mass: torch.Tensor | None
+    answers: list[AnswerLogProbs]
+
+
 class Critic(ABC):
     """A frozen VLM that scores frames. Implementations register in `critics.CRITICS`."""
 
@@ -44,7 +65,8 @@ class Critic(ABC):
 
     @abstractmethod
     def score_yes_no(self, frames: torch.Tensor, questions: Sequence[str], visual: CriticInputConfig) -> torch.Tensor:
-        """Logits of the answers ("Yes", "No") at the answer position, shape `[Q, 2]`, float32.
+        """Logits of the answers ("Yes", "No") at the answer position, shape `[Q, 2]`, float32;
+        each question is asked as `yes_no_prompt(question)`.
 
         All questions share the one video: the vision tower runs once and the language model once
         per batch of questions (not once per question).
@@ -59,6 +81,23 @@ class Critic(ABC):
         visual: CriticInputConfig,
     ) -> list[AnswerLogProbs]:
         """Teacher-forced log-likelihood of `answers[i]` given the frames and `queries[i]`."""
+
+    def score(
+        self,
+        frames: torch.Tensor,
+        questions: Sequence[str],
+        queries: Sequence[str],
+        answers: Sequence[str],
+        visual: CriticInputConfig,
+    ) -> CriticScores:
+        """Yes/no logits for `questions` and answer log-likelihoods for `queries` / `answers`.
+
+        Critics that can should override it to look at the frames once for both (Qwen-VL does);
+        this default asks twice and cannot report the yes/no probability mass.
+        """
+        logits = self.score_yes_no(frames, questions, visual) if questions else torch.zeros((0, 2))
+        scored = self.score_answers(frames, queries, answers, visual) if queries else []
+        return CriticScores(yes_no_logits=logits, yes_no_mass=None, answers=scored)
 
     @abstractmethod
     def generate(self, frames: torch.Tensor, question: str, visual: CriticInputConfig, max_new_tokens: int = 64) -> str:

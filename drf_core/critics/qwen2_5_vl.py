@@ -6,9 +6,11 @@ loaded on its own, the visual preprocessing is `qwen_vision` (torch, differentia
 are rendered with the folder's own chat template, then each `<|image_pad|>` / `<|video_pad|>`
 placeholder is expanded to `t*h*w / merge_size**2` tokens exactly as the official processor does.
 
-Scoring runs the vision tower once per call and hands its output to the language model through
-`mm_encoder_outputs`, once per batch of questions (left padding + attention mask, 3-D M-RoPE
-positions from `mm_token_type_ids`, only the logits that are needed via `logits_to_keep`).
+Scoring (`score`) runs the vision tower once per video for all yes/no questions and explanation
+queries, and hands its output to the language model through `mm_encoder_outputs`, once per batch
+of questions (left padding + attention mask, 3-D M-RoPE positions from `mm_token_type_ids`, only
+the logits that are needed via `logits_to_keep`). Yes/no questions are asked as
+`yes_no_prompt(question)` (the question, then "Answer yes or no.").
 
 Knows nothing about rewards, aspects or training: it answers questions about frames.
 """
@@ -26,7 +28,7 @@ import torch
 
 from ..config import CriticInputConfig
 from ..errors import DRFInputError, ModelFolderError
-from .base import AnswerLogProbs, Critic
+from .base import AnswerLogProbs, Critic, CriticScores, yes_no_prompt
 from .qwen_vision import QwenVisionConfig, VisualInputs, preprocess_frames, read_vision_settings
 
 logger = logging.getLogger(__name__)
@@ -203,7 +205,7 @@ class QwenVLCritic(Critic):
         if isinstance(frames, torch.Tensor):
             frames = frames.to(self.device)
         return preprocess_frames(
-            frames, visual.mode, visual.height, visual.width, visual.fps, self.vision, compute_dtype
+            frames, visual.mode, visual.height, visual.width, visual.clip_fps(), self.vision, compute_dtype
         )
 
     def _visual_kwargs(self, visual: VisualInputs, batch_size: int) -> dict[str, Any]:
@@ -269,19 +271,7 @@ class QwenVLCritic(Critic):
 
     # ---------------------------------------------------------------------------------------- scoring
     def score_yes_no(self, frames: torch.Tensor, questions: Sequence[str], visual: CriticInputConfig) -> torch.Tensor:
-        questions = list(questions)
-        answer_ids = torch.tensor([self._single_token_id(word) for word in YES_NO_ANSWERS], device=self.device)
-        visual_inputs = self._preprocess(frames, visual)
-        if not questions:
-            return torch.zeros((0, len(YES_NO_ANSWERS)), dtype=self._float_dtype, device=self.device)
-        prompts = [self._prompt_ids(question, visual_inputs) for question in questions]
-        rows = []
-        with self._call_scope():
-            features = self._encode(visual_inputs)
-            for batch in self._batches(len(prompts), visual.max_questions_per_batch):
-                logits = self._language_forward([prompts[i] for i in batch], visual_inputs, features, 1)
-                rows.append(logits[:, -1, :].index_select(-1, answer_ids).to(self._float_dtype))
-        return torch.cat(rows, dim=0)
+        return self.score(frames, questions, [], [], visual).yes_no_logits
 
     def score_answers(
         self,
@@ -290,13 +280,66 @@ class QwenVLCritic(Critic):
         answers: Sequence[str],
         visual: CriticInputConfig,
     ) -> list[AnswerLogProbs]:
-        queries, answers = list(queries), list(answers)
+        return self.score(frames, [], queries, answers, visual).answers
+
+    def score(
+        self,
+        frames: torch.Tensor,
+        questions: Sequence[str],
+        queries: Sequence[str],
+        answers: Sequence[str],
+        visual: CriticInputConfig,
+    ) -> CriticScores:
+        """Yes/no logits and answer log-likelihoods from one vision-tower pass over the frames."""
+        questions, queries, answers = list(questions), list(queries), list(answers)
         if len(queries) != len(answers):
             raise DRFInputError(f"got {len(queries)} queries but {len(answers)} answers; give one answer per query")
         for index, answer in enumerate(answers):
             if not answer.strip():
                 raise DRFInputError(f"answer {index} (to {queries[index]!r}) is empty; write the expected answer text")
+        answer_ids = (
+            torch.tensor([self._single_token_id(word) for word in YES_NO_ANSWERS], device=self.device)
+            if questions
+            else None
+        )
         visual_inputs = self._preprocess(frames, visual)
+        empty = torch.zeros((0, len(YES_NO_ANSWERS)), dtype=self._float_dtype, device=self.device)
+        if not questions and not queries:
+            return CriticScores(yes_no_logits=empty, yes_no_mass=torch.zeros(0), answers=[])
+        with self._call_scope():
+            features = self._encode(visual_inputs)
+            logits, mass = self._yes_no(questions, answer_ids, visual_inputs, features, visual.max_questions_per_batch)
+            scored = self._answers(queries, answers, visual_inputs, features, visual.max_questions_per_batch)
+        return CriticScores(yes_no_logits=empty if logits is None else logits, yes_no_mass=mass, answers=scored)
+
+    def _yes_no(
+        self,
+        questions: list[str],
+        answer_ids: torch.Tensor | None,
+        visual_inputs: VisualInputs,
+        features: tuple[torch.Tensor, ...],
+        per_batch: int,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        if not questions or answer_ids is None:
+            return None, torch.zeros(0)
+        prompts = [self._prompt_ids(yes_no_prompt(question), visual_inputs) for question in questions]
+        rows, masses = [], []
+        for batch in self._batches(len(prompts), per_batch):
+            last = self._language_forward([prompts[i] for i in batch], visual_inputs, features, 1)[:, -1, :]
+            rows.append(last.index_select(-1, answer_ids).to(self._float_dtype))
+            with torch.no_grad():  # reported, not rewarded: p(Yes) + p(No) among all tokens
+                log_probs = torch.log_softmax(last.detach().float(), dim=-1).index_select(-1, answer_ids)
+                masses.append(log_probs.logsumexp(-1).exp().cpu())
+        return torch.cat(rows, dim=0), torch.cat(masses)
+
+    def _answers(
+        self,
+        queries: list[str],
+        answers: list[str],
+        visual_inputs: VisualInputs,
+        features: tuple[torch.Tensor, ...],
+        per_batch: int,
+    ) -> list[AnswerLogProbs]:
         if not queries:
             return []
         encoded_answers = [
@@ -305,23 +348,21 @@ class QwenVLCritic(Critic):
         answer_ids = [list(encoded["input_ids"]) for encoded in encoded_answers]
         sequences = [self._prompt_ids(q, visual_inputs) + ids for q, ids in zip(queries, answer_ids, strict=True)]
         results: list[AnswerLogProbs] = []
-        with self._call_scope():
-            features = self._encode(visual_inputs)
-            for batch in self._batches(len(sequences), visual.max_questions_per_batch):
-                batch_sequences = [sequences[i] for i in batch]
-                length = max(len(s) for s in batch_sequences)
-                longest = max(len(answer_ids[i]) for i in batch)
-                # Position p predicts token p + 1: keep the positions that predict the answer tokens.
-                positions = torch.arange(length - longest - 1, length - 1, device=self.device)
-                logits = self._language_forward(batch_sequences, visual_inputs, features, positions)
-                log_probs = torch.log_softmax(logits.to(self._float_dtype), dim=-1)
-                for row, index in enumerate(batch):
-                    ids = answer_ids[index]
-                    targets = torch.tensor(ids, dtype=torch.long, device=self.device)
-                    picked = log_probs[row, longest - len(ids) :].gather(-1, targets[:, None])[:, 0]
-                    spans = [tuple(span) for span in encoded_answers[index]["offset_mapping"]]
-                    results.append(AnswerLogProbs(answer=answers[index], token_logprobs=picked, token_spans=spans))
-                del logits, log_probs
+        for batch in self._batches(len(sequences), per_batch):
+            batch_sequences = [sequences[i] for i in batch]
+            length = max(len(s) for s in batch_sequences)
+            longest = max(len(answer_ids[i]) for i in batch)
+            # Position p predicts token p + 1: keep the positions that predict the answer tokens.
+            positions = torch.arange(length - longest - 1, length - 1, device=self.device)
+            logits = self._language_forward(batch_sequences, visual_inputs, features, positions)
+            log_probs = torch.log_softmax(logits.to(self._float_dtype), dim=-1)
+            for row, index in enumerate(batch):
+                ids = answer_ids[index]
+                targets = torch.tensor(ids, dtype=torch.long, device=self.device)
+                picked = log_probs[row, longest - len(ids) :].gather(-1, targets[:, None])[:, 0]
+                spans = [tuple(span) for span in encoded_answers[index]["offset_mapping"]]
+                results.append(AnswerLogProbs(answer=answers[index], token_logprobs=picked, token_spans=spans))
+            del logits, log_probs
         return results
 
     # ------------------------------------------------------------------------------------- generation

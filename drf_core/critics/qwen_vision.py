@@ -6,7 +6,8 @@ Qwen2-VL and Qwen2.5-VL take pixels as flat patches: frames are resized to multi
 This module does exactly what transformers' `Qwen2VLImageProcessor` (image mode) and
 `Qwen2VLVideoProcessor` (video mode) do for float tensors, with operations autograd can follow:
 
-- `smart_resize` is the official size rule (used when the requested size is 0 x 0);
+- the size is transformers' own `smart_resize` (the official rule, aspect ratio kept) when the
+  requested size is 0 x 0 (the default), else the requested multiples of 28;
 - resizing is `torch.nn.functional.interpolate(mode="bicubic", antialias=True, align_corners=False)`,
   which is what torchvision's tensor resize runs for float inputs;
 - normalization is `(x - mean) / std` (fused with the 0..255 rescale the way transformers fuses
@@ -23,7 +24,7 @@ Knows nothing about the language model, tokens or prompts: frames in, patches an
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,12 @@ IMAGE_MAX_PIXELS = 28 * 28 * 1280
 VIDEO_MIN_PIXELS = 128 * 28 * 28
 VIDEO_MAX_PIXELS = 28 * 28 * 768
 MAX_ASPECT_RATIO = 200
+# Where transformers keeps `smart_resize` (the PIL-backend module first: it needs no torchvision).
+OFFICIAL_SMART_RESIZE_MODULES = (
+    "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl",
+    "transformers.models.qwen2_vl.image_processing_qwen2_vl",
+    "transformers.models.qwen2_vl.video_processing_qwen2_vl",
+)
 
 # The files transformers reads processor settings from, in its order of priority.
 PROCESSOR_CONFIG = "processor_config.json"  # nested {"image_processor": {...}, "video_processor": {...}}
@@ -95,24 +102,31 @@ class VisualInputs:
         return [int(t * h * w) // self.merge_size**2 for t, h, w in self.grid_thw.tolist()]
 
 
+def _official_smart_resize() -> Callable[..., tuple[int, int]]:
+    """transformers' own `smart_resize` (the size rule of its Qwen2-VL / Qwen2.5-VL processors)."""
+    import importlib
+
+    for module in OFFICIAL_SMART_RESIZE_MODULES:
+        try:
+            return importlib.import_module(module).smart_resize
+        except (ImportError, AttributeError):
+            continue
+    raise ModelFolderError(
+        "this transformers has no Qwen2-VL `smart_resize` (looked in "
+        f"{', '.join(OFFICIAL_SMART_RESIZE_MODULES)}); install the transformers version in requirements.txt"
+    )
+
+
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """The official Qwen-VL size rule: multiples of `factor`, pixel count within the limits, aspect kept."""
+    """The official Qwen-VL size rule (transformers' function): multiples of `factor`, pixel count
+    within the limits, aspect ratio kept as closely as the rounding allows."""
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
         raise DRFInputError(
             f"frames of {height}x{width} have an aspect ratio above {MAX_ASPECT_RATIO}, which Qwen-VL cannot take; "
             "crop the frames or give critic_input.height/width explicitly"
         )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+    h_bar, w_bar = _official_smart_resize()(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return int(h_bar), int(w_bar)
 
 
 def _nearest_multiples(value: int, factor: int) -> str:
@@ -142,10 +156,11 @@ def target_size(
                 int(settings.min_pixels * 1.05),
             )
         return smart_resize(frame_height, frame_width, factor, settings.min_pixels, max_pixels)
-    if requested_height <= 0 or requested_width <= 0:
+    if min(requested_height, requested_width) < factor:
         raise DRFInputError(
-            f"critic_input.height/width is {requested_height}x{requested_width}; set both to 0 (keep the frame size, "
-            f"rounded the official way) or both to positive multiples of {factor}"
+            f"critic_input.height/width is {requested_height}x{requested_width}; set both to 0 (the official size "
+            f"rule, aspect ratio kept) or both to multiples of {factor} of at least {factor} (one patch of "
+            f"patch_size*merge_size)"
         )
     problems = [
         f"{name} {value} is not a multiple of {factor} (use {_nearest_multiples(value, factor)})"
