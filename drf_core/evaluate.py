@@ -38,6 +38,19 @@ from .questions import QuestionSet
 from .registry import Registry
 from .reward import DRFReward, RewardResult
 
+
+def parse_seeds(text: str, what: str = "seeds") -> list[int]:
+    """`"0, 1, 2"` (commas, spaces or new lines) -> `[0, 1, 2]`; a clear error otherwise."""
+    items = [item for item in text.replace("\n", ",").replace(" ", ",").split(",") if item.strip()]
+    try:
+        seeds = [int(item) for item in items]
+    except ValueError:
+        raise DRFInputError(f"{what}: {text!r} is not a list of whole numbers; write e.g. 0, 1, 2, 3") from None
+    if not seeds:
+        raise DRFInputError(f"{what}: give at least one seed, e.g. 0, 1, 2, 3")
+    return seeds
+
+
 # --- confidence intervals -----------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..drf_core.config import EvaluateConfig, SamplerConfig, VideoSpec
 from ..drf_core.errors import DRFInputError
-from ..drf_core.evaluate import INTERVALS, evaluate_lora
+from ..drf_core.evaluate import INTERVALS, evaluate_lora, parse_seeds
 from ..drf_core.media import from_pil
 from ..drf_core.sampler import SamplingInterrupted
 from .lora import TrainedLoRAWire
@@ -39,18 +39,6 @@ from .spec import (
 _EVALUATE = EvaluateConfig()
 _SAMPLER = SamplerConfig()
 _VIDEO = VideoSpec()
-
-
-def parse_seeds(text: str, what: str = "seeds") -> list[int]:
-    """`"0, 1, 2"` (commas, spaces or new lines) -> `[0, 1, 2]`; a clear error otherwise."""
-    items = [item for item in text.replace("\n", ",").replace(" ", ",").split(",") if item.strip()]
-    try:
-        seeds = [int(item) for item in items]
-    except ValueError:
-        raise DRFInputError(f"{what}: {text!r} is not a list of whole numbers; write e.g. 0, 1, 2, 3") from None
-    if not seeds:
-        raise DRFInputError(f"{what}: give at least one seed, e.g. 0, 1, 2, 3")
-    return seeds
 
 
 class EvaluateLoRA(DRFNode):

@@ -24,6 +24,7 @@ from ..drf_core.config import (
     VideoSpec,
 )
 from ..drf_core.errors import DRFInputError
+from ..drf_core.evaluate import parse_seeds
 from ..drf_core.heldout import HELD_OUT_QUESTIONS
 from ..drf_core.io import safe_child_path
 from ..drf_core.media import from_pil, to_pil
@@ -244,8 +245,6 @@ def build_train_config(
     reward: RewardSettings,
     options: TrainingOptions,
 ) -> TrainConfig:
-    from .evaluate import parse_seeds
-
     k = inputs["truncated_backprop_steps"]
     k_range = (k, options.truncated_backprop_max) if options.truncated_backprop_max else None
     config = TrainConfig(
