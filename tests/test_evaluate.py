@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from drf_core.api import PREVIEW_ADAPTER
+from drf_core import cli
+from drf_core.api import PREVIEW_ADAPTER, save_trained_lora
 from drf_core.config import CriticInputConfig, DecodeConfig, EvaluateConfig, SamplerConfig, VideoSpec
 from drf_core.critics import load_critic
 from drf_core.decompose import decompose
@@ -155,3 +158,27 @@ def test_bad_settings_are_refused(models):
         small(confidence=1.0).validate()
     with pytest.raises(DRFInputError, match="no prompts to evaluate"):
         evaluate_lora(backend, critic, [], random_lora(backend), small())
+
+
+def test_evaluate_command_writes_report_chart_and_json(models, tiny_models, tmp_path, caplog):
+    backend, _ = models
+    lora_file = save_trained_lora(random_lora(backend), tmp_path / "lora.safetensors", "wan", "comfyui")
+    out = tmp_path / "eval"
+    with caplog.at_level(logging.INFO):
+        code = cli.main([
+            "evaluate", "--video-model", str(tiny_models.wan), "--critic", str(tiny_models.qwen),
+            "--lora", str(lora_file), "--prompt", PROMPTS[1], "--seeds", "3,4", "--width", "32", "--height", "32",
+            "--frames", "5", "--steps", "3", "--guidance", "3", "--critic-size", "28", "--interval", "bootstrap",
+            "--dtype", "fp32", "--device", "cpu", "--out", str(out),
+        ])  # fmt: skip
+    assert code == 0
+    data = json.loads((out / "evaluation.json").read_text())
+    assert data["wins"] + data["ties"] + data["losses"] == 2 and data["config"]["interval"] == "bootstrap"
+    report = (out / "evaluation.md").read_text()
+    assert "percentile bootstrap over the prompt x seed pairs" in report and PROMPTS[1] in report
+    assert (out / "evaluation.png").stat().st_size > 1000
+    assert "win rate" in caplog.text
+    with caplog.at_level(logging.ERROR):
+        bad = cli.main(["evaluate", "--video-model", "x", "--critic", "y", "--lora", "z", "--prompt", "a cat",
+                        "--seeds", "1,two"])  # fmt: skip
+    assert bad == 2 and "--seeds" in caplog.text
