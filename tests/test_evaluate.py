@@ -43,10 +43,12 @@ def random_lora(backend, scale: float = 0.3) -> LoRAWeights:
     generator = torch.Generator().manual_seed(0)
     modules = {}
     for name, module in backend.denoiser.named_modules():
-        if name.endswith(("attn1.to_q", "attn1.to_v")) and isinstance(module, torch.nn.Linear):
-            down = torch.randn(2, module.in_features, generator=generator) * scale
-            up = torch.randn(module.out_features, 2, generator=generator) * scale
+        linear = getattr(module, "base_layer", module)  # a layer a LoRA was on before is wrapped by peft
+        if name.endswith(("attn1.to_q", "attn1.to_v")) and isinstance(linear, torch.nn.Linear):
+            down = torch.randn(2, linear.in_features, generator=generator) * scale
+            up = torch.randn(linear.out_features, 2, generator=generator) * scale
             modules[name] = LoRAModuleWeights(down, up, 2.0)
+    assert modules
     return LoRAWeights(path=None, key_layout="peft", modules=modules, metadata={})
 
 
