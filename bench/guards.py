@@ -50,7 +50,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def run(steps: int, every: int, settings=SETTINGS, on_result=None) -> list[dict]:
+def run(steps: int, every: int, settings=SETTINGS, on_result=None, seeds=HELD_OUT_SEEDS) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory() as folder:
         paths = write_tiny_models(Path(folder) / "models", seed=0)
@@ -59,7 +59,7 @@ def run(steps: int, every: int, settings=SETTINGS, on_result=None) -> list[dict]
         questions = decompose(DEMO_PROMPT, method="rules")
         for label, drift, decay in settings:
             config = demo_config(steps, seed=0)
-            config.monitor = MonitorConfig(interval=every, seeds=list(HELD_OUT_SEEDS))
+            config.monitor = MonitorConfig(interval=every, seeds=list(seeds))
             config.regularization = RegularizationConfig(drift_weight=drift)
             config.optimizer = dataclasses.replace(config.optimizer, weight_decay=decay)
             config.checkpoint_interval = 0
@@ -95,14 +95,15 @@ def run(steps: int, every: int, settings=SETTINGS, on_result=None) -> list[dict]
     return results
 
 
-def report(results: list[dict], steps: int, every: int) -> str:
+def report(results: list[dict], steps: int, every: int, seeds=HELD_OUT_SEEDS) -> str:
     lines = [
         "# Guards on the tiny demo: drift penalty and weight decay",
         "",
         f"{datetime.date.today()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}. `python bench/guards.py --steps {steps} --every {every}`: the demo's prompt, "
+        f"torch {torch.__version__}. `python bench/guards.py --steps {steps} --every {every} --seeds {len(seeds)}`: "
+        "the demo's prompt, "
         f"tiny random models and settings (`drf_core.demo.demo_config`), {steps} steps, held-out evaluation every "
-        f"{every} steps on seeds {list(HELD_OUT_SEEDS)} (training questions, and paraphrased held-out questions).",
+        f"{every} steps on seeds {list(seeds)} (training questions, and paraphrased held-out questions).",
         "",
         "| setting | training reward (first 5 -> last 5) | held-out, training questions (start -> end) | "
         "held-out questions (start -> end) | gap widened by | best step (score) | drift penalty (last 5) | time |",
@@ -132,16 +133,21 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "guards_results.md"))
+    parser.add_argument("--seeds", type=int, default=len(HELD_OUT_SEEDS), help="how many of the demo's held-out seeds")
+    parser.add_argument("--settings", default=",".join(label for label, _, _ in SETTINGS), help="labels to run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("drf_core.lora", "drf_core.checkpoint", "drf_core.models.wan", "drf_core.critics.qwen2_5_vl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    def write(results: list[dict]) -> None:  # after every setting, so a long run leaves what it measured
-        Path(args.out).write_text(report(results, args.steps, args.every))
+    seeds = HELD_OUT_SEEDS[: args.seeds]
+    chosen = [item for item in SETTINGS if item[0] in args.settings.split(",")]
 
-    results = run(args.steps, args.every, on_result=write)
-    sys.stdout.write(report(results, args.steps, args.every))
+    def write(results: list[dict]) -> None:  # after every setting, so a long run leaves what it measured
+        Path(args.out).write_text(report(results, args.steps, args.every, seeds))
+
+    results = run(args.steps, args.every, chosen, on_result=write, seeds=seeds)
+    sys.stdout.write(report(results, args.steps, args.every, seeds))
     return 0
 
 
