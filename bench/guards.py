@@ -144,7 +144,7 @@ def main() -> int:
     chosen = [item for item in SETTINGS if item[0] in args.settings.split(",")]
 
     def write(results: list[dict]) -> None:  # after every setting, so a long run leaves what it measured
-        Path(args.out).write_text(report(results, args.steps, args.every, seeds))
+        Path(args.out).write_text(report(results, args.steps, args.every, seeds), encoding="utf-8")
 
     results = run(args.steps, args.every, chosen, on_result=write, seeds=seeds)
     sys.stdout.write(report(results, args.steps, args.every, seeds))

@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     backend = load_video_backend(models.video_model, models.video_dtype, models.video_device)
     critic = load_critic(models.critic_model, models.critic_dtype, models.critic_device)
     if run.questions_file:
-        loaded = json.loads(Path(run.questions_file).read_text())
+        loaded = json.loads(Path(run.questions_file).read_text(encoding="utf-8"))
         items = loaded if isinstance(loaded, list) else [loaded]
         question_sets = [QuestionSet.from_dict(item, source=run.questions_file) for item in items]
     else:
@@ -236,7 +236,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _question_sets(path: str) -> list:
     from .questions import QuestionSet
 
-    loaded = json.loads(Path(path).read_text())
+    loaded = json.loads(Path(path).read_text(encoding="utf-8"))
     items = loaded if isinstance(loaded, list) else [loaded]
     return [QuestionSet.from_dict(item, source=path) for item in items]
 

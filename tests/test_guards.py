@@ -155,7 +155,7 @@ def test_resume_is_exact_with_monitoring_and_drift(models, questions, tmp_path):
     remove_lora(backend.denoiser)
     for name in straight_state:
         assert torch.equal(straight_state[name], resumed_state[name]), name
-    timing = ("seconds", "peak_memory_mb")
+    timing = ("seconds", "peak_memory_mb", "host_memory_mb")
 
     def untimed(rows):
         return [{k: v for k, v in row.items() if k not in timing} for row in rows]
