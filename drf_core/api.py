@@ -58,6 +58,8 @@ class TrainedLoRA:
     lora: LoRAWeights
     run: TrainResult
     family: str
+    # The step whose LoRA `lora` is: the last step, or the best held-out evaluation's (`monitor.keep_best`).
+    selected_step: int | None = None
 
     def reward_curve(self) -> Image.Image:
         return plot_reward_curves(self.run.metrics)
@@ -92,10 +94,13 @@ def train_lora(
     should_stop: Callable[[], bool] | None = None,
     resume: bool = True,
     initial_lora: LoRAWeights | None = None,
+    held_out_question_sets: Sequence[QuestionSet] = (),
 ) -> TrainedLoRA:
     """Train a LoRA; with `resume`, continue the newest checkpoint in `output_dir` if there is one.
 
-    The run's prompts are `config.prompts`; each needs its `QuestionSet` in `question_sets`.
+    The run's prompts are `config.prompts`; each needs its `QuestionSet` in `question_sets`
+    (`held_out_question_sets`: optional sets for `config.monitor.prompts`). With held-out monitoring
+    and `config.monitor.keep_best`, the returned LoRA is the best held-out evaluation's.
     `initial_lora` starts a new run from a saved LoRA's weights instead of a fresh adapter (a
     checkpoint in `output_dir`, when resumed, still wins: it holds the run's later state).
     """
@@ -109,14 +114,19 @@ def train_lora(
         progress=progress,
         should_stop=should_stop,
         initial_lora=initial_lora,
+        held_out_question_sets=held_out_question_sets,
     )
     try:
         run = trainer.train(resume_from=output_dir if resume else None)
-        metadata = lora_metadata(backend, config, question_sets, run.final_step)
+        best = trainer.select_best()
+        selected = run.final_step if best is None else best
+        metadata = lora_metadata(backend, config, question_sets, selected)
+        if best is not None:
+            metadata["selected_by"] = f"best held-out score {run.best_score:+.4f} of {run.final_step} steps"
         lora = snapshot_lora(backend.denoiser, ADAPTER_NAME, metadata)
     finally:
         remove_lora(backend.denoiser, ADAPTER_NAME)
-    return TrainedLoRA(lora=lora, run=run, family=backend.family)
+    return TrainedLoRA(lora=lora, run=run, family=backend.family, selected_step=selected)
 
 
 def save_trained_lora(

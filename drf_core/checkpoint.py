@@ -4,7 +4,9 @@ A checkpoint is a folder `checkpoints/step_000042/` with
   `lora.safetensors`   the trainable parameters by name (float32),
   `optimizer.pt`       optimizer + LR-scheduler state and RNG states (tensors, numbers, lists only;
                        read back with `torch.load(weights_only=True)`, which never unpickles code),
-  `state.json`         the step, the training config and bookkeeping, readable by people.
+  `state.json`         the step, the training config and bookkeeping, readable by people,
+  `<name>.safetensors` optional extra tensor files (e.g. `best_lora`: the LoRA of the best
+                       held-out evaluation so far).
 It is written into a hidden temporary folder and renamed into place, so a crash mid-write never
 leaves a checkpoint that looks complete. A run folder holds `checkpoints/` and `metrics.jsonl`;
 `next_free_run_dir` finds a folder for a new run that leaves earlier runs untouched.
@@ -19,7 +21,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ class Checkpoint:
     rng_state: dict[str, Any]
     state: dict[str, Any]
     path: Path
+    extra_tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def capture_rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -70,8 +73,12 @@ def save_checkpoint(
     rng_state: dict[str, Any],
     state: dict[str, Any],
     keep_last: int = 3,
+    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically and delete all but the newest `keep_last`."""
+    """Write checkpoint `step` atomically and delete all but the newest `keep_last`.
+
+    `extra_tensors` maps a file name (without `.safetensors`, not `lora`) to named tensors saved beside
+    the LoRA (float32, on the CPU)."""
     root = Path(output_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
@@ -79,6 +86,11 @@ def save_checkpoint(
     try:
         tensors = {name: p.detach().to("cpu", torch.float32).contiguous() for name, p in parameters.items()}
         save_file(tensors, str(tmp / "lora.safetensors"), metadata={"step": str(step)})
+        for name, named in (extra_tensors or {}).items():
+            if name == "lora" or not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                raise DRFInputError(f"extra checkpoint file name {name!r}: use letters, digits and _ (not 'lora')")
+            extra = {key: t.detach().to("cpu", torch.float32).contiguous() for key, t in named.items()}
+            save_file(extra, str(tmp / f"{name}.safetensors"), metadata={"step": str(step)})
         torch.save(
             {"optimizer": optimizer_state, "scheduler": scheduler_state, "rng": rng_state},
             tmp / "optimizer.pt",
@@ -150,6 +162,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     parameters = load_file(str(path / "lora.safetensors"), device="cpu")
     extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    extra_tensors = {
+        file.name.removesuffix(".safetensors"): load_file(str(file), device="cpu")
+        for file in sorted(path.glob("*.safetensors"))
+        if file.name != "lora.safetensors"
+    }
     return Checkpoint(
         step=int(state["step"]),
         parameters=parameters,
@@ -158,4 +175,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         rng_state=extra["rng"],
         state=state,
         path=path,
+        extra_tensors=extra_tensors,
     )

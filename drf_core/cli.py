@@ -1,6 +1,6 @@
 """`python -m drf_core <command>`: the engine from a terminal, with progress bars.
 
-Commands: `make-tiny-models`, `demo`, `train`, `critique`, `decompose`, `export`. Each parses its
+Commands: `make-tiny-models`, `demo`, `train`, `critique`, `decompose`, `evaluate`, `export`. Each parses its
 arguments, calls one function of `api` / `demo` / `decompose`, and reports through logging (the
 JSON that `decompose` and `critique --json` produce goes to stdout, so it can be piped).
 Bad input ends with the error's message and exit status 2, never a traceback.
@@ -129,6 +129,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         path = save_trained_lora(trained.lora, output / name, trained.family, fmt)
         logger.info("LoRA (%s format): %s", fmt, path)
     save_image_atomic(trained.reward_curve(), output / "reward_curve.png")
+    if trained.run.stop_reason:
+        logger.warning("%s", trained.run.stop_reason)
+    if trained.selected_step is not None and trained.selected_step != trained.run.final_step:
+        logger.info(
+            "the LoRA files hold step %d (best held-out score %+.4f), not the last step %d",
+            trained.selected_step,
+            trained.run.best_score,
+            trained.run.final_step,
+        )
     if trained.run.interrupted:
         logger.warning("stopped at step %d; run the same command again to resume", trained.run.final_step)
         return 130
@@ -190,6 +199,59 @@ def cmd_decompose(args: argparse.Namespace) -> int:
         logger.info("wrote %s", args.out)
     sys.stdout.write(questions.to_json() + "\n")
     return 0
+
+
+@command("evaluate", "base model vs a LoRA on prompts x seeds: per-aspect intervals, win rate, question changes")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .api import load_lora
+    from .config import CriticInputConfig, EvaluateConfig, SamplerConfig, VideoSpec
+    from .critics import load_critic
+    from .decompose import decompose
+    from .evaluate import evaluate_lora, parse_seeds
+    from .models import load_video_backend
+
+    question_sets = _question_sets(args.questions) if args.questions else []
+    question_sets += [decompose(prompt, method="rules") for prompt in args.prompt or []]
+    if not question_sets:
+        raise DRFInputError("give --prompt (one or more, e.g. held-out prompts) or --questions FILE")
+    critic_input = CriticInputConfig()
+    if args.critic_size:
+        critic_input = CriticInputConfig(height=args.critic_size, width=args.critic_size)
+    config = EvaluateConfig(
+        seeds=parse_seeds(args.seeds, "--seeds"),
+        negative_prompt=args.negative_prompt,
+        strength=args.strength,
+        video=VideoSpec(height=args.height, width=args.width, num_frames=args.frames),
+        sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance),
+        critic_input=critic_input,
+        interval=args.interval,
+        confidence=args.confidence,
+    )
+    config.validate()
+    backend = load_video_backend(args.video_model, args.dtype, args.device)
+    critic = load_critic(args.critic, args.dtype, args.device)
+    lora = load_lora(args.lora, backend.family)
+    bar = tqdm(total=2 * len(question_sets) * len(config.seeds), desc="videos", unit="video", dynamic_ncols=True)
+    try:
+        evaluation = evaluate_lora(backend, critic, question_sets, lora, config, progress=lambda done, _: bar.update(1))
+    finally:
+        bar.close()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "evaluation.md", evaluation.report())
+    save_image_atomic(evaluation.chart(), out / "evaluation.png")
+    write_text_atomic(out / "evaluation.json", json.dumps(evaluation.to_dict(), indent=2) + "\n")
+    logger.info("%s", evaluation.summary())
+    logger.info("wrote evaluation.md, evaluation.png and evaluation.json to %s", out)
+    return 0
+
+
+def _question_sets(path: str) -> list:
+    from .questions import QuestionSet
+
+    loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+    items = loaded if isinstance(loaded, list) else [loaded]
+    return [QuestionSet.from_dict(item, source=path) for item in items]
 
 
 @command("export", "convert a LoRA file between formats (comfyui, diffusers)")
@@ -263,6 +325,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="the language model's dtype (auto, bf16, fp16, fp32)")
     p.add_argument("--device", default="auto", help="the language model's device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--out", help="also save the JSON to this file")
+
+    p = parsers["evaluate"]
+    p.add_argument("--video-model", required=True, help="local diffusers Wan folder (the base model)")
+    p.add_argument("--critic", required=True, help="local Qwen2.5-VL folder")
+    p.add_argument("--lora", required=True, help="the LoRA .safetensors file to judge")
+    p.add_argument("--prompt", action="append", help="a prompt to evaluate (repeat for several; held-out ones)")
+    p.add_argument("--questions", help="a QuestionSet JSON file (or a list of them) instead of / besides --prompt")
+    p.add_argument("--seeds", default="0,1,2,3", help="comma-separated seeds (default 0,1,2,3)")
+    p.add_argument("--strength", type=float, default=1.0, help="LoRA strength (default 1.0)")
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--frames", type=int, default=33)
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--critic-size", type=int, default=0, help="critic input size (default: the reward default)")
+    p.add_argument("--interval", default="t", choices=("t", "bootstrap"), help="t (default) or bootstrap")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="evaluation", help="folder for evaluation.md/.png/.json (default: evaluation)")
 
     p = parsers["export"]
     p.add_argument("--lora", required=True, help="LoRA .safetensors file (any supported layout)")

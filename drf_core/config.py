@@ -258,6 +258,83 @@ class OptimizerConfig(_Serializable):
         _check(self.learning_rate > 0, f"{where}.learning_rate", f"must be positive, got {self.learning_rate}")
         _check(self.warmup_steps >= 0, f"{where}.warmup_steps", "must be 0 or more")
         _check(self.max_grad_norm >= 0, f"{where}.max_grad_norm", "must be 0 (off) or positive")
+        _check(self.weight_decay >= 0, f"{where}.weight_decay", f"must not be negative, got {self.weight_decay}")
+
+
+@dataclass
+class MonitorConfig(_Serializable):
+    """Guards against reward hacking: held-out scoring during training, early stop, question movers.
+
+    Every `interval` steps (and once before the first step) the current LoRA samples the training
+    prompts (and `prompts`, held-out prompts) from the fixed `seeds`, without gradient, and the
+    critic scores them with the training questions and with held-out questions (never used for
+    gradients). `monitor.py` does the work; the numbers go into `metrics.jsonl`.
+    """
+
+    # Evaluate every N optimizer steps; 0 turns monitoring (and early stop) off.
+    interval: int = 0
+    # Seeds of the held-out videos (never drawn by training, which uses its own generator).
+    seeds: list[int] = field(default_factory=lambda: [1000, 1001])
+    # Prompts never trained on, scored with their own questions (decomposed by the rules unless given).
+    prompts: list[str] = field(default_factory=list)
+    # A key of `monitor.HELD_OUT_QUESTIONS`: "paraphrase" (reworded training questions), "llm" (the
+    # critic's language model rewords them; falls back to "paraphrase"), or "none".
+    held_out_questions: str = "paraphrase"
+    # Early stop: after this many evaluations without a new best held-out score (0: never).
+    early_stop_patience: int = 0
+    # A new best must beat the old one by more than this.
+    early_stop_min_delta: float = 0.0
+    # Early stop as soon as the held-out score falls this far below its best (0: off).
+    early_stop_drop: float = 0.0
+    # Return (and export) the LoRA of the best held-out evaluation instead of the last step's.
+    keep_best: bool = True
+    # How many questions to list whose answers moved most since the start (0: none).
+    movers: int = 5
+
+    def validate(self, where: str = "monitor") -> None:
+        _check(self.interval >= 0, f"{where}.interval", f"must be 0 (off) or more, got {self.interval}")
+        if self.interval:
+            _check(bool(self.seeds), f"{where}.seeds", "give at least one held-out seed, or set interval to 0")
+        _check(
+            len(set(self.seeds)) == len(self.seeds),
+            f"{where}.seeds",
+            f"lists a seed twice ({self.seeds}); list each once",
+        )
+        for i, prompt in enumerate(self.prompts):
+            _check(bool(prompt.strip()), f"{where}.prompts[{i}]", "is empty; write a held-out prompt or remove it")
+        choices = ("paraphrase", "llm", "none")
+        _check(
+            self.held_out_questions in choices,
+            f"{where}.held_out_questions",
+            f"must be one of {', '.join(choices)}, got {self.held_out_questions!r}",
+        )
+        _check(self.early_stop_patience >= 0, f"{where}.early_stop_patience", "must be 0 (off) or more")
+        _check(self.early_stop_min_delta >= 0, f"{where}.early_stop_min_delta", "must not be negative")
+        _check(self.early_stop_drop >= 0, f"{where}.early_stop_drop", "must be 0 (off) or positive")
+        _check(self.movers >= 0, f"{where}.movers", "must be 0 or more")
+        if self.interval == 0:
+            _check(
+                self.early_stop_patience == 0 and self.early_stop_drop == 0,
+                f"{where}.early_stop_patience",
+                "early stop needs held-out monitoring; set monitor.interval (e.g. 10) or turn early stop off",
+            )
+
+
+@dataclass
+class RegularizationConfig(_Serializable):
+    """Loss terms that keep the LoRA model close to the base model (`regularize.py`)."""
+
+    # Weight of the drift penalty: mean squared difference between the LoRA model's and the base
+    # model's predictions at the gradient steps (0: off; each gradient step then costs one more
+    # forward pass without gradient).
+    drift_weight: float = 0.0
+
+    def validate(self, where: str = "regularization") -> None:
+        _check(
+            self.drift_weight >= 0 and self.drift_weight != float("inf"),
+            f"{where}.drift_weight",
+            f"must be 0 (off) or a positive number, got {self.drift_weight}",
+        )
 
 
 @dataclass
@@ -280,6 +357,8 @@ class TrainConfig(_Serializable):
     reward: RewardConfig = field(default_factory=RewardConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     # Save a resumable checkpoint every N optimizer steps (0: only at the end / on interrupt).
     checkpoint_interval: int = 50
     # How many of the newest checkpoints to keep on disk (older ones are deleted).
@@ -314,6 +393,54 @@ class TrainConfig(_Serializable):
         self.reward.validate(f"{where}.reward")
         self.lora.validate(f"{where}.lora")
         self.optimizer.validate(f"{where}.optimizer")
+        self.monitor.validate(f"{where}.monitor")
+        self.regularization.validate(f"{where}.regularization")
+        overlap = sorted(set(self.prompts) & set(self.monitor.prompts))
+        _check(
+            not overlap,
+            f"{where}.monitor.prompts",
+            f"{overlap[:2]} are also training prompts; held-out prompts must be ones the LoRA never trains on",
+        )
+
+
+@dataclass
+class EvaluateConfig(_Serializable):
+    """Base model against a LoRA on prompts x seeds (`evaluate.py`, the Evaluate LoRA node, `evaluate`)."""
+
+    # Every prompt is sampled from every seed, once without and once with the LoRA (same noise).
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    negative_prompt: str = ""
+    # The LoRA's strength (0 gives the base model: every pair ties).
+    strength: float = 1.0
+    video: VideoSpec = field(default_factory=VideoSpec)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    critic_input: CriticInputConfig = field(default_factory=CriticInputConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    # A key of `evaluate.INTERVALS`: "t" (Student t over the prompt x seed pairs) or "bootstrap"
+    # (percentile bootstrap over the pairs, `bootstrap_samples` resamples, seeded).
+    interval: str = "t"
+    confidence: float = 0.95
+    bootstrap_samples: int = 2000
+    # How many most-improved and most-regressed questions the report lists.
+    top_questions: int = 5
+
+    def validate(self, where: str = "evaluate") -> None:
+        _check(bool(self.seeds), f"{where}.seeds", "give at least one seed")
+        _check(len(set(self.seeds)) == len(self.seeds), f"{where}.seeds", f"lists a seed twice ({self.seeds})")
+        _check(
+            self.interval in ("t", "bootstrap"),
+            f"{where}.interval",
+            f"must be 't' or 'bootstrap', got {self.interval!r}",
+        )
+        _check(0 < self.confidence < 1, f"{where}.confidence", f"must be between 0 and 1, got {self.confidence}")
+        _check(self.bootstrap_samples >= 100, f"{where}.bootstrap_samples", "must be at least 100")
+        _check(self.top_questions >= 0, f"{where}.top_questions", "must be 0 or more")
+        self.video.validate(f"{where}.video")
+        self.sampler.validate(f"{where}.sampler")
+        self.decode.validate(f"{where}.decode")
+        self.critic_input.validate(f"{where}.critic_input")
+        self.reward.validate(f"{where}.reward")
 
 
 @dataclass

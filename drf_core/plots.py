@@ -1,5 +1,10 @@
 """Charts for people: reward curves per aspect over training, and per-question scores.
 
+With held-out monitoring (`monitor.py`), the reward curves get a second panel: the training reward
+next to the held-out reward (held-out seeds, training questions), the held-out questions' and the
+held-out prompts' reward, the gap between training and held-out questions (the reward-hacking
+signal, on its own axis), and markers at the best evaluation and an early stop.
+
 Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend change, so it is
 safe inside ComfyUI's server). Returns PIL images; callers decide where they go.
 Knows the shape of `metrics.jsonl` rows and of `RewardResult`, nothing else.
@@ -35,10 +40,12 @@ def _smooth(values: Sequence[float], factor: float) -> list[float]:
 
 
 def plot_reward_curves(metrics: Sequence[dict[str, Any]], title: str = "Diffusion-DRF reward") -> Image.Image:
-    """Total reward and each aspect's reward against the optimizer step (raw and smoothed)."""
-    rows = [r for r in metrics if not r.get("skipped")]
-    figure = Figure(figsize=(7, 4))
-    axes = figure.add_subplot(1, 1, 1)
+    """Total reward and each aspect's reward against the optimizer step (raw and smoothed); with
+    held-out evaluations in `metrics`, a second panel compares training and held-out rewards."""
+    rows = [r for r in metrics if not r.get("skipped") and "reward" in r]
+    evaluations = [(r["step"], r["held_out"]) for r in metrics if "held_out" in r]
+    figure = Figure(figsize=(7, 7.5 if evaluations else 4))
+    axes = figure.add_subplot(2 if evaluations else 1, 1, 1)
     if rows:
         steps = [r["step"] for r in rows]
         series = {"total": [r["reward"] for r in rows]}
@@ -56,7 +63,44 @@ def plot_reward_curves(metrics: Sequence[dict[str, Any]], title: str = "Diffusio
     axes.set_ylabel("reward (higher is better)")
     axes.set_title(title)
     axes.grid(alpha=0.3)
+    if evaluations:
+        _plot_held_out(figure.add_subplot(2, 1, 2), rows, evaluations)
+        figure.subplots_adjust(hspace=0.35)
     return _to_image(figure)
+
+
+def _plot_held_out(axes: Any, rows: Sequence[dict[str, Any]], evaluations: Sequence[tuple[int, dict]]) -> None:
+    steps = [step for step, _ in evaluations]
+    if rows:
+        axes.plot([r["step"] for r in rows], _smooth([r["reward"] for r in rows], 0.6), color="C0", linewidth=1.4,
+                  label="training (smoothed)")  # fmt: skip
+    series = (
+        ("reward", "held-out seeds", "C1"),
+        ("questions_reward", "held-out questions", "C2"),
+        ("prompts_reward", "held-out prompts", "C4"),
+    )
+    for key, label, color in series:
+        points = [(step, e[key]) for step, e in evaluations if key in e]
+        if points:
+            axes.plot(*zip(*points, strict=True), color=color, marker="o", markersize=3, linewidth=1.6, label=label)
+    last = evaluations[-1][1]
+    if last.get("best_step") is not None:
+        axes.axvline(
+            last["best_step"], color="C2", linestyle=":", linewidth=1.2, label=f"best (step {last['best_step']})"
+        )
+    if last.get("stop_reason"):
+        axes.axvline(steps[-1], color="C3", linestyle="--", linewidth=1.2, label="early stop")
+    gaps = [(step, e["question_gap"]) for step, e in evaluations if "question_gap" in e]
+    if gaps:
+        twin = axes.twinx()
+        twin.plot(*zip(*gaps, strict=True), color="C3", alpha=0.7, linewidth=1.0, linestyle="-.", label="gap")
+        twin.set_ylabel("training - held-out questions (gap)", fontsize=8, color="C3")
+        twin.tick_params(axis="y", labelsize=7, colors="C3")
+    axes.legend(loc="best", fontsize=7)
+    axes.set_xlabel("step")
+    axes.set_ylabel("reward")
+    axes.set_title("held-out monitoring (a widening gap: the LoRA learns the questions' words)", fontsize=9)
+    axes.grid(alpha=0.3)
 
 
 def plot_question_scores(result: RewardResult, title: str = "Critic answers") -> Image.Image:

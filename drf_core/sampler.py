@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
+# Called at each denoising step that carries gradient with (latents, timestep, embeddings,
+# guidance scale, the model's prediction); `regularize.DriftPenalty` is one.
+GradStepHook = Callable[[torch.Tensor, torch.Tensor, PromptEmbeddings, float, torch.Tensor], None]
 
 
 class SamplingInterrupted(KeyboardInterrupt):
@@ -245,13 +248,15 @@ def sample_latents(
     grad_steps: int,
     on_step: StepCallback | None = None,
     should_stop: StopCheck | None = None,
+    grad_step_hook: GradStepHook | None = None,
 ) -> torch.Tensor:
     """Run the T denoising steps from `noise`; the last `grad_steps` (K) carry gradient.
 
     K = 0 runs everything without gradient (previews). Within the gradient window each
     `backend.predict` call is checkpointed according to `sampler_config.checkpointing`.
     `on_step(i, total)` is called after step i (1-based); `should_stop()` is polled before each
-    step and raises `SamplingInterrupted` when true. Returns the final latents (with a graph back
+    step and raises `SamplingInterrupted` when true; `grad_step_hook` sees every prediction made
+    with gradient (before the scheduler step). Returns the final latents (with a graph back
     into the denoiser when K > 0).
     """
     num_steps = sampler_config.num_inference_steps
@@ -283,6 +288,8 @@ def sample_latents(
         for i in range(first_grad_step, total):
             check_stop(i)
             model_output = predict(latents, timesteps[i], embeddings, guidance)
+            if grad_step_hook is not None:
+                grad_step_hook(latents, timesteps[i], embeddings, guidance, model_output)
             latents = scheduler.step(model_output, timesteps[i], latents)
             if on_step is not None:
                 on_step(i + 1, total)

@@ -5,6 +5,11 @@ sampler (T-K steps without gradient, K with), decode the selected frames with gr
 each video against its prompt's `QuestionSet`, and backpropagate `-reward`. Then clip, step
 AdamW and the warmup schedule, and append a row to `metrics.jsonl`.
 
+Guards against reward hacking come in through small hooks: `monitor.Monitor` scores held-out
+seeds / questions / prompts every `monitor.interval` steps, keeps the best LoRA and decides early
+stop; `regularize.DriftPenalty` adds the drift-from-base penalty to the loss; every row records
+the yes/no answers of the step and the questions that moved most (`monitor.training_movers`).
+
 It also owns the run's safety: resumable checkpoints every `checkpoint_interval` steps, on
 interrupt (Ctrl-C or `should_stop()`), and on failure; a guard that skips non-finite steps and
 stops after `max_consecutive_nonfinite` in a row; exact resume (same RNG, optimizer and LR state).
@@ -45,9 +50,11 @@ from .frames import select_frames
 from .io import write_text_atomic
 from .lora import LoRAWeights, add_lora, apply_lora
 from .models.base import VideoBackend
+from .monitor import Monitor, training_movers, yes_no_answers
 from .questions import QuestionSet
+from .regularize import DriftPenalty
 from .reward import DRFReward
-from .sampler import draw_truncation_steps, sample_latents
+from .sampler import SamplingInterrupted, draw_truncation_steps, sample_latents
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +81,10 @@ class TrainResult:
     checkpoint: Path | None
     last_preview: torch.Tensor | None = None
     lora_files: dict[str, Path] = field(default_factory=dict)
+    # Held-out monitoring: why the run stopped early (None: it did not), and the best evaluation.
+    stop_reason: str | None = None
+    best_step: int | None = None
+    best_score: float | None = None
 
 
 def _is_finite(value: torch.Tensor | float) -> bool:
@@ -84,7 +95,8 @@ class Trainer:
     """Trains a LoRA on `backend.denoiser` to raise `critic`'s reward for `question_sets`.
 
     `question_sets` holds one `QuestionSet` per prompt of `config.prompts` (matched by prompt
-    text). `progress(event)` is called after each step; `should_stop()` is polled between steps
+    text); `held_out_question_sets` may hold the sets of `config.monitor.prompts` (the rules write
+    missing ones). `progress(event)` is called after each step; `should_stop()` is polled between steps
     and between denoising steps, and a True answer saves a checkpoint and returns.
     """
 
@@ -98,6 +110,7 @@ class Trainer:
         progress: Callable[[ProgressEvent], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         initial_lora: LoRAWeights | None = None,
+        held_out_question_sets: Sequence[QuestionSet] = (),
     ) -> None:
         config.validate()
         self.backend = backend
@@ -119,6 +132,13 @@ class Trainer:
         )
         # The critic is told the scored frames' true rate (video fps over their spacing).
         self.reward = DRFReward(critic, config.reward, config.critic_input.for_frames(self.frame_indices))
+        self.monitor = (
+            Monitor(backend, critic, config, self.questions, held_out_question_sets, self.frame_indices)
+            if config.monitor.interval
+            else None
+        )
+        self._step_answers: dict[str, float] = {}
+        self._drift: torch.Tensor | None = None
         self.device = backend.device
         self.generator = torch.Generator(device="cpu")
         self.step = 0
@@ -219,6 +239,8 @@ class Trainer:
         self.consecutive_nonfinite = int(checkpoint.state.get("consecutive_nonfinite", 0))
         self.metrics = [row for row in self._read_metrics() if row["step"] <= self.step]
         self._rewrite_metrics()
+        if self.monitor is not None:
+            self.monitor.restore(self.metrics, checkpoint.extra_tensors.get("best_lora"))
         logger.info("resumed from %s at step %d", found, self.step)
         return True
 
@@ -255,9 +277,31 @@ class Trainer:
                 "drf_version": __version__,
             },
             keep_last=self.config.keep_last_checkpoints,
+            extra_tensors=self._best_tensors(),
         )
         self._last_saved_step = self.step
         return path
+
+    def _best_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        best = self.monitor.best_parameters if self.monitor is not None else None
+        return {"best_lora": best} if best is not None else {}
+
+    def select_best(self) -> int | None:
+        """Load the best held-out evaluation's LoRA into the model (when `monitor.keep_best`); its step."""
+        monitor = self.monitor
+        if monitor is None or not self.config.monitor.keep_best or monitor.best_parameters is None:
+            return None
+        with torch.no_grad():
+            for name, param in self.named_parameters.items():
+                param.copy_(monitor.best_parameters[name])
+        if monitor.best_step != self.step:
+            logger.info(
+                "returning the LoRA of step %d (best held-out score %+.4f), not the last step's (%d)",
+                monitor.best_step,
+                monitor.best_score,
+                self.step,
+            )
+        return monitor.best_step
 
     def _checkpoint_if_unsaved(self) -> Path | None:
         if self.step == self._last_saved_step:
@@ -268,7 +312,7 @@ class Trainer:
     def _encode_all_prompts(self) -> None:
         """Encode every training prompt once; then the text encoder may be freed."""
         c = self.config
-        self.backend.encode_prompts(c.prompts, c.negative_prompt, c.sampler.guidance_scale)
+        self.backend.encode_prompts(c.prompts + c.monitor.prompts, c.negative_prompt, c.sampler.guidance_scale)
         if c.release_text_encoder:
             self.backend.release_text_encoder()
 
@@ -280,13 +324,20 @@ class Trainer:
         embeddings = self.backend.encode_prompts(prompts, c.negative_prompt, c.sampler.guidance_scale)
         noise = self.backend.init_noise(c.video, len(prompts), self.generator)
         grad_steps = draw_truncation_steps(c.sampler, self.generator)
+        drift = DriftPenalty(self.backend) if c.regularization.drift_weight > 0 else None
         with self._autocast():
             latents = sample_latents(
-                self.backend, embeddings, noise, c.sampler, grad_steps, should_stop=self.should_stop
-            )
+                self.backend, embeddings, noise, c.sampler, grad_steps, should_stop=self.should_stop,
+                grad_step_hook=drift,
+            )  # fmt: skip
             frames = self.backend.decode(latents, self.frame_indices, c.decode.checkpoint_per_latent_frame)
             results = [self.reward(frames[i], self.questions[p]) for i, p in enumerate(prompts)]
         totals = torch.stack([r.total.float() for r in results])
+        # Side results of this micro-batch, read by `_train_step` (the return value stays the reward's).
+        self._drift = drift.value() if drift is not None else None
+        several = len(self.config.prompts) > 1
+        for p, r in zip(prompts, results, strict=True):
+            self._step_answers.update(yes_no_answers(r, self.config.prompts.index(p) if several else None))
         return totals, [r.per_aspect for r in results], frames[0].detach().float().cpu()
 
     def _train_step(self) -> dict[str, Any]:
@@ -296,10 +347,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         rewards: list[float] = []
         aspects: dict[str, list[float]] = {}
+        drifts: list[float] = []
+        self._step_answers = {}
         finite = True
         for micro in range(c.gradient_accumulation):
+            self._drift = None
             totals, per_aspect, preview = self._micro_batch(micro)
-            loss = -totals.mean() / c.gradient_accumulation
+            loss = -totals.mean()
+            if self._drift is not None:
+                loss = loss + c.regularization.drift_weight * self._drift
+                drifts.append(float(self._drift.detach()))
+            loss = loss / c.gradient_accumulation
             if not _is_finite(loss):
                 finite = False
                 break
@@ -326,10 +384,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         reward = sum(rewards) / len(rewards) if rewards else float("nan")
-        return {
+        drift = sum(drifts) / len(drifts) if drifts else None
+        row = {
             "step": self.step,
             "reward": reward,
-            "loss": -reward,
+            "loss": -reward + (c.regularization.drift_weight * drift if drift is not None else 0.0),
             "reward_per_aspect": {name: sum(v) / len(v) for name, v in aspects.items()},
             "grad_norm": grad_norm,
             "lr": lr,
@@ -337,7 +396,19 @@ class Trainer:
             "peak_memory_mb": device_memory_mb(self.device),
             "host_memory_mb": host_memory_mb(),
             "skipped": skipped,
+            "answers": dict(self._step_answers),
         }
+        if drift is not None:
+            row["drift"] = drift
+        if c.monitor.movers:
+            row["movers"] = training_movers([*self.metrics, row], c.monitor.movers)
+        return row
+
+    def _evaluate_held_out(self) -> dict[str, Any]:
+        assert self.monitor is not None
+        evaluation = self.monitor.evaluate(self.step, self._autocast)
+        self.monitor.record(self.step, evaluation, self.named_parameters)
+        return evaluation
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -356,15 +427,27 @@ class Trainer:
             self.metrics = []
             self._rewrite_metrics()
         self._encode_all_prompts()
+        if self.monitor is not None:
+            self.monitor.should_stop = self.should_stop
         self.backend.denoiser.train()
         self.critic.set_gradient_checkpointing(self.config.critic_gradient_checkpointing)
         interrupted = False
         try:
+            if self.monitor is not None and self.step == 0:  # the reference every later evaluation is compared to
+                self._append_metrics({"step": 0, "held_out": self._evaluate_held_out()})
             while self.step < self.config.steps:
                 if self.should_stop():
                     interrupted = True
                     break
+                if self.monitor is not None and self.monitor.stop_reason:
+                    break
                 row = self._train_step()
+                if self.monitor is not None and self.monitor.due(self.step):
+                    try:
+                        row["held_out"] = self._evaluate_held_out()
+                    except SamplingInterrupted:  # the step itself is done: keep it, skip its evaluation
+                        interrupted = True
+                        logger.warning("interrupted during the held-out evaluation of step %d; skipped", self.step)
                 self._append_metrics(row)
                 if self.progress is not None:
                     self.progress(ProgressEvent(self.step, self.config.steps, row, self.last_preview))
@@ -377,6 +460,8 @@ class Trainer:
                 interval = self.config.checkpoint_interval
                 if interval and self.step % interval == 0:
                     self.save_checkpoint()
+                if interrupted:
+                    break
         except KeyboardInterrupt:
             interrupted = True
             logger.warning("interrupted during step %d; the unfinished step is discarded", self.step + 1)
@@ -396,6 +481,7 @@ class Trainer:
             logger.warning(
                 "training stopped at step %d of %d; resume from %s", self.step, self.config.steps, checkpoint
             )
+        monitor = self.monitor
         return TrainResult(
             output_dir=self.output_dir,
             final_step=self.step,
@@ -403,4 +489,7 @@ class Trainer:
             metrics=list(self.metrics),
             checkpoint=checkpoint,
             last_preview=self.last_preview,
+            stop_reason=monitor.stop_reason if monitor is not None else None,
+            best_step=monitor.best_step if monitor is not None else None,
+            best_score=monitor.best_score if monitor is not None and monitor.best_step is not None else None,
         )

@@ -7,6 +7,7 @@ Importing this package never imports ComfyUI.
 from __future__ import annotations
 
 from .critic import CritiqueVideo
+from .evaluate import EvaluateLoRA
 from .loaders import LoadVideoModel, LoadVLMCritic
 from .lora import LoadLoRA, SaveLoRA
 from .plots import RewardCurves
@@ -29,6 +30,7 @@ NODES: tuple[type[DRFNode], ...] = (
     SampleVideo,
     CompareSideBySide,
     CritiqueVideo,
+    EvaluateLoRA,
     RewardCurves,
 )
 NODES_BY_ID: dict[str, type[DRFNode]] = {node.SPEC.node_id: node for node in NODES}

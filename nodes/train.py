@@ -17,11 +17,22 @@ import torch
 
 from ..drf_core import api
 from ..drf_core.checkpoint import find_checkpoint, holds_run, next_free_run_dir
-from ..drf_core.config import LoRAConfig, OptimizerConfig, SamplerConfig, TrainConfig, VideoSpec
+from ..drf_core.config import (
+    LoRAConfig,
+    MonitorConfig,
+    OptimizerConfig,
+    RegularizationConfig,
+    SamplerConfig,
+    TrainConfig,
+    VideoSpec,
+)
 from ..drf_core.errors import DRFInputError
+from ..drf_core.evaluate import parse_seeds
+from ..drf_core.heldout import HELD_OUT_QUESTIONS
 from ..drf_core.io import safe_child_path
 from ..drf_core.media import from_pil, to_pil
 from ..drf_core.models import VIDEO_BACKENDS
+from ..drf_core.monitor import held_out_summary, movers_summary
 from ..drf_core.plots import plot_reward_curves
 from ..drf_core.sampler import CHECKPOINTING, SCHEDULERS
 from ..drf_core.trainer import ProgressEvent
@@ -60,6 +71,8 @@ _SAMPLER = SamplerConfig()
 _OPTIMIZER = OptimizerConfig()
 _LORA = LoRAConfig()
 _VIDEO = VideoSpec()
+_MONITOR = MonitorConfig()
+_REGULARIZATION = RegularizationConfig()
 
 
 def target_presets(_folders: object = None) -> list[str]:
@@ -86,6 +99,15 @@ class TrainingOptions:
     keep_last_checkpoints: int = _TRAIN.keep_last_checkpoints
     critic_gradient_checkpointing: bool = _TRAIN.critic_gradient_checkpointing
     release_text_encoder: bool = _TRAIN.release_text_encoder
+    held_out_every: int = _MONITOR.interval
+    held_out_seeds: str = ", ".join(str(seed) for seed in _MONITOR.seeds)
+    held_out_prompts: str = ""
+    held_out_questions: str = _MONITOR.held_out_questions
+    early_stop_patience: int = _MONITOR.early_stop_patience
+    early_stop_min_delta: float = _MONITOR.early_stop_min_delta
+    early_stop_drop: float = _MONITOR.early_stop_drop
+    keep_best: bool = _MONITOR.keep_best
+    drift_weight: float = _REGULARIZATION.drift_weight
 
 
 _OPTIONS = TrainingOptions()
@@ -121,7 +143,14 @@ class TrainingOptionsNode(DRFNode):
                 "attention",
             ),
             Float("lora_dropout", _OPTIONS.lora_dropout, 0.0, 0.9, "Dropout on the LoRA path during training."),
-            Float("weight_decay", _OPTIONS.weight_decay, 0.0, 1.0, "AdamW weight decay.", 0.001),
+            Float(
+                "weight_decay",
+                _OPTIONS.weight_decay,
+                0.0,
+                1.0,
+                "AdamW weight decay on the LoRA: pulls its weights toward zero, i.e. toward the base model.",
+                0.001,
+            ),
             Int("warmup_steps", _OPTIONS.warmup_steps, 0, 10000, "Steps of linear learning-rate warmup."),
             Float("max_grad_norm", _OPTIONS.max_grad_norm, 0.0, 100.0, "Gradient clipping norm (0: off)."),
             Combo(
@@ -158,6 +187,65 @@ class TrainingOptionsNode(DRFNode):
                 False,
                 "Free the text encoder after encoding the prompts (saves ~10 GiB for Wan during training; the "
                 "video model is then loaded again on its next use).",
+            ),
+            Int(
+                "held_out_every",
+                _OPTIONS.held_out_every,
+                0,
+                100000,
+                "Guard against reward hacking: every N steps (and before the first), sample held-out seeds (and "
+                "held-out prompts) with the current LoRA and score them, without gradient. 0: off.",
+            ),
+            String("held_out_seeds", _OPTIONS.held_out_seeds, "Seeds of the held-out videos, e.g. 1000, 1001."),
+            String(
+                "held_out_prompts",
+                "",
+                "Prompts never trained on, one per line, scored with their own (rule-written) questions.",
+                multiline=True,
+            ),
+            Combo(
+                "held_out_questions",
+                HELD_OUT_QUESTIONS.names(),
+                "Reworded training questions, used only for monitoring: paraphrase (fixed patterns), llm (the "
+                "critic rewords them), none. A widening gap to the training questions signals reward hacking.",
+                _OPTIONS.held_out_questions,
+            ),
+            Int(
+                "early_stop_patience",
+                _OPTIONS.early_stop_patience,
+                0,
+                10000,
+                "Stop when the held-out score has not beaten its best for this many evaluations (0: never).",
+            ),
+            Float(
+                "early_stop_min_delta",
+                _OPTIONS.early_stop_min_delta,
+                0.0,
+                10.0,
+                "A new best held-out score must beat the old one by more than this.",
+                0.0001,
+            ),
+            Float(
+                "early_stop_drop",
+                _OPTIONS.early_stop_drop,
+                0.0,
+                100.0,
+                "Stop as soon as the held-out score falls this far below its best (0: off).",
+                0.001,
+            ),
+            Boolean(
+                "keep_best",
+                _OPTIONS.keep_best,
+                "Return the LoRA of the best held-out evaluation instead of the last step's (with monitoring on).",
+            ),
+            Float(
+                "drift_weight",
+                _OPTIONS.drift_weight,
+                0.0,
+                1000.0,
+                "Penalty on the difference between the LoRA model's and the base model's predictions at the "
+                "gradient steps (keeps the model near the base; one more forward per gradient step). 0: off.",
+                0.01,
             ),
         ),
         outputs=(OutputSpec(TRAINING_OPTIONS, "options", "Advanced settings for Train LoRA."),),
@@ -210,6 +298,17 @@ def build_train_config(
             warmup_steps=options.warmup_steps,
             max_grad_norm=options.max_grad_norm,
         ),
+        monitor=MonitorConfig(
+            interval=options.held_out_every,
+            seeds=parse_seeds(options.held_out_seeds, "held_out_seeds") if options.held_out_every else [],
+            prompts=[line.strip() for line in options.held_out_prompts.splitlines() if line.strip()],
+            held_out_questions=options.held_out_questions,
+            early_stop_patience=options.early_stop_patience,
+            early_stop_min_delta=options.early_stop_min_delta,
+            early_stop_drop=options.early_stop_drop,
+            keep_best=options.keep_best,
+        ),
+        regularization=RegularizationConfig(drift_weight=options.drift_weight),
         checkpoint_interval=inputs["checkpoint_interval"],
         keep_last_checkpoints=options.keep_last_checkpoints,
         critic_gradient_checkpointing=options.critic_gradient_checkpointing,
@@ -238,8 +337,9 @@ def run_folder(runs: Path, run_name: str, resume: bool) -> tuple[Path, str]:
     )
 
 
-def progress_text(event: ProgressEvent) -> str:
-    """What the node shows while training: the step, the reward, each aspect's reward."""
+def progress_text(event: ProgressEvent, last_held_out: dict | None = None) -> str:
+    """What the node shows while training: the step, the reward per aspect, the drift penalty, the
+    latest held-out evaluation and the questions whose answers moved most."""
     metrics = event.metrics
     lines = [f"step {event.step}/{event.total_steps}"]
     if metrics.get("skipped"):
@@ -248,6 +348,14 @@ def progress_text(event: ProgressEvent) -> str:
         lines.append(f"reward {metrics['reward']:+.4f}")
     for name, value in metrics.get("reward_per_aspect", {}).items():
         lines.append(f"  {name} {value:+.4f}")
+    if "drift" in metrics:
+        lines.append(f"drift from the base model {metrics['drift']:.3g}")
+    held_out = metrics.get("held_out") or last_held_out
+    if held_out:
+        lines += held_out_summary(held_out)
+        lines += movers_summary(held_out.get("movers", []), "held-out answers that moved most since the start:")
+    elif metrics.get("movers"):
+        lines += movers_summary(metrics["movers"], "answers that moved most (first vs last training steps):")
     return "\n".join(lines)
 
 
@@ -345,10 +453,13 @@ class TrainLoRA(DRFNode):
                 "load a LoRA trained on this model family"
             )
 
+        held_out: dict = {}
+
         def on_progress(event: ProgressEvent) -> None:
             frame = to_pil(event.preview[event.preview.shape[0] // 2 :][:1])[0] if event.preview is not None else None
             ctx.progress(event.step, event.total_steps, frame)
-            ctx.show_text(progress_text(event))
+            held_out.update(event.metrics.get("held_out") or {})
+            ctx.show_text(progress_text(event, held_out))
 
         ctx.progress(0, config.steps)
         try:
@@ -379,7 +490,16 @@ class TrainLoRA(DRFNode):
         summary = f"finished {run.final_step}/{config.steps} steps in {run_dir}\ncheckpoint: {run.checkpoint}"
         if moved:
             summary = f"{moved}\n{summary}"
+        if run.stop_reason:
+            summary += f"\n{run.stop_reason}"
+        if trained.selected_step is not None and trained.selected_step != run.final_step:
+            summary += (
+                f"\nthe LoRA returned is step {trained.selected_step}'s (best held-out score {run.best_score:+.4f}), "
+                f"not the last step's"
+            )
         if run.metrics:
-            summary += "\n" + progress_text(ProgressEvent(run.final_step, config.steps, run.metrics[-1]))
+            evaluations = [row["held_out"] for row in run.metrics if "held_out" in row]
+            last = ProgressEvent(run.final_step, config.steps, run.metrics[-1])
+            summary += "\n" + progress_text(last, evaluations[-1] if evaluations else None)
         previews = [Preview(curve)] + ([Preview(frames, animated=True)] if preview is not None else [])
         return NodeResult((wire, curve, frames, list(run.metrics)), previews=previews, text=summary)

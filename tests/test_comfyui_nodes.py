@@ -275,3 +275,26 @@ def test_sampled_frames_save_as_mp4_with_core_nodes_and_a_loaded_mp4_can_be_crit
     entry = run_ok(server, critique)
     report = entry["outputs"]["6"]["text"][0]
     assert all(f"## {aspect}:" in report for aspect in ("TA", "PHY", "VQ")), report
+
+
+def test_guarded_training_then_evaluate_lora(server, pack_nodes):
+    """Training Options with held-out monitoring, early stop and the drift penalty; then Evaluate LoRA."""
+    prompt_text = "a red ball rolls on grass"
+    prompt = shrink({
+        "1": drf_node(pack_nodes, "DRFLoadVideoModel", model="Wan2.1-T2V-1.3B-Diffusers"),
+        "2": drf_node(pack_nodes, "DRFLoadVLMCritic", model="Qwen2.5-VL-7B-Instruct"),
+        "3": drf_node(pack_nodes, "DRFDecomposePrompt", prompts=prompt_text),
+        "4": drf_node(pack_nodes, "DRFRewardSettings"),
+        "5": drf_node(pack_nodes, "DRFTrainingOptions", held_out_every=1, held_out_seeds="7", early_stop_patience=1,
+                      early_stop_min_delta=10.0, drift_weight=1.0),
+        "6": drf_node(pack_nodes, "DRFTrainLoRA", video_model=["1", 0], critic=["2", 0], questions=["3", 0],
+                      reward=["4", 0], options=["5", 0], run_name="comfy_guarded", resume=False),
+        "7": drf_node(pack_nodes, "DRFEvaluateLoRA", video_model=["1", 0], critic=["2", 0], questions=["3", 0],
+                      lora=["6", 0], reward=["4", 0], seeds="3, 4"),
+    }, steps=3)  # fmt: skip
+    entry = run_ok(server, prompt)
+    train_text = entry["outputs"]["6"]["text"][0]
+    assert "early stop at step 1" in train_text and "the LoRA returned is step 0's" in train_text, train_text
+    report = entry["outputs"]["7"]["text"][0]
+    assert "# Evaluate LoRA" in report and "win rate" in report and "| TA |" in report, report
+    assert entry["outputs"]["7"]["images"]

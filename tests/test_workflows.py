@@ -51,6 +51,8 @@ SHRINK = {
     "DRFSampleVideo": {**SMALL_VIDEO, "steps": 2},
     "DRFCritiqueVideo": {"max_new_tokens": 8},
     "DRFDecomposePrompt": {"max_new_tokens": 64},
+    # held-out monitoring runs too; the last step's LoRA is kept, so the before/after comparison sees training
+    "DRFTrainingOptions": {"held_out_every": 1, "held_out_seeds": "7", "keep_best": False},
 }
 LABEL_ROWS = 13  # Compare Side by Side draws its labels in rows 0..12
 GAP = 4  # white columns between the two videos
@@ -583,7 +585,9 @@ def test_single_prompt_workflow_trains_saves_and_compares(comfy_root, tmp_path, 
     (save,) = ids_of(prompt, "DRFSaveLoRA")
     (questions,) = results[ids_of(prompt, "DRFDecomposePrompt")[0]].outputs[0]
     assert questions.prompt == prompt[base]["inputs"]["prompt"] == prompt[tuned]["inputs"]["prompt"]
-    assert len(results[train].outputs[3]) == SHRINK["DRFTrainLoRA"]["steps"]
+    metrics = results[train].outputs[3]  # step 0: the held-out evaluation before training
+    assert [row["step"] for row in metrics] == list(range(SHRINK["DRFTrainLoRA"]["steps"] + 1))
+    assert all("held_out" in row for row in metrics)
 
     (lora_name,) = results[save].outputs
     assert lora_name == "drf/single_prompt_00001.safetensors"

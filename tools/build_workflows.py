@@ -286,7 +286,13 @@ def single_prompt_finetune(layout: ColumnLayout) -> None:
     video, critic = load_models(layout)
     layout.next_column()
     questions, reward = questions_and_reward(layout, SINGLE_PROMPT, critic)
-    options_widgets = {"target_preset": "attention", "warmup_steps": 10, "release_text_encoder": False}
+    options_widgets = {
+        "target_preset": "attention",
+        "warmup_steps": 10,
+        "release_text_encoder": False,
+        "held_out_every": 20,
+        "early_stop_patience": 5,
+    }
     options = layout.add("DRFTrainingOptions", options_widgets)
     layout.next_column()
     train = layout.add("DRFTrainLoRA", {"run_name": SINGLE_RUN_NAME, "steps": 200, **TRAINING}, preview=True)
