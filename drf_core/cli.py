@@ -97,6 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .decompose import decompose
     from .models import load_video_backend
     from .questions import QuestionSet
+    from .reward import DRFReward
 
     run = RunConfig.from_file(args.config)
     output = Path(args.out or run.output_dir)
@@ -116,7 +117,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress = _TrainingProgress("training")
     try:
         trained = train_lora(
-            backend, critic, question_sets, run.train, output, progress=progress, resume=run.resume and not args.fresh
+            backend,
+            DRFReward(critic, run.train.reward, run.train.critic_input),
+            question_sets,
+            run.train,
+            output,
+            progress=progress,
+            resume=run.resume and not args.fresh,
         )
     finally:
         progress.close()
@@ -138,6 +145,7 @@ def cmd_critique(args: argparse.Namespace) -> int:
     from .decompose import decompose
     from .media import load_frames, save_animation
     from .questions import QuestionSet
+    from .reward import DRFReward
 
     critic = load_critic(args.critic, args.dtype, args.device)
     if args.questions:
@@ -149,7 +157,12 @@ def cmd_critique(args: argparse.Namespace) -> int:
     frames = load_frames(args.video, max_frames=args.max_frames)
     visual = CriticInputConfig(height=args.size, width=args.size)
     result = critique(
-        critic, frames, questions, RewardConfig(), visual, explain=not args.no_explain, heatmaps=bool(args.out)
+        DRFReward(critic, RewardConfig(), visual),
+        frames,
+        questions,
+        explain_with=None if args.no_explain else critic,
+        critic_input=visual,
+        heatmaps=bool(args.out),
     )
     if args.out:
         out = Path(args.out)

@@ -9,7 +9,8 @@ It also owns the run's safety: resumable checkpoints every `checkpoint_interval`
 interrupt (Ctrl-C or `should_stop()`), and on failure; a guard that skips non-finite steps and
 stops after `max_consecutive_nonfinite` in a row; exact resume (same RNG, optimizer and LR state).
 
-Knows the `VideoBackend`, `Critic` and reward interfaces, never a model family; never ComfyUI
+Knows the `VideoBackend` and `RewardFunction` interfaces, never a model family, a LoRA
+implementation or a critic; never ComfyUI
 (progress and interrupts come in through callbacks).
 """
 
@@ -30,14 +31,13 @@ import torch
 from . import __version__
 from .checkpoint import capture_rng_state, find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import TrainConfig
-from .critics.base import Critic
 from .errors import DRFInputError, TrainingDivergedError
 from .frames import select_frames
 from .io import write_text_atomic
-from .lora import LoRAWeights, add_lora, apply_lora
+from .lora import LoRAWeights
 from .models.base import VideoBackend
 from .questions import QuestionSet
-from .reward import DRFReward
+from .reward import RewardFunction
 from .sampler import draw_truncation_steps, sample_latents
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def _is_finite(value: torch.Tensor | float) -> bool:
 
 
 class Trainer:
-    """Trains a LoRA on `backend.denoiser` to raise `critic`'s reward for `question_sets`.
+    """Trains a LoRA on the backend's denoiser to raise `reward` for `question_sets`.
 
     `question_sets` holds one `QuestionSet` per prompt of `config.prompts` (matched by prompt
     text). `progress(event)` is called after each step; `should_stop()` is polled between steps
@@ -90,7 +90,7 @@ class Trainer:
     def __init__(
         self,
         backend: VideoBackend,
-        critic: Critic,
+        reward: RewardFunction,
         question_sets: Sequence[QuestionSet],
         config: TrainConfig,
         output_dir: str | Path,
@@ -100,13 +100,12 @@ class Trainer:
     ) -> None:
         config.validate()
         self.backend = backend
-        self.critic = critic
         self.config = config
         self.output_dir = Path(output_dir)
         self.progress = progress
         self.should_stop = should_stop or (lambda: False)
         self.questions = self._match_questions(config.prompts, question_sets)
-        self.reward = DRFReward(critic, config.reward, config.critic_input)
+        self.reward = reward
         presets = backend.lora_target_presets
         if config.lora.target_preset not in presets:
             raise DRFInputError(
@@ -128,14 +127,12 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.generator.manual_seed(config.seed)
         if initial_lora is None:
-            self.parameters = add_lora(
-                backend.denoiser, config.lora, presets[config.lora.target_preset], adapter_name=ADAPTER_NAME
-            )
+            self.named_parameters = backend.add_lora(config.lora, ADAPTER_NAME)
         else:  # continue from a LoRA file: its layers, ranks and weights (config.lora's rank is unused)
-            self.parameters = apply_lora(
-                backend.denoiser, initial_lora, ADAPTER_NAME, trainable=True, dropout=config.lora.dropout
+            self.named_parameters = backend.apply_lora(
+                initial_lora, ADAPTER_NAME, trainable=True, dropout=config.lora.dropout
             )
-        self.named_parameters = {name: p for name, p in backend.denoiser.named_parameters() if p.requires_grad}
+        self.parameters = list(self.named_parameters.values())
         self.optimizer = torch.optim.AdamW(
             self.parameters,
             lr=config.optimizer.learning_rate,
@@ -348,8 +345,8 @@ class Trainer:
             self.metrics = []
             self._rewrite_metrics()
         self._encode_all_prompts()
-        self.backend.denoiser.train()
-        self.critic.set_gradient_checkpointing(self.config.critic_gradient_checkpointing)
+        self.backend.set_training(True)
+        self.reward.set_gradient_checkpointing(self.config.critic_gradient_checkpointing)
         interrupted = False
         try:
             while self.step < self.config.steps:
@@ -381,8 +378,8 @@ class Trainer:
             raise
         finally:
             self.optimizer.zero_grad(set_to_none=True)
-            self.backend.denoiser.eval()
-            self.critic.set_gradient_checkpointing(False)
+            self.backend.set_training(False)
+            self.reward.set_gradient_checkpointing(False)
         checkpoint = self._checkpoint_if_unsaved() if self.step > 0 else None
         if interrupted:
             logger.warning(

@@ -11,6 +11,7 @@ from ..drf_core import api
 from ..drf_core.errors import DRFInputError
 from ..drf_core.frames import select_frames
 from ..drf_core.media import from_pil, labelled_side_by_side
+from ..drf_core.reward import DRFReward
 from .reward import RewardSettings
 from .spec import (
     CRITIC,
@@ -79,13 +80,13 @@ class CritiqueVideo(DRFNode):
         video = engine_frames(frames, "frames")
         picked = select_frames(settings.decode.frame_selection, video.shape[0], settings.decode.frame_selection_count)
         video = video[picked]
+        vlm = critic.get()
         verdict = api.critique(
-            critic.get(),
+            DRFReward(vlm, settings.reward, settings.critic_input),
             video,
             questions[0],
-            settings.reward,
-            settings.critic_input,
-            explain=explain,
+            explain_with=vlm if explain else None,
+            critic_input=settings.critic_input,
             heatmaps=heatmaps,
             max_new_tokens=max_new_tokens,
         )

@@ -18,9 +18,10 @@ from ..drf_core.config import LoRAConfig, OptimizerConfig, SamplerConfig, TrainC
 from ..drf_core.errors import DRFInputError
 from ..drf_core.io import safe_child_path
 from ..drf_core.media import from_pil, to_pil
-from ..drf_core.models import VIDEO_BACKENDS
+from ..drf_core.models import SCHEDULERS, VIDEO_BACKENDS
 from ..drf_core.plots import plot_reward_curves
-from ..drf_core.sampler import CHECKPOINTING, SCHEDULERS
+from ..drf_core.reward import DRFReward
+from ..drf_core.sampler import CHECKPOINTING
 from ..drf_core.trainer import ProgressEvent
 from .lora import TrainedLoRAWire
 from .reward import RewardSettings
@@ -312,7 +313,7 @@ class TrainLoRA(DRFNode):
         try:
             trained = api.train_lora(
                 backend,
-                vlm,
+                DRFReward(vlm, config.reward, config.critic_input),
                 list(questions),
                 config,
                 run_dir,
