@@ -7,7 +7,7 @@ Importing this package never imports ComfyUI.
 from __future__ import annotations
 
 from .critic import CritiqueVideo
-from .loaders import LoadVideoModel, LoadVLMCritic
+from .loaders import LoadVideoModel, LoadVLMCritic, VideoModelFromComfy
 from .lora import LoadLoRA, SaveLoRA
 from .plots import RewardCurves
 from .prompts import DecomposePrompt, QuestionsFromJSON
@@ -18,6 +18,7 @@ from .train import TrainingOptionsNode, TrainLoRA
 
 NODES: tuple[type[DRFNode], ...] = (
     LoadVideoModel,
+    VideoModelFromComfy,
     LoadVLMCritic,
     DecomposePrompt,
     QuestionsFromJSON,
