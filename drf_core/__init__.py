@@ -2,4 +2,4 @@
 differentiable reward. Importable without ComfyUI; see ARCHITECTURE in README for the modules.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

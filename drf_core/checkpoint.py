@@ -80,7 +80,7 @@ def save_checkpoint(
             {"optimizer": optimizer_state, "scheduler": scheduler_state, "rng": rng_state},
             tmp / "optimizer.pt",
         )
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -124,7 +124,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{path} is not a complete training checkpoint (missing {', '.join(missing)}); "
             "point at a run folder or one of its checkpoints/step_* folders"
         )
-    state = json.loads((path / "state.json").read_text())
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     parameters = load_file(str(path / "lora.safetensors"), device="cpu")
     extra = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     return Checkpoint(

@@ -105,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     backend = load_video_backend(models.video_model, models.video_dtype, models.video_device)
     critic = load_critic(models.critic_model, models.critic_dtype, models.critic_device)
     if run.questions_file:
-        loaded = json.loads(Path(run.questions_file).read_text())
+        loaded = json.loads(Path(run.questions_file).read_text(encoding="utf-8"))
         items = loaded if isinstance(loaded, list) else [loaded]
         question_sets = [QuestionSet.from_dict(item, source=run.questions_file) for item in items]
     else:

@@ -322,14 +322,14 @@ class RunConfig(_Serializable):
         path = Path(path)
         if not path.is_file():
             raise DRFInputError(f"config file {path} does not exist; write one (see README, 'train')")
-        return cls.from_json(path.read_text(), where=str(path))
+        return cls.from_json(path.read_text(encoding="utf-8"), where=str(path))
 
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def resolve_dtype(name: str, device: Any) -> Any:
-    """`"auto"` -> bf16 on CUDA, fp32 elsewhere; otherwise the named torch dtype."""
+    """`"auto"` -> bf16 on CUDA, fp32 elsewhere (the CPU, Apple's MPS); otherwise the named torch dtype."""
     import torch
 
     if name == "auto":
@@ -340,15 +340,24 @@ def resolve_dtype(name: str, device: Any) -> Any:
 
 
 def resolve_device(name: str) -> Any:
-    """`"auto"` -> the first CUDA device when there is one, else the CPU."""
+    """`"auto"` -> the first CUDA GPU, else Apple's MPS, else the CPU; otherwise the named device, checked."""
     import torch
 
+    from .devices import auto_device, mps_available
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return auto_device()
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DRFInputError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise DRFInputError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DRFInputError(f"device {name!r} asked for, but this machine has no CUDA GPU; use cpu")
+        raise DRFInputError(f"device {name!r} asked for, but this machine has no CUDA GPU; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DRFInputError(
+            f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+        )
+    if device.type == "mps" and not mps_available():
+        raise DRFInputError(f"device {name!r} asked for, but torch has no usable MPS (Apple GPU) here; use auto or cpu")
     return device

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .errors import DRFInputError
@@ -67,7 +67,8 @@ def save_image_atomic(image: Any, path: str | Path) -> Path:
 def safe_child_path(folder: str | Path, name: str, suffix: str | None = None, follow_symlinks: bool = False) -> Path:
     """`folder/name` (with `suffix` added when missing), refusing names that leave `folder`.
 
-    Sub-folders inside `folder` are allowed ("wan/my_style"); absolute paths, `..` and names
+    Sub-folders inside `folder` are allowed ("wan/my_style", or "wan\\my_style" as Windows lists it:
+    both separators work on every system); absolute paths, drive letters, `..` and names
     that resolve (through symlinks) outside `folder` raise `DRFInputError`. With
     `follow_symlinks` (for reading models a user linked into the folder) only the name itself
     is checked, and the returned path keeps the link.
@@ -76,11 +77,13 @@ def safe_child_path(folder: str | Path, name: str, suffix: str | None = None, fo
         raise DRFInputError("the file name is empty; give a name such as 'my_style'")
     if "\x00" in name:
         raise DRFInputError("the file name contains a NUL character")
-    relative = Path(name)
-    if relative.is_absolute() or ".." in relative.parts:
+    # Either separator on every system: ComfyUI lists "drf\\wan_drf" on Windows, users type "drf/wan_drf".
+    portable = PurePosixPath(name.replace("\\", "/"))
+    if portable.is_absolute() or PureWindowsPath(name).drive or ".." in portable.parts:
         raise DRFInputError(
-            f"file name {name!r} must stay inside {folder}; use a plain name without '..' or '/' at the start"
+            f"file name {name!r} must stay inside {folder}; use a plain name without '..', a drive or '/' at the start"
         )
+    relative = Path(*portable.parts)
     if suffix and relative.suffix.lower() != suffix.lower():
         relative = relative.with_name(relative.name + suffix)
     if follow_symlinks:

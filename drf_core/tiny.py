@@ -300,8 +300,12 @@ def write_tiny_qwen2_5_vl(directory: str | Path, seed: int = 0, yes_no_single_to
     )
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    (directory / "preprocessor_config.json").write_text(json.dumps(QWEN2_5_VL_PREPROCESSOR_CONFIG, indent=2))
-    (directory / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_5_VL_CHAT_TEMPLATE}, indent=2))
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(QWEN2_5_VL_PREPROCESSOR_CONFIG, indent=2), encoding="utf-8"
+    )
+    (directory / "chat_template.json").write_text(
+        json.dumps({"chat_template": QWEN2_5_VL_CHAT_TEMPLATE}, indent=2), encoding="utf-8"
+    )
     logger.info("wrote tiny Qwen2.5-VL folder to %s", directory)
     return directory
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import torch
 from . import __version__
 from .checkpoint import capture_rng_state, find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import TrainConfig
+from .devices import device_memory_mb, host_memory_mb, reset_peak_memory
 from .errors import DRFInputError, TrainingDivergedError
 from .frames import select_frames
 from .io import write_text_atomic
@@ -66,13 +66,6 @@ class TrainResult:
     checkpoint: Path | None
     last_preview: torch.Tensor | None = None
     lora_files: dict[str, Path] = field(default_factory=dict)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # The process's peak resident set (Linux reports KiB); a lifetime peak, not per step.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _is_finite(value: torch.Tensor | float) -> bool:
@@ -223,7 +216,7 @@ class Trainer:
         path = self.output_dir / METRICS_FILE
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def _rewrite_metrics(self) -> None:
         write_text_atomic(self.output_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.metrics))
@@ -287,8 +280,7 @@ class Trainer:
     def _train_step(self) -> dict[str, Any]:
         c = self.config
         started = time.perf_counter()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_memory(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         rewards: list[float] = []
         aspects: dict[str, list[float]] = {}
@@ -330,7 +322,8 @@ class Trainer:
             "grad_norm": grad_norm,
             "lr": lr,
             "seconds": time.perf_counter() - started,
-            "peak_memory_mb": _peak_memory_mb(self.device),
+            "peak_memory_mb": device_memory_mb(self.device),
+            "host_memory_mb": host_memory_mb(),
             "skipped": skipped,
         }
 

@@ -1,6 +1,7 @@
 """The one module that touches ComfyUI: V3 node classes, folders, progress, interrupts, memory.
 
-- `v3_node(node)` builds a `comfy_api.latest.io.ComfyNode` class from a `DRFNode`'s spec; its
+- `v3_node(node)` builds a V3 `io.ComfyNode` class from a `DRFNode`'s spec (with the newest
+  versioned `comfy_api` this ComfyUI has, see `comfy_api_version.py`); its
   `execute` runs the node's `run` inside `torch.inference_mode(False)` (ComfyUI runs graphs in
   inference mode; training needs autograd) with a `ComfyContext`, and returns `io.NodeOutput`
   with the node's previews and text as `ui`.
@@ -8,6 +9,10 @@
   model folder, merged with `LLM`, without replacing one `extra_model_paths.yaml` made).
 - `install_memory_hook()` makes ComfyUI's memory requests (`free_memory`, which "Unload models"
   and its own model loads go through) also release this pack's cached models.
+
+ComfyUI changes between releases; every use of one of its functions that a release could move or
+drop goes through `_comfy_function`, so a newer ComfyUI without it gets a logged warning that says
+what is missing and what still works, never an import failure.
 
 Imported only inside ComfyUI (the pack's `__init__.py` checks); everything else stays host-free.
 """
@@ -25,16 +30,36 @@ import comfy.model_management as model_management
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
 from PIL import Image
 
 from ..drf_core.io import save_image_atomic
 from ..drf_core.media import save_animation, to_pil
 from . import NODES
+from .comfy_api_version import pick_io
 from .model_cache import MODEL_CACHE
 from .spec import DRFNode, InputSpec, ModelFolders, NodeResult, NodeSpec, Preview
 
 logger = logging.getLogger(__name__)
+
+io, COMFY_API_MODULE = pick_io()
+
+_MISSING_REPORTED: set[str] = set()
+
+
+def _comfy_function(module: Any, name: str, consequence: str) -> Callable[..., Any] | None:
+    """`module.name` if this ComfyUI has it; otherwise None and one warning saying what that disables."""
+    function = getattr(module, name, None)
+    if function is None and name not in _MISSING_REPORTED:
+        _MISSING_REPORTED.add(name)
+        logger.warning(
+            "DiffusionDRF: this ComfyUI has no %s.%s, so %s. Update ComfyUI-DiffusionDRF, or report your "
+            "ComfyUI version to it.",
+            getattr(module, "__name__", module),
+            name,
+            consequence,
+        )
+    return function
+
 
 # Model folder kinds this pack adds: kind -> folder names under models/ it also lists.
 EXTRA_FOLDER_KINDS = {"vlm": ("vlm", "LLM")}
@@ -86,24 +111,38 @@ class ComfyContext:
         self._bar: comfy.utils.ProgressBar | None = None
 
     def progress(self, value: int, total: int, preview: Image.Image | None = None) -> None:
-        if model_management.processing_interrupted():
+        if self.interrupted():
             return  # the bar's hook would raise here; the engine stops at its next check instead
         if self._bar is None:
-            self._bar = comfy.utils.ProgressBar(total, node_id=self.unique_id)
+            progress_bar = _comfy_function(comfy.utils, "ProgressBar", "the progress bar does not move")
+            if progress_bar is None:
+                return
+            self._bar = progress_bar(total, node_id=self.unique_id)
         shown = ("JPEG", preview, PREVIEW_JPEG_SIZE) if preview is not None else None
         self._bar.update_absolute(value, total, shown)
 
     def show_text(self, text: str) -> None:
         from server import PromptServer
 
-        if self.unique_id is not None and PromptServer.instance is not None:
-            PromptServer.instance.send_progress_text(text, self.unique_id)
+        server = PromptServer.instance
+        if self.unique_id is None or server is None:
+            return
+        send = _comfy_function(server, "send_progress_text", "the node's live text (reward per aspect) is not shown")
+        if send is not None:
+            send(text, self.unique_id)
 
     def interrupted(self) -> bool:
-        return model_management.processing_interrupted()
+        check = _comfy_function(
+            model_management, "processing_interrupted", "Interrupt cannot stop training early (it stops between nodes)"
+        )
+        return bool(check()) if check is not None else False
 
     def raise_if_interrupted(self) -> None:
-        model_management.throw_exception_if_processing_interrupted()
+        raise_if = _comfy_function(
+            model_management, "throw_exception_if_processing_interrupted", "Interrupt stops only between nodes"
+        )
+        if raise_if is not None:
+            raise_if()
 
 
 def _save_preview(preview: Preview, folder: Path) -> dict[str, str]:
@@ -202,11 +241,19 @@ def install_memory_hook() -> None:
     """Release this pack's models when ComfyUI frees memory on their device and still lacks it."""
     if hasattr(model_management, _ORIGINAL_FREE_MEMORY):
         return
-    original = model_management.free_memory
+    original = _comfy_function(
+        model_management,
+        "free_memory",
+        "this pack's cached models are not released when ComfyUI needs memory (queue a prompt with the pack's "
+        "loaders removed, or restart ComfyUI, to free them)",
+    )
+    get_free_memory = getattr(model_management, "get_free_memory", None)
+    if original is None or get_free_memory is None:
+        return
 
     def free_memory(memory_required, device, *args, **kwargs):
         unloaded = original(memory_required, device, *args, **kwargs)
-        if MODEL_CACHE.loaded() and model_management.get_free_memory(device) < memory_required:
+        if MODEL_CACHE.loaded() and get_free_memory(device) < memory_required:
             MODEL_CACHE.release(device)
         return unloaded
 
@@ -215,9 +262,25 @@ def install_memory_hook() -> None:
 
 
 def node_class_mappings() -> tuple[dict[str, type], dict[str, str]]:
-    """`NODE_CLASS_MAPPINGS` and `NODE_DISPLAY_NAME_MAPPINGS` for ComfyUI's loader."""
+    """`NODE_CLASS_MAPPINGS` and `NODE_DISPLAY_NAME_MAPPINGS` for ComfyUI's loader.
+
+    A node whose class this ComfyUI cannot build is left out with an error in the log naming it,
+    so the other nodes still load.
+    """
     register_model_folders()
     install_memory_hook()
-    classes = {node.SPEC.node_id: v3_node(node) for node in NODES}
-    names = {node.SPEC.node_id: node.SPEC.display_name for node in NODES}
+    classes, names = {}, {}
+    for node in NODES:
+        try:
+            classes[node.SPEC.node_id] = v3_node(node)
+        except Exception:
+            logger.exception(
+                "DiffusionDRF: %s cannot be built with %s of this ComfyUI; it is left out. Update "
+                "ComfyUI-DiffusionDRF (or ComfyUI) and restart.",
+                node.SPEC.node_id,
+                COMFY_API_MODULE,
+            )
+            continue
+        names[node.SPEC.node_id] = node.SPEC.display_name
+    logger.info("DiffusionDRF: %d nodes built with ComfyUI's %s", len(classes), COMFY_API_MODULE)
     return classes, names

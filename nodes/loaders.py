@@ -9,9 +9,8 @@ inside ComfyUI. Knows which folder kinds hold which models; nothing about traini
 
 from __future__ import annotations
 
-import torch
-
 from ..drf_core.config import DTYPES
+from ..drf_core.devices import device_names
 from ..drf_core.errors import DRFInputError
 from ..drf_core.models import read_model_index
 from .comfy_names import COMFY_SCHEDULERS, SOLVERS
@@ -35,12 +34,12 @@ VIDEO_MODEL_MARKER = "model_index.json"
 CRITIC_FOLDER = "vlm"
 CRITIC_MARKER = "config.json"
 DTYPE_CHOICES = ("auto", *DTYPES)
-DTYPE_TOOLTIP = "auto: bf16 on a GPU, fp32 on the CPU. fp16 is not recommended for training."
+DTYPE_TOOLTIP = "auto: bf16 on an NVIDIA GPU, fp32 on the CPU and on Apple MPS. fp16 is not recommended for training."
 
 
 def device_choices(_folders: object = None) -> list[str]:
-    """auto, cpu and every CUDA device this machine has (cuda:0, cuda:1, ...)."""
-    return ["auto", "cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    """auto, cpu, every CUDA device this machine has (cuda:0, cuda:1, ...) and mps on Apple machines."""
+    return device_names()
 
 
 class LoadVideoModel(DRFNode):
@@ -59,7 +58,12 @@ class LoadVideoModel(DRFNode):
                 "A folder under models/diffusers holding model_index.json (the whole diffusers repository).",
             ),
             Combo("dtype", DTYPE_CHOICES, DTYPE_TOOLTIP, default="auto"),
-            Combo("device", device_choices, "Where the video model runs. auto: the first GPU, else the CPU.", "auto"),
+            Combo(
+                "device",
+                device_choices,
+                "Where the video model runs. auto: the first NVIDIA GPU, else Apple MPS, else the CPU.",
+                "auto",
+            ),
         ),
         outputs=(OutputSpec(VIDEO_MODEL, "video_model", "The video model, for Train LoRA and Sample Video."),),
     )

@@ -7,7 +7,7 @@ Load reads any layout this pack writes (and diffusers/kohya ones) for previews o
 
 from __future__ import annotations
 
-import glob
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +36,15 @@ class TrainedLoRAWire:
 
 
 def next_free_name(folder: Path, prefix: str) -> Path:
-    """`folder/prefix_00001.safetensors`, one past the highest counter taken (ComfyUI's save-node habit)."""
+    """`folder/prefix_00001.safetensors`, one past the highest counter taken (ComfyUI's save-node habit).
+
+    Names are compared without regard to case, so on Windows and macOS (case-insensitive file systems)
+    `WAN_drf_00001` counts as taken for the prefix `wan_drf` and is never overwritten.
+    """
     base = safe_child_path(folder, prefix, "")  # refuses names that leave the folder
-    pattern = f"{glob.escape(base.name)}_{'[0-9]' * COUNTER_DIGITS}{LORA_SUFFIX}"
-    taken = [int(path.stem[-COUNTER_DIGITS:]) for path in base.parent.glob(pattern)]
+    counter = re.compile(rf"{re.escape(base.name)}_(\d{{{COUNTER_DIGITS}}}){re.escape(LORA_SUFFIX)}", re.IGNORECASE)
+    siblings = base.parent.iterdir() if base.parent.is_dir() else ()
+    taken = [int(match.group(1)) for path in siblings if (match := counter.fullmatch(path.name))]
     return base.with_name(f"{base.name}_{max(taken, default=0) + 1:0{COUNTER_DIGITS}d}{LORA_SUFFIX}")
 
 

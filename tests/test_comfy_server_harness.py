@@ -7,11 +7,11 @@ slow model-free prompt once it runs, and checks the ComfyUI checkout gained no f
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.comfy_checkout import comfyui_checkout
 from tests.comfy_server import ComfyPromptError, ComfyServer, history_error
 
 pytestmark = pytest.mark.comfyui
@@ -20,10 +20,7 @@ DUMMY_PACK_NAME = "ComfyUI-HarnessDummy"
 
 
 def _comfy_dir() -> Path:
-    value = os.environ.get("COMFYUI_DIR")
-    if not value:
-        pytest.skip("COMFYUI_DIR is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its venv python)")
-    return Path(value)
+    return comfyui_checkout()[0]
 
 
 def _files_under(folder: Path) -> set[str]:

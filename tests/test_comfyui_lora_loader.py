@@ -23,7 +23,6 @@ $COMFYUI_DIR/../venv/bin/python).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from torch import nn
 from drf_core.config import LoRAConfig
 from drf_core.lora import add_lora, lora_module_weights, lora_parameters, save_lora
 from drf_core.models.wan_keys import diffusers_to_native_wan_module, native_wan_state_dict
+from tests.comfy_checkout import comfyui_checkout
 
 pytestmark = pytest.mark.comfyui
 
@@ -43,16 +43,7 @@ RANK, ALPHA = 4, 6.0
 
 
 def _comfyui() -> tuple[Path, Path]:
-    comfy_dir = os.environ.get("COMFYUI_DIR")
-    if not comfy_dir:
-        pytest.skip("COMFYUI_DIR is not set; point it at a ComfyUI checkout to run the real-loader test")
-    comfy_dir_path = Path(comfy_dir)
-    python = Path(os.environ.get("COMFYUI_PYTHON", comfy_dir_path.parent / "venv" / "bin" / "python"))
-    if not (comfy_dir_path / "comfy" / "sd.py").is_file():
-        pytest.skip(f"COMFYUI_DIR={comfy_dir} is not a ComfyUI checkout (no comfy/sd.py)")
-    if not python.is_file():
-        pytest.skip(f"ComfyUI's python {python} does not exist; set COMFYUI_PYTHON")
-    return comfy_dir_path, python
+    return comfyui_checkout()
 
 
 def _wan_for_comfyui(image_to_video: bool):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from drf_core.tiny import write_tiny_wan_native
+from tests.comfy_checkout import comfyui_checkout
 from tests.comfy_server import ComfyServer, history_error
 
 pytestmark = pytest.mark.comfyui
@@ -74,9 +75,7 @@ def shrink(prompt: dict, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_models, pack_nodes):
-    value = os.environ.get("COMFYUI_DIR")
-    if not value:
-        pytest.skip("COMFYUI_DIR is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its venv python)")
+    comfy_dir, python = comfyui_checkout()
     work = tmp_path_factory.mktemp("comfyui")
     # A `vlm` folder from extra_model_paths.yaml exists before the pack loads; the pack must add to it, not replace it.
     extra = tmp_path_factory.mktemp("extra_models")
@@ -85,7 +84,12 @@ def server(tmp_path_factory, tiny_models, pack_nodes):
     config = extra / "extra_model_paths.yaml"
     config.write_text(f"drf_test:\n    base_path: {extra}\n    vlm: vlm_extra\n")
     comfy = ComfyServer(
-        Path(value), REPO_ROOT, work, pack_name=PACK_FOLDER, extra_args=("--extra-model-paths-config", str(config))
+        comfy_dir,
+        REPO_ROOT,
+        work,
+        python=str(python),
+        pack_name=PACK_FOLDER,
+        extra_args=("--extra-model-paths-config", str(config)),
     )
     models = comfy.models_dir
     models.mkdir(parents=True, exist_ok=True)
@@ -110,6 +114,22 @@ def run_ok(server: ComfyServer, prompt: dict, timeout: float = 600) -> dict:
     error = history_error(entry)
     assert error is None, f"{error}\n{server.log_tail()}"
     return entry
+
+
+def comfyui_version(comfy_dir: Path) -> str:
+    found = re.search(r"__version__\s*=\s*[\"']([^\"']+)", (comfy_dir / "comfyui_version.py").read_text())
+    return found.group(1) if found else "unknown"
+
+
+def test_nodes_are_built_with_the_newest_versioned_v3_api(server, pack_nodes):
+    """0.3.64 has comfy_api.v0_0_2 (and latest); a newer ComfyUI may have a newer versioned one."""
+    log = server.log_text()
+    used = re.search(r"DiffusionDRF nodes use ComfyUI's (comfy_api\.\w+)", log)
+    assert used, server.log_tail()
+    if comfyui_version(server.comfy_dir) == "0.3.64":
+        assert used.group(1) == "comfy_api.v0_0_2"
+    assert f"DiffusionDRF: {len(pack_nodes.NODES)} nodes built with ComfyUI's {used.group(1)}" in log
+    assert "DiffusionDRF: this ComfyUI has no" not in log  # every guarded ComfyUI function is present
 
 
 def test_every_node_is_served_with_its_schema(server, pack_nodes):

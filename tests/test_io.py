@@ -35,3 +35,14 @@ def test_safe_child_path_keeps_names_inside_the_folder(tmp_path):
     for bad in ("../escape", "/etc/passwd", "", "  ", "a\x00b", "link/outside"):
         with pytest.raises(DRFInputError):
             safe_child_path(tmp_path, bad, ".safetensors")
+
+
+def test_safe_child_path_takes_either_separator_and_refuses_windows_escapes(tmp_path):
+    expected = (tmp_path / "drf" / "wan_drf.safetensors").resolve()
+    # ComfyUI lists sub-folder names with the system's separator: "drf\\wan_drf" on Windows.
+    assert safe_child_path(tmp_path, "drf/wan_drf", ".safetensors") == expected
+    assert safe_child_path(tmp_path, "drf\\wan_drf", ".safetensors") == expected
+    assert safe_child_path(tmp_path, "drf\\wan_drf", "", follow_symlinks=True) == tmp_path / "drf" / "wan_drf"
+    for bad in ("..\\escape", "drf\\..\\..\\escape", "C:\\Windows\\evil", "C:evil", "\\\\server\\share\\x", "\\rooted"):
+        with pytest.raises(DRFInputError, match="must stay inside"):
+            safe_child_path(tmp_path, bad, ".safetensors")

@@ -250,6 +250,19 @@ def test_save_lora_counts_up_never_overwrites_and_stays_in_loras(pack_nodes, loc
     assert combo == names
 
 
+def test_save_lora_counter_ignores_case_and_takes_windows_separators(pack_nodes, local, ctx, root, trained):
+    """On Windows and macOS `Case/Style_00003` and `case/style_00003` are one file: never overwrite it."""
+    loras = root / "models" / "loras"
+    (loras / "Case").mkdir(parents=True, exist_ok=True)
+    taken = loras / "Case" / "STYLE_00003.safetensors"
+    taken.write_bytes(b"someone else's LoRA")
+    (name,) = run(pack_nodes, local, ctx, "DRFSaveLoRA", lora=trained.outputs[0], filename_prefix="Case\\STYLE").outputs
+    assert name == "Case/STYLE_00004.safetensors"
+    (name,) = run(pack_nodes, local, ctx, "DRFSaveLoRA", lora=trained.outputs[0], filename_prefix="Case/style").outputs
+    assert name == "Case/style_00005.safetensors"
+    assert taken.read_bytes() == b"someone else's LoRA"
+
+
 def test_load_lora_returns_the_saved_weights(pack_nodes, local, ctx, trained):
     lora = trained.outputs[0]
     (name,) = run(pack_nodes, local, ctx, "DRFSaveLoRA", lora=lora, filename_prefix="x").outputs

@@ -62,7 +62,7 @@ def main() -> None:
                     write_thumbnail(server.url, path, Path(work) / f"{path.stem}.png")
             else:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
-                workflow = json.loads(args.workflow.read_text())
+                workflow = json.loads(args.workflow.read_text(encoding="utf-8"))
                 screenshot_workflow(
                     server.url, workflow, args.out, name=args.workflow.stem, width=args.width, height=args.height
                 )
@@ -72,7 +72,12 @@ def main() -> None:
 def write_thumbnail(url: str, workflow_path: Path, scratch: Path) -> None:
     """`workflows/<name>.jpg`: the editor's picture of the workflow, small enough for the template browser."""
     screenshot_workflow(
-        url, json.loads(workflow_path.read_text()), scratch, name=workflow_path.stem, width=1600, height=900
+        url,
+        json.loads(workflow_path.read_text(encoding="utf-8")),
+        scratch,
+        name=workflow_path.stem,
+        width=1600,
+        height=900,
     )
     with Image.open(scratch) as picture:
         picture.convert("RGB").resize(THUMBNAIL_SIZE, Image.Resampling.LANCZOS).save(

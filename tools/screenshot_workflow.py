@@ -333,7 +333,9 @@ def screenshot_workflow(
                 pipe.call("Browser.close", timeout=10)
         except CdpError:
             stderr_log = Path(profile_dir) / "chromium-stderr.log"
-            logger.error("Chromium stderr (tail):\n%s", stderr_log.read_text(errors="replace")[-4000:])
+            logger.error(
+                "Chromium stderr (tail):\n%s", stderr_log.read_text(encoding="utf-8", errors="replace")[-4000:]
+            )
             raise
         finally:
             stop_chromium(process)
