@@ -9,13 +9,13 @@ path is not run here; the CONDITIONING path (core CLIP Text Encode's output) is.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from drf_core.tiny import write_tiny_wan_native
+from tests.comfy_checkout import comfyui_checkout
 
 pytestmark = pytest.mark.comfyui
 
@@ -23,20 +23,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "tests" / "comfy_scripts" / "native_backend.py"
 
 
-def _comfyui() -> tuple[Path, Path]:
-    comfy_dir = os.environ.get("COMFYUI_DIR")
-    if not comfy_dir:
-        pytest.skip("COMFYUI_DIR is not set; point it at a ComfyUI checkout to run the ComfyUI-backend tests")
-    comfy_path = Path(comfy_dir)
-    python = Path(os.environ.get("COMFYUI_PYTHON", comfy_path.parent / "venv" / "bin" / "python"))
-    if not (comfy_path / "comfy" / "sd.py").is_file() or not python.is_file():
-        pytest.skip(f"no ComfyUI checkout at {comfy_dir} or no interpreter {python} (set COMFYUI_PYTHON)")
-    return comfy_path, python
-
-
 @pytest.fixture(scope="module")
-def report(tiny_models, tmp_path_factory) -> dict:
-    comfy_dir, python = _comfyui()
+def report(request, tmp_path_factory) -> dict:
+    comfy_dir, python = comfyui_checkout()  # skip before building the tiny models
+    tiny_models = request.getfixturevalue("tiny_models")
     work = tmp_path_factory.mktemp("native")
     model_file = write_tiny_wan_native(tiny_models.wan, work / "wan_tiny_native.safetensors")
     command = [str(python), str(SCRIPT), "--comfyui-dir", str(comfy_dir), "--pack-dir", str(REPO_ROOT)]
