@@ -35,6 +35,7 @@ from drf_core.decompose import decompose  # noqa: E402
 from drf_core.demo import DEMO_PROMPT, HELD_OUT_SEEDS, demo_config  # noqa: E402
 from drf_core.lora import remove_lora  # noqa: E402
 from drf_core.models import load_video_backend  # noqa: E402
+from drf_core.reward import DRFReward  # noqa: E402
 from drf_core.tiny import write_tiny_models  # noqa: E402
 
 # (label, drift_weight, weight_decay)
@@ -65,7 +66,13 @@ def run(steps: int, every: int, settings=SETTINGS, on_result=None, seeds=HELD_OU
             config.checkpoint_interval = 0
             remove_lora(backend.denoiser)
             started = time.perf_counter()
-            trained = train_lora(backend, critic, [questions], config, Path(folder) / label.replace(" ", "_"))
+            trained = train_lora(
+                backend,
+                DRFReward(critic, config.reward, config.critic_input),
+                [questions],
+                config,
+                Path(folder) / label.replace(" ", "_"),
+            )
             seconds = time.perf_counter() - started
             rows = trained.run.metrics
             train = [r["reward"] for r in rows if "reward" in r and not r["skipped"]]

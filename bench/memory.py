@@ -194,6 +194,7 @@ def trace_training(
 ) -> TraceResult:
     """Run `Trainer.train()` for `config.steps` steps under `tracker`, with phases marked."""
     from drf_core.decompose import decompose
+    from drf_core.reward import DRFReward
     from drf_core.trainer import Trainer
 
     started = time.perf_counter()
@@ -221,7 +222,14 @@ def trace_training(
     with tempfile.TemporaryDirectory(prefix="drf_memory_run_") as output_dir, contextlib.ExitStack() as stack:
         stack.enter_context(tracker)
         with tracker.phase("LoRA + optimizer state"):
-            trainer = Trainer(backend, critic, [questions], config, output_dir, progress=progress)
+            trainer = Trainer(
+                backend,
+                DRFReward(critic, config.reward, config.critic_input),
+                [questions],
+                config,
+                output_dir,
+                progress=progress,
+            )
         trainer_box.append(trainer)
         # Checkpoint files copy the LoRA to the host; fake tensors cannot be written.
         stack.enter_context(_patched(trainer, "save_checkpoint", lambda: Path(output_dir) / "not-written"))

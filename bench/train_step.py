@@ -267,6 +267,7 @@ def run_train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from drf_core.critics import load_critic
     from drf_core.decompose import decompose
     from drf_core.models import load_video_backend
+    from drf_core.reward import DRFReward
     from drf_core.trainer import Trainer
 
     size = dataclasses.replace(SIZES[spec["size"]], decoded_frames=spec["decoded_frames"])
@@ -277,7 +278,8 @@ def run_train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     probe = StepProbe(device, spec["timed_steps"])
     config = train_config(size, spec["mode"], spec["k"], spec["num_steps"], probe.total_steps)
     with tempfile.TemporaryDirectory(prefix="drf_bench_run_") as output_dir:
-        trainer = Trainer(backend, critic, [questions], config, output_dir, progress=probe)
+        reward = DRFReward(critic, config.reward, config.critic_input)
+        trainer = Trainer(backend, reward, [questions], config, output_dir, progress=probe)
         lora_count = sum(p.numel() for p in trainer.parameters)
         result = trainer.train()
     if result.final_step != probe.total_steps:

@@ -1,6 +1,6 @@
 """One function per user action: what the command line and each ComfyUI node call.
 
-- `train_lora`: a fresh (or resumed) Diffusion-DRF run on a loaded video model and critic; returns
+- `train_lora`: a fresh (or resumed) Diffusion-DRF run on a loaded video model and a reward; returns
   the trained LoRA as a CPU snapshot and leaves the video model as it found it (no adapter), so a
   model kept loaded between runs (ComfyUI) always starts from the base.
 - `sample_videos`: videos for prompts, optionally with a LoRA at some strength (same seed, same noise).
@@ -8,7 +8,9 @@
   and gradient heatmaps for a video.
 - `export_lora` / `load_lora`: LoRA files between formats, without loading a model.
 
-Knows the engine's pieces; never ComfyUI (progress and interrupts arrive as callbacks).
+The reward is given (a `RewardFunction`, e.g. `DRFReward` on a critic), and the LoRA life cycle is
+the backend's, so any backend and any reward plug in. Knows the engine's pieces; never ComfyUI
+(progress and interrupts arrive as callbacks).
 """
 
 from __future__ import annotations
@@ -24,25 +26,17 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .config import CriticInputConfig, RewardConfig, SamplerConfig, TrainConfig, VideoSpec
+from .config import CriticInputConfig, SamplerConfig, TrainConfig, VideoSpec
 from .critics.base import Critic
 from .errors import DRFInputError
 from .heatmap import reward_heatmaps
-from .lora import (
-    LoRAWeights,
-    apply_lora,
-    read_lora_file,
-    read_lora_header,
-    remove_lora,
-    save_lora_weights,
-    snapshot_lora,
-)
+from .lora import LoRAWeights, read_lora_file, read_lora_header, save_lora_weights
 from .media import check_frames
 from .models import MODULE_NAME_MAPS
 from .models.base import VideoBackend
 from .plots import plot_question_scores, plot_reward_curves
 from .questions import QuestionSet
-from .reward import LOW_ANSWER_MASS, DRFReward, RewardResult, answer_mass_note, reward_summary
+from .reward import LOW_ANSWER_MASS, RewardFunction, RewardResult, answer_mass_note, reward_summary
 from .sampler import sample_video
 from .trainer import ADAPTER_NAME, ProgressEvent, Trainer, TrainResult
 
@@ -86,7 +80,7 @@ def lora_metadata(backend: VideoBackend, config: TrainConfig, questions: Sequenc
 
 def train_lora(
     backend: VideoBackend,
-    critic: Critic,
+    reward: RewardFunction,
     question_sets: Sequence[QuestionSet],
     config: TrainConfig,
     output_dir: str | Path,
@@ -104,10 +98,10 @@ def train_lora(
     `initial_lora` starts a new run from a saved LoRA's weights instead of a fresh adapter (a
     checkpoint in `output_dir`, when resumed, still wins: it holds the run's later state).
     """
-    remove_lora(backend.denoiser, ADAPTER_NAME)
+    backend.remove_lora(ADAPTER_NAME)
     trainer = Trainer(
         backend,
-        critic,
+        reward,
         question_sets,
         config,
         output_dir,
@@ -123,9 +117,9 @@ def train_lora(
         metadata = lora_metadata(backend, config, question_sets, selected)
         if best is not None:
             metadata["selected_by"] = f"best held-out score {run.best_score:+.4f} of {run.final_step} steps"
-        lora = snapshot_lora(backend.denoiser, ADAPTER_NAME, metadata)
+        lora = backend.snapshot_lora(ADAPTER_NAME, metadata)
     finally:
-        remove_lora(backend.denoiser, ADAPTER_NAME)
+        backend.remove_lora(ADAPTER_NAME)
     return TrainedLoRA(lora=lora, run=run, family=backend.family, selected_step=selected)
 
 
@@ -185,16 +179,14 @@ def sample_videos(
         raise DRFInputError("the prompt is empty; write what the video should show")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     if lora is not None:
-        apply_lora(backend.denoiser, lora, PREVIEW_ADAPTER, strength=strength)
+        backend.apply_lora(lora, PREVIEW_ADAPTER, strength=strength)
     try:
         return sample_video(
             backend, list(prompts), negative_prompt, spec, sampler, generator, on_step=on_step, should_stop=should_stop
         )
     finally:
         if lora is not None:
-            remove_lora(backend.denoiser, PREVIEW_ADAPTER)
-            if hasattr(backend.denoiser, "set_adapters") and getattr(backend.denoiser, "peft_config", None):
-                backend.denoiser.set_adapters(list(backend.denoiser.peft_config))
+            backend.remove_lora(PREVIEW_ADAPTER)
 
 
 @dataclass
@@ -251,26 +243,28 @@ class Critique:
 
 
 def critique(
-    critic: Critic,
+    reward: RewardFunction,
     frames: torch.Tensor,
     questions: QuestionSet,
-    reward_config: RewardConfig | None = None,
+    explain_with: Critic | None = None,
     critic_input: CriticInputConfig | None = None,
-    explain: bool = True,
     heatmaps: bool = False,
     max_new_tokens: int = 64,
 ) -> Critique:
-    """Score `frames` `[F, 3, H, W]` against `questions`; optionally explain and map the gradients."""
+    """Score `frames` `[F, 3, H, W]` against `questions` with `reward`; optionally map the gradients.
+
+    With `explain_with`, that critic also answers each explanation query in its own words
+    (seeing the frames as `critic_input` says).
+    """
     check_frames(frames)
-    reward_config = reward_config or RewardConfig()
     critic_input = critic_input or CriticInputConfig()
     frames = frames.detach().float()
     with torch.no_grad():
-        result = DRFReward(critic, reward_config, critic_input)(frames, questions)
+        result = reward(frames, questions)
     explanations = []
-    if explain:
+    if explain_with is not None:
         for aspect, query in questions.iter_explanations():
-            answer = critic.generate(frames, query.question, critic_input, max_new_tokens=max_new_tokens)
+            answer = explain_with.generate(frames, query.question, critic_input, max_new_tokens=max_new_tokens)
             explanations.append({"aspect": aspect.name, "question": query.question, "answer": answer.strip()})
-    maps = reward_heatmaps(critic, frames, questions, reward_config, critic_input) if heatmaps else {}
+    maps = reward_heatmaps(reward, frames, questions) if heatmaps else {}
     return Critique(result=result, explanations=explanations, heatmaps=maps)

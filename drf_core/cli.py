@@ -98,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .decompose import decompose
     from .models import load_video_backend
     from .questions import QuestionSet
+    from .reward import DRFReward
 
     run = RunConfig.from_file(args.config)
     output = Path(args.out or run.output_dir)
@@ -122,7 +123,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         qs.save(output / f"questions_{i}.json")
     progress = _TrainingProgress("training")
     try:
-        trained = train_lora(backend, critic, question_sets, run.train, output, progress=progress, resume=resume)
+        trained = train_lora(
+            backend,
+            DRFReward(critic, run.train.reward, run.train.critic_input),
+            question_sets,
+            run.train,
+            output,
+            progress=progress,
+            resume=resume,
+        )
     finally:
         progress.close()
     for fmt, name in (("comfyui", "drf_lora.safetensors"), ("diffusers", "drf_lora_diffusers.safetensors")):
@@ -153,6 +162,7 @@ def cmd_critique(args: argparse.Namespace) -> int:
     from .frames import select_frames
     from .media import load_frames, save_animation
     from .questions import QuestionSet
+    from .reward import DRFReward
 
     critic = load_critic(args.critic, args.dtype, args.device)
     if args.questions:
@@ -168,7 +178,12 @@ def cmd_critique(args: argparse.Namespace) -> int:
     frames = frames[picked]
     visual = CriticInputConfig(height=args.size, width=args.size, video_fps=args.video_fps).for_frames(picked)
     result = critique(
-        critic, frames, questions, RewardConfig(), visual, explain=not args.no_explain, heatmaps=bool(args.out)
+        DRFReward(critic, RewardConfig(), visual),
+        frames,
+        questions,
+        explain_with=None if args.no_explain else critic,
+        critic_input=visual,
+        heatmaps=bool(args.out),
     )
     if args.out:
         out = Path(args.out)

@@ -37,6 +37,7 @@ from .decompose import decompose
 from .io import save_image_atomic, write_json_atomic, write_text_atomic
 from .media import label_positions, save_animation, side_by_side
 from .models import load_video_backend
+from .reward import DRFReward
 from .tiny import write_tiny_models
 from .trainer import ProgressEvent
 
@@ -94,11 +95,13 @@ def run_demo(
     config = demo_config(steps, seed)
     write_json_atomic(output_dir / "train_config.json", config.to_dict())
 
+    reward = DRFReward(critic, config.reward, config.critic_input)
+
     def held_out_reward(lora) -> tuple[float, dict[str, float]]:
         scores = []
         for held_out_seed in HELD_OUT_SEEDS:
             video = sample_videos(backend, [DEMO_PROMPT], config.video, config.sampler, held_out_seed, lora=lora)
-            scores.append(critique(critic, video[0], questions, config.reward, config.critic_input, explain=False))
+            scores.append(critique(reward, video[0], questions))
         per_aspect = {a: _mean([s.result.per_aspect[a] for s in scores]) for a in scores[0].result.per_aspect}
         return _mean([s.total for s in scores]), per_aspect
 
@@ -106,7 +109,7 @@ def run_demo(
     base_video = sample_videos(backend, [DEMO_PROMPT], config.video, config.sampler, PREVIEW_SEED)[0]
 
     run_dir = next_free_run_dir(output_dir / "run")  # a demo run again next to an earlier one keeps it
-    trained = train_lora(backend, critic, [questions], config, run_dir, progress=progress, resume=False)
+    trained = train_lora(backend, reward, [questions], config, run_dir, progress=progress, resume=False)
     lora = trained.lora
     after, after_aspects = held_out_reward(lora)
     lora_video = sample_videos(backend, [DEMO_PROMPT], config.video, config.sampler, PREVIEW_SEED, lora=lora)[0]
@@ -129,7 +132,7 @@ def run_demo(
         fps=8,
         labels=label_positions(videos, ("base", "LoRA")),
     )
-    after_critique = critique(critic, lora_video, questions, config.reward, config.critic_input, explain=True)
+    after_critique = critique(reward, lora_video, questions, explain_with=critic, critic_input=config.critic_input)
     rewards = [row["reward"] for row in trained.run.metrics if not row["skipped"]]
     window = max(1, min(5, len(rewards) // 3))
     result = DemoResult(

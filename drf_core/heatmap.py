@@ -5,7 +5,7 @@ magnitude (summed over colour channels, lightly blurred, normalised per aspect) 
 whose change would raise that aspect's reward most — the paper's "spatially localised gradients".
 It is drawn as a heat overlay on the frames.
 
-Knows the reward and the critic interface; nothing about diffusion models or training.
+Knows the `RewardFunction` interface; nothing about critics, diffusion models or training.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import CriticInputConfig, RewardConfig
-from .critics.base import Critic
 from .errors import DRFInputError
 from .media import check_frames
 from .questions import QuestionSet
-from .reward import DRFReward
+from .reward import RewardFunction
 
 # Fraction of the strongest gradients that saturate the colour scale (robust to a few outliers).
 SATURATION_QUANTILE = 0.99
@@ -53,14 +51,15 @@ def overlay(frames: torch.Tensor, heat: torch.Tensor, opacity: float = 0.6) -> t
 
 
 def reward_heatmaps(
-    critic: Critic,
+    reward: RewardFunction,
     frames: torch.Tensor,
     questions: QuestionSet,
-    reward_config: RewardConfig,
-    critic_input: CriticInputConfig,
     aspects: list[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Aspect name -> overlaid heatmap frames `[F, 3, H, W]` in 0..1 (frames on the CPU)."""
+    """Aspect name -> overlaid heatmap frames `[F, 3, H, W]` in 0..1 (frames on the CPU).
+
+    Each aspect is scored by `reward.for_aspect(name)` on that aspect's questions alone.
+    """
     check_frames(frames)
     names = aspects or [aspect.name for aspect in questions.aspects]
     base = frames.detach().float().cpu()
@@ -72,15 +71,7 @@ def reward_heatmaps(
         only = QuestionSet(questions.prompt, [aspect])
         pixels = base.clone().requires_grad_(True)
         with torch.enable_grad():
-            result = DRFReward(critic, _single_aspect(reward_config, name), critic_input)(pixels, only)
+            result = reward.for_aspect(name)(pixels, only)
             heat = gradient_magnitude(pixels, result.total)
         maps[name] = overlay(base, heat.detach())
     return maps
-
-
-def _single_aspect(config: RewardConfig, name: str) -> RewardConfig:
-    """The config with aspect-weight overrides for other aspects dropped (they are not scored)."""
-    weights = {key: value for key, value in config.aspect_weights.items() if key == name}
-    if weights.get(name, 1.0) <= 0:
-        weights[name] = 1.0  # a zero-weight aspect still gets its own map
-    return RewardConfig(**{**config.to_dict(), "aspect_weights": weights})

@@ -21,7 +21,7 @@ parameters come back from the checkpoint).
 
 `question_movers` lists the yes/no questions whose p(expected answer) moved most since the start.
 
-Knows the `VideoBackend`, `Critic` and `DRFReward` interfaces; nothing about optimizers or ComfyUI.
+Knows the `VideoBackend` and `RewardFunction` interfaces; nothing about optimizers or ComfyUI.
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ from typing import Any
 import torch
 
 from .config import MonitorConfig, TrainConfig
-from .critics.base import Critic
 from .decompose import decompose
 from .heldout import held_out_questions
 from .models.base import VideoBackend
 from .questions import QuestionSet
-from .reward import DRFReward, RewardResult
+from .reward import RewardFunction, RewardResult
 from .sampler import sample_video
 
 logger = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ class Monitor:
     def __init__(
         self,
         backend: VideoBackend,
-        critic: Critic,
+        reward: RewardFunction,
         config: TrainConfig,
         training_sets: Mapping[str, QuestionSet],
         held_out_prompt_sets: Sequence[QuestionSet],
@@ -105,9 +104,9 @@ class Monitor:
         given = {qs.prompt: qs for qs in held_out_prompt_sets}
         self.prompt_sets = {p: given.get(p) or decompose(p, method="rules") for p in self.settings.prompts}
         self.frame_indices = list(frame_indices)
-        self.reward = DRFReward(critic, config.reward, config.critic_input)
+        self.reward = reward
         method = self.settings.held_out_questions
-        chat = critic if method == "llm" else None
+        chat = reward.chat_model if method == "llm" else None
         self.question_sets = {p: held_out_questions(qs, method, chat) for p, qs in self.training_sets.items()}
         self.best_step: int | None = None
         self.best_score = float("-inf")

@@ -11,7 +11,9 @@
   `RewardConfig.explanation_weight`; total: the aspect-weight-normalised sum.
 
 Every number is also reported per aspect and per question (`RewardResult`), so a user sees what
-the model got wrong. Knows nothing about diffusion models or training; it only calls a `Critic`.
+the model got wrong. `RewardFunction` is what the trainer, `api` and the heatmaps are given (frames
++ a prompt's questions -> `RewardResult`); `DRFReward` is the one built on a `Critic`. Knows nothing
+about diffusion models or training.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from __future__ import annotations
 import logging
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -178,7 +182,37 @@ def _weighted_mean(values: list[torch.Tensor], weights: list[float]) -> torch.Te
     return sum(v * w for v, w in zip(values, weights, strict=True)) / total_weight  # type: ignore[return-value]
 
 
-class DRFReward:
+class RewardFunction(ABC):
+    """Frames of one video `[F, 3, H, W]` in 0..1 + its prompt's `QuestionSet` -> `RewardResult`.
+
+    What the trainer, `api` and the heatmaps are given; `total` must be differentiable in the frames.
+    """
+
+    @abstractmethod
+    def __call__(self, frames: torch.Tensor, questions: QuestionSet) -> RewardResult:
+        """Score one video."""
+
+    def for_aspect(self, name: str) -> RewardFunction:
+        """A reward that scores only aspect `name` (for its gradient heatmap)."""
+        raise DRFInputError(
+            f"{type(self).__name__} cannot score a single aspect ({name!r}); heatmaps need one that can"
+        )
+
+    def for_frames(self, frame_indices: Sequence[int]) -> RewardFunction:
+        """This reward for videos made of the frames at `frame_indices` of a clip (their timing)."""
+        return self
+
+    @property
+    def chat_model(self) -> Any:
+        """A text-only `chat(text) -> text` model behind this reward (held-out paraphrases), or None."""
+        return None
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Trade compute for memory in backward while training (nothing to do by default)."""
+        return None
+
+
+class DRFReward(RewardFunction):
     """Scores frames against a `QuestionSet` with a frozen critic; differentiable in the frames."""
 
     def __init__(self, critic: Critic, config: RewardConfig, critic_input: CriticInputConfig) -> None:
@@ -189,6 +223,25 @@ class DRFReward:
         self.critic_input = critic_input
         self.yes_no_reward = YES_NO_REWARDS.get(config.yes_no)
         self.explanation_reward = EXPLANATION_REWARDS.get(config.explanation)
+
+    def for_aspect(self, name: str) -> DRFReward:
+        """The same critic and settings; aspect-weight overrides for other aspects dropped (not scored)."""
+        weights = {key: value for key, value in self.config.aspect_weights.items() if key == name}
+        if weights.get(name, 1.0) <= 0:
+            weights[name] = 1.0  # a zero-weight aspect still gets its own map
+        config = RewardConfig(**{**self.config.to_dict(), "aspect_weights": weights})
+        return DRFReward(self.critic, config, self.critic_input)
+
+    def for_frames(self, frame_indices: Sequence[int]) -> DRFReward:
+        """The critic is told the true rate of frames taken at `frame_indices` (`CriticInputConfig.for_frames`)."""
+        return DRFReward(self.critic, self.config, self.critic_input.for_frames(frame_indices))
+
+    @property
+    def chat_model(self) -> Critic:
+        return self.critic
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        self.critic.set_gradient_checkpointing(enabled)
 
     def aspect_weights(self, questions: QuestionSet) -> dict[str, float]:
         weights = {aspect.name: aspect.weight for aspect in questions.aspects}

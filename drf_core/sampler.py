@@ -6,12 +6,12 @@ each denoiser call optionally checkpointed (`CHECKPOINTING`). The scheduler's ow
 stateful arithmetic (multistep solvers keep a history of model outputs) and always stays outside
 any checkpoint, so the history it keeps is part of the ordinary autograd graph.
 
-`SCHEDULERS` holds the scheduler replacements a user can pick ("unipc", "flow_euler"); each entry
-builds a diffusers scheduler from the model folder's scheduler config. `DiffusersScheduler` wraps a
-diffusers scheduler as the backend-facing `DenoisingScheduler`.
+The scheduler comes from the backend (`VideoBackend.new_scheduler`); `start` gives it the noise
+and the prompt conditioning (a scheduler that runs a host's own solver may need them) and returns
+the first latents, `close` ends it whether sampling finished or not.
 
-Family-agnostic: this module only calls `VideoBackend` methods. It knows no model class, no
-reward, no critic and no training loop.
+Family-agnostic: this module only calls `VideoBackend` and `DenoisingScheduler` methods. It knows
+no model class, no backend, no reward, no critic and no training loop.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import SamplerConfig, VideoSpec
 from .errors import DRFInputError
-from .models.base import DenoisingScheduler, PromptEmbeddings, VideoBackend
+from .models.base import PromptEmbeddings, VideoBackend
 from .registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -45,94 +45,6 @@ class SamplingInterrupted(KeyboardInterrupt):
     A `KeyboardInterrupt`, so a caller that treats Ctrl-C as "stop cleanly, discard the unfinished
     step" treats this the same way.
     """
-
-
-# ----------------------------------------------------------------------------------------------
-# Schedulers
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SchedulerChoice:
-    """A scheduler a user can swap in: the diffusers class and how to build it from a config.
-
-    `build(config, flow_shift)` gets the model folder's scheduler config (a plain dict) and the
-    user's flow shift (None: keep the folder's shift) and returns a fresh diffusers scheduler.
-    """
-
-    diffusers_class: str
-    build: Callable[[dict[str, Any], float | None], Any]
-
-
-SCHEDULERS: Registry[SchedulerChoice] = Registry("scheduler")
-
-# Config keys under which diffusers' flow-matching schedulers keep their shift.
-_SHIFT_KEYS = ("flow_shift", "shift")
-
-
-def folder_flow_shift(config: dict[str, Any]) -> float | None:
-    """The flow shift a scheduler config carries (UniPC: `flow_shift`, flow-Euler: `shift`)."""
-    for key in _SHIFT_KEYS:
-        if config.get(key) is not None:
-            return float(config[key])
-    return None
-
-
-def _build_unipc(config: dict[str, Any], flow_shift: float | None) -> Any:
-    from diffusers import UniPCMultistepScheduler
-
-    shift = flow_shift if flow_shift is not None else folder_flow_shift(config)
-    overrides: dict[str, Any] = {"prediction_type": "flow_prediction", "use_flow_sigmas": True}
-    if shift is not None:
-        overrides["flow_shift"] = shift
-    return UniPCMultistepScheduler.from_config(config, **overrides)
-
-
-def _build_flow_euler(config: dict[str, Any], flow_shift: float | None) -> Any:
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    shift = flow_shift if flow_shift is not None else folder_flow_shift(config)
-    overrides: dict[str, Any] = {} if shift is None else {"shift": shift}
-    return FlowMatchEulerDiscreteScheduler.from_config(config, **overrides)
-
-
-SCHEDULERS.add("unipc", SchedulerChoice("UniPCMultistepScheduler", _build_unipc))
-SCHEDULERS.add("flow_euler", SchedulerChoice("FlowMatchEulerDiscreteScheduler", _build_flow_euler))
-
-
-def build_scheduler(
-    folder_scheduler_class: type, folder_config: dict[str, Any], name: str, flow_shift: float | None
-) -> Any:
-    """A fresh diffusers scheduler: the folder's own class ("default") or a `SCHEDULERS` entry."""
-    config = dict(folder_config)
-    if name != "default":
-        return SCHEDULERS.get(name).build(config, flow_shift)
-    if flow_shift is None:
-        return folder_scheduler_class.from_config(config)
-    shift_key = next((key for key in _SHIFT_KEYS if key in config), None)
-    if shift_key is None:
-        raise DRFInputError(
-            f"the model folder's scheduler {folder_scheduler_class.__name__} has no flow shift setting; "
-            f"leave flow_shift empty or choose a scheduler from: {', '.join(SCHEDULERS.names())}"
-        )
-    return folder_scheduler_class.from_config(config, **{shift_key: flow_shift})
-
-
-class DiffusersScheduler(DenoisingScheduler):
-    """A diffusers scheduler with its timesteps set exactly as the diffusers pipelines set them."""
-
-    def __init__(self, scheduler: Any, num_inference_steps: int, device: torch.device) -> None:
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        scheduler.set_begin_index(0)
-        self.scheduler = scheduler
-        self.timesteps = scheduler.timesteps
-
-    @property
-    def config(self) -> Any:
-        return self.scheduler.config
-
-    def step(self, model_output: torch.Tensor, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        return self.scheduler.step(model_output, timestep, latents, return_dict=False)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,28 +184,31 @@ def sample_latents(
         if should_stop is not None and should_stop():
             raise SamplingInterrupted(f"sampling stopped before denoising step {i + 1} of {total}")
 
-    latents = noise
-    with torch.no_grad():
-        for i in range(first_grad_step):
-            check_stop(i)
-            model_output = backend.predict(latents, timesteps[i], embeddings, guidance)
-            latents = scheduler.step(model_output, timesteps[i], latents)
-            if on_step is not None:
-                on_step(i + 1, total)
-    if grad_steps == 0:
-        return latents
+    try:
+        with torch.no_grad():
+            latents = scheduler.start(noise, embeddings, guidance)
+            for i in range(first_grad_step):
+                check_stop(i)
+                model_output = backend.predict(latents, timesteps[i], embeddings, guidance)
+                latents = scheduler.step(model_output, timesteps[i], latents)
+                if on_step is not None:
+                    on_step(i + 1, total)
+        if grad_steps == 0:
+            return latents
 
-    predict = mode.wrap(backend)
-    with torch.enable_grad(), mode.window(backend):
-        for i in range(first_grad_step, total):
-            check_stop(i)
-            model_output = predict(latents, timesteps[i], embeddings, guidance)
-            if grad_step_hook is not None:
-                grad_step_hook(latents, timesteps[i], embeddings, guidance, model_output)
-            latents = scheduler.step(model_output, timesteps[i], latents)
-            if on_step is not None:
-                on_step(i + 1, total)
-    return latents
+        predict = mode.wrap(backend)
+        with torch.enable_grad(), mode.window(backend):
+            for i in range(first_grad_step, total):
+                check_stop(i)
+                model_output = predict(latents, timesteps[i], embeddings, guidance)
+                if grad_step_hook is not None:
+                    grad_step_hook(latents, timesteps[i], embeddings, guidance, model_output)
+                latents = scheduler.step(model_output, timesteps[i], latents)
+                if on_step is not None:
+                    on_step(i + 1, total)
+        return latents
+    finally:
+        scheduler.close()
 
 
 def draw_truncation_steps(sampler_config: SamplerConfig, generator: torch.Generator) -> int:

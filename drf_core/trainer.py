@@ -14,7 +14,8 @@ It also owns the run's safety: resumable checkpoints every `checkpoint_interval`
 interrupt (Ctrl-C or `should_stop()`), and on failure; a guard that skips non-finite steps and
 stops after `max_consecutive_nonfinite` in a row; exact resume (same RNG, optimizer and LR state).
 
-Knows the `VideoBackend`, `Critic` and reward interfaces, never a model family; never ComfyUI
+Knows the `VideoBackend` and `RewardFunction` interfaces, never a model family, a LoRA
+implementation or a critic; never ComfyUI
 (progress and interrupts come in through callbacks).
 """
 
@@ -43,17 +44,16 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig
-from .critics.base import Critic
 from .devices import device_memory_mb, host_memory_mb, reset_peak_memory
 from .errors import DRFInputError, TrainingDivergedError
 from .frames import select_frames
 from .io import write_text_atomic
-from .lora import LoRAWeights, add_lora, apply_lora
+from .lora import LoRAWeights
 from .models.base import VideoBackend
 from .monitor import Monitor, training_movers, yes_no_answers
 from .questions import QuestionSet
 from .regularize import DriftPenalty
-from .reward import DRFReward
+from .reward import RewardFunction
 from .sampler import SamplingInterrupted, draw_truncation_steps, sample_latents
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _is_finite(value: torch.Tensor | float) -> bool:
 
 
 class Trainer:
-    """Trains a LoRA on `backend.denoiser` to raise `critic`'s reward for `question_sets`.
+    """Trains a LoRA on the backend's denoiser to raise `reward` for `question_sets`.
 
     `question_sets` holds one `QuestionSet` per prompt of `config.prompts` (matched by prompt
     text); `held_out_question_sets` may hold the sets of `config.monitor.prompts` (the rules write
@@ -103,7 +103,7 @@ class Trainer:
     def __init__(
         self,
         backend: VideoBackend,
-        critic: Critic,
+        reward: RewardFunction,
         question_sets: Sequence[QuestionSet],
         config: TrainConfig,
         output_dir: str | Path,
@@ -114,7 +114,6 @@ class Trainer:
     ) -> None:
         config.validate()
         self.backend = backend
-        self.critic = critic
         self.config = config
         self.output_dir = Path(output_dir)
         self.progress = progress
@@ -130,10 +129,10 @@ class Trainer:
         self.frame_indices = select_frames(
             config.decode.frame_selection, num_frames, config.decode.frame_selection_count
         )
-        # The critic is told the scored frames' true rate (video fps over their spacing).
-        self.reward = DRFReward(critic, config.reward, config.critic_input.for_frames(self.frame_indices))
+        # A critic is told the scored frames' true rate (video fps over their spacing).
+        self.reward = reward.for_frames(self.frame_indices)
         self.monitor = (
-            Monitor(backend, critic, config, self.questions, held_out_question_sets, self.frame_indices)
+            Monitor(backend, self.reward, config, self.questions, held_out_question_sets, self.frame_indices)
             if config.monitor.interval
             else None
         )
@@ -150,14 +149,12 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.generator.manual_seed(config.seed)
         if initial_lora is None:
-            self.parameters = add_lora(
-                backend.denoiser, config.lora, presets[config.lora.target_preset], adapter_name=ADAPTER_NAME
-            )
+            self.named_parameters = backend.add_lora(config.lora, ADAPTER_NAME)
         else:  # continue from a LoRA file: its layers, ranks and weights (config.lora's rank is unused)
-            self.parameters = apply_lora(
-                backend.denoiser, initial_lora, ADAPTER_NAME, trainable=True, dropout=config.lora.dropout
+            self.named_parameters = backend.apply_lora(
+                initial_lora, ADAPTER_NAME, trainable=True, dropout=config.lora.dropout
             )
-        self.named_parameters = {name: p for name, p in backend.denoiser.named_parameters() if p.requires_grad}
+        self.parameters = list(self.named_parameters.values())
         self.optimizer = torch.optim.AdamW(
             self.parameters,
             lr=config.optimizer.learning_rate,
@@ -429,8 +426,8 @@ class Trainer:
         self._encode_all_prompts()
         if self.monitor is not None:
             self.monitor.should_stop = self.should_stop
-        self.backend.denoiser.train()
-        self.critic.set_gradient_checkpointing(self.config.critic_gradient_checkpointing)
+        self.backend.set_training(True)
+        self.reward.set_gradient_checkpointing(self.config.critic_gradient_checkpointing)
         interrupted = False
         try:
             if self.monitor is not None and self.step == 0:  # the reference every later evaluation is compared to
@@ -474,8 +471,8 @@ class Trainer:
             raise
         finally:
             self.optimizer.zero_grad(set_to_none=True)
-            self.backend.denoiser.eval()
-            self.critic.set_gradient_checkpointing(False)
+            self.backend.set_training(False)
+            self.reward.set_gradient_checkpointing(False)
         checkpoint = self._checkpoint_if_unsaved() if self.step > 0 else None
         if interrupted:
             logger.warning(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .critic import CritiqueVideo
 from .evaluate import EvaluateLoRA
-from .loaders import LoadVideoModel, LoadVLMCritic
+from .loaders import LoadVideoModel, LoadVLMCritic, VideoModelFromComfy
 from .lora import LoadLoRA, SaveLoRA
 from .plots import RewardCurves
 from .prompts import DecomposePrompt, QuestionsFromJSON
@@ -19,6 +19,7 @@ from .train import TrainingOptionsNode, TrainLoRA
 
 NODES: tuple[type[DRFNode], ...] = (
     LoadVideoModel,
+    VideoModelFromComfy,
     LoadVLMCritic,
     DecomposePrompt,
     QuestionsFromJSON,

@@ -13,6 +13,7 @@ from ..drf_core import api
 from ..drf_core.errors import DRFInputError
 from ..drf_core.frames import select_frames
 from ..drf_core.media import from_pil, labelled_side_by_side
+from ..drf_core.reward import DRFReward
 from .reward import RewardSettings
 from .spec import (
     CRITIC,
@@ -81,13 +82,14 @@ class CritiqueVideo(DRFNode):
         video = engine_frames(frames, "frames")
         picked = select_frames(settings.decode.frame_selection, video.shape[0], settings.decode.frame_selection_count)
         video = video[picked]
+        vlm = critic.get()
+        visual = settings.critic_input.for_frames(picked)  # the critic is told the picked frames' true rate
         verdict = api.critique(
-            critic.get(),
+            DRFReward(vlm, settings.reward, visual),
             video,
             questions[0],
-            settings.reward,
-            settings.critic_input.for_frames(picked),
-            explain=explain,
+            explain_with=vlm if explain else None,
+            critic_input=visual,
             heatmaps=heatmaps,
             max_new_tokens=max_new_tokens,
         )

@@ -1,7 +1,10 @@
-"""Load Video Model and Load VLM Critic: pick a local model folder, a dtype and a device.
+"""Load Video Model, Video Model from ComfyUI and Load VLM Critic.
 
-Both return a `ModelHandle`; the model itself is loaded on first use and kept between queue runs
-(`model_cache.py`). Knows which folder kinds hold which models; nothing about training.
+Load Video Model and Load VLM Critic pick a local model folder, a dtype and a device and return a
+`ModelHandle`; the model itself is loaded on first use and kept between queue runs
+(`model_cache.py`). Video Model from ComfyUI wraps core MODEL / VAE / CLIP (or CONDITIONING)
+objects as the same video-model wire; its `run` imports the ComfyUI backend, so it runs only
+inside ComfyUI. Knows which folder kinds hold which models; nothing about training.
 """
 
 from __future__ import annotations
@@ -9,9 +12,23 @@ from __future__ import annotations
 from ..drf_core.config import DTYPES, resolve_device, resolve_dtype
 from ..drf_core.critics import critic_model_type
 from ..drf_core.devices import device_names
+from ..drf_core.errors import DRFInputError
 from ..drf_core.models import read_model_index
+from .comfy_names import COMFY_SCHEDULERS, SOLVERS
 from .model_cache import ModelHandle
-from .spec import CRITIC, VIDEO_MODEL, Combo, DRFNode, NodeContext, NodeResult, NodeSpec, OutputSpec, category
+from .spec import (
+    CRITIC,
+    VIDEO_MODEL,
+    Combo,
+    DRFNode,
+    NodeContext,
+    NodeResult,
+    NodeSpec,
+    OutputSpec,
+    Socket,
+    String,
+    category,
+)
 
 VIDEO_MODEL_FOLDER = "diffusers"
 VIDEO_MODEL_MARKER = "model_index.json"
@@ -63,6 +80,73 @@ class LoadVideoModel(DRFNode):
         read_model_index(path)  # a clear error now, not at the first sample
         check_dtype_and_device(dtype, device)
         return NodeResult((ModelHandle("video_model", str(path), dtype, device),))
+
+
+class VideoModelFromComfy(DRFNode):
+    SPEC = NodeSpec(
+        node_id="DRFVideoModelFromComfy",
+        display_name="Video Model from ComfyUI (DRF)",
+        category=category("loaders"),
+        description=(
+            "Trains and samples on the models ComfyUI's own loaders give: a Wan text-to-video MODEL (Load Diffusion "
+            "Model, optionally through ModelSamplingSD3 for the shift), its VAE (Load VAE) and its text encoder (Load "
+            "CLIP), or prompts already encoded with CLIP Text Encode. ComfyUI keeps managing their memory. Sampling "
+            "equals core KSampler with the same sampler and scheduler; saved LoRAs load in LoraLoaderModelOnly."
+        ),
+        inputs=(
+            Socket("model", "MODEL", "A Wan 2.1 / 2.2 text-to-video MODEL (e.g. wan2.1_t2v_1.3B_fp16.safetensors)."),
+            Socket("vae", "VAE", "The model's VAE (e.g. wan_2.1_vae.safetensors)."),
+            Socket("clip", "CLIP", "The text encoder (e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors).", optional=True),
+            Combo("sampler_name", SOLVERS.names(), "ComfyUI sampler, as on core KSampler.", "uni_pc"),
+            Combo("scheduler", COMFY_SCHEDULERS, "ComfyUI scheduler, as on core KSampler.", "simple"),
+            Socket(
+                "positive",
+                "CONDITIONING",
+                "Optional: a prompt already encoded (CLIP Text Encode), used for positive_text.",
+                optional=True,
+            ),
+            String(
+                "positive_text",
+                "",
+                "The prompt text `positive` encodes (Train LoRA and Sample Video find it by this text).",
+            ),
+            Socket("negative", "CONDITIONING", "Optional: the negative prompt already encoded.", optional=True),
+            String("negative_text", "", "The negative prompt text `negative` encodes (empty: no negative prompt)."),
+        ),
+        outputs=(OutputSpec(VIDEO_MODEL, "video_model", "The video model, for Train LoRA and Sample Video."),),
+    )
+
+    @classmethod
+    def run(
+        cls,
+        ctx: NodeContext,
+        model,
+        vae,
+        sampler_name: str,
+        scheduler: str,
+        positive_text: str,
+        negative_text: str,
+        clip=None,
+        positive=None,
+        negative=None,
+    ) -> NodeResult:
+        try:
+            from .comfy_backend import ComfyPrompts, ComfyVideoBackend, ComfyVideoModel, conditioning_tensor
+        except ImportError as error:
+            raise DRFInputError(f"Video Model from ComfyUI runs only inside ComfyUI ({error})") from None
+        if clip is None and positive is None:
+            raise DRFInputError(
+                "connect a CLIP (Load CLIP) or an encoded prompt (positive) to Video Model from ComfyUI"
+            )
+        if positive is not None and not positive_text.strip():
+            raise DRFInputError("positive is connected but positive_text is empty; write the prompt it encodes")
+        prompts = ComfyPrompts(clip=clip)
+        if positive is not None:
+            prompts.encoded[positive_text] = conditioning_tensor(positive, "positive")
+        if negative is not None:
+            prompts.encoded[negative_text] = conditioning_tensor(negative, "negative")
+        backend = ComfyVideoBackend(model, vae, prompts, sampler_name, scheduler)
+        return NodeResult((ComfyVideoModel(backend),), text=backend.source)
 
 
 class LoadVLMCritic(DRFNode):

@@ -10,7 +10,8 @@ from __future__ import annotations
 from ..drf_core import api
 from ..drf_core.config import SamplerConfig, VideoSpec
 from ..drf_core.media import labelled_side_by_side
-from ..drf_core.sampler import SCHEDULERS, SamplingInterrupted
+from ..drf_core.models import SCHEDULERS
+from ..drf_core.sampler import SamplingInterrupted
 from .lora import TrainedLoRAWire
 from .spec import (
     LORA,

@@ -28,7 +28,7 @@ from ..drf_core.io import safe_child_path
 # Types ComfyUI itself draws as widgets (the rest are sockets).
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 # ComfyUI's own socket types this pack uses.
-CORE_SOCKET_TYPES = ("IMAGE",)
+CORE_SOCKET_TYPES = ("IMAGE", "MODEL", "CLIP", "VAE", "CONDITIONING")
 
 # This pack's wire types (any upper-case name carries any Python object; the editor links equal names).
 VIDEO_MODEL = "DRF_VIDEO_MODEL"

@@ -31,10 +31,11 @@ from ..drf_core.evaluate import parse_seeds
 from ..drf_core.heldout import HELD_OUT_QUESTIONS
 from ..drf_core.io import safe_child_path
 from ..drf_core.media import from_pil, to_pil
-from ..drf_core.models import VIDEO_BACKENDS
+from ..drf_core.models import SCHEDULERS, VIDEO_BACKENDS
 from ..drf_core.monitor import held_out_summary, movers_summary
 from ..drf_core.plots import plot_reward_curves
-from ..drf_core.sampler import CHECKPOINTING, SCHEDULERS
+from ..drf_core.reward import DRFReward
+from ..drf_core.sampler import CHECKPOINTING
 from ..drf_core.trainer import ProgressEvent
 from .lora import TrainedLoRAWire
 from .reward import RewardSettings
@@ -465,7 +466,7 @@ class TrainLoRA(DRFNode):
         try:
             trained = api.train_lora(
                 backend,
-                vlm,
+                DRFReward(vlm, config.reward, config.critic_input),
                 list(questions),
                 config,
                 run_dir,

@@ -31,6 +31,7 @@ from drf_core.lora import has_lora
 from drf_core.media import load_frames, save_animation
 from drf_core.models import load_video_backend
 from drf_core.questions import QuestionSet
+from drf_core.reward import DRFReward
 
 PROMPT = "a red ball on a table"
 SPEC = VideoSpec(32, 32, 5)
@@ -59,9 +60,9 @@ def models(tiny_models):
 @pytest.fixture(scope="module")
 def trained(models, tmp_path_factory):
     backend, critic = models
-    return train_lora(
-        backend, critic, [decompose(PROMPT)], tiny_train_config(), tmp_path_factory.mktemp("run"), resume=False
-    )
+    config = tiny_train_config()
+    reward = DRFReward(critic, config.reward, config.critic_input)
+    return train_lora(backend, reward, [decompose(PROMPT)], config, tmp_path_factory.mktemp("run"), resume=False)
 
 
 def test_train_lora_returns_a_snapshot_and_leaves_the_model_clean(models, trained):
@@ -110,7 +111,9 @@ def test_critique_reports_every_question_and_heatmaps(models):
     _, critic = models
     questions = decompose(PROMPT)
     frames = torch.rand(4, 3, 28, 28, generator=torch.Generator().manual_seed(0))
-    verdict = critique(critic, frames, questions, RewardConfig(), CriticInputConfig(height=28, width=28), heatmaps=True)
+    visual = CriticInputConfig(height=28, width=28)
+    reward = DRFReward(critic, RewardConfig(), visual)
+    verdict = critique(reward, frames, questions, explain_with=critic, critic_input=visual, heatmaps=True)
     assert set(verdict.heatmaps) == {"TA", "PHY", "VQ"}
     for heat in verdict.heatmaps.values():
         assert heat.shape == frames.shape and float(heat.min()) >= 0 and float(heat.max()) <= 1
@@ -120,7 +123,7 @@ def test_critique_reports_every_question_and_heatmaps(models):
     assert len(verdict.explanations) == questions.num_explanations()
     assert isinstance(verdict.chart(), Image.Image)
     with pytest.raises(DRFInputError, match="zero frames"):
-        critique(critic, torch.zeros(0, 3, 28, 28), questions)
+        critique(reward, torch.zeros(0, 3, 28, 28), questions)
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -153,6 +153,7 @@ def test_comfyui_applies_a_trained_demo_lora(tiny_models, tmp_path):
     from drf_core.critics import load_critic
     from drf_core.decompose import decompose
     from drf_core.models import load_video_backend
+    from drf_core.reward import DRFReward
     from drf_core.tiny import write_tiny_wan_native
 
     prompt = "two red apples on a wooden table, the camera slowly pans left"
@@ -167,7 +168,8 @@ def test_comfyui_applies_a_trained_demo_lora(tiny_models, tmp_path):
     )
     backend = load_video_backend(tiny_models.wan, "fp32", "cpu")
     critic = load_critic(tiny_models.qwen, "fp32", "cpu")
-    trained = train_lora(backend, critic, [decompose(prompt)], config, tmp_path / "run", resume=False)
+    reward = DRFReward(critic, config.reward, config.critic_input)
+    trained = train_lora(backend, reward, [decompose(prompt)], config, tmp_path / "run", resume=False)
     lora_file = save_trained_lora(trained.lora, tmp_path / "drf_lora.safetensors", "wan", "comfyui")
     model_file = write_tiny_wan_native(tiny_models.wan, tmp_path / "wan_tiny_native.safetensors")
 

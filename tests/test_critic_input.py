@@ -214,7 +214,7 @@ def test_yes_no_mass_is_the_share_of_all_probability_on_yes_and_no(critic, proce
 
 
 def test_critique_report_shows_the_yes_no_mass_and_flags_a_low_one(critic):
-    verdict = critique(critic, _frames(2, 56, 56, seed=5), QUESTIONS, explain=False)
+    verdict = critique(DRFReward(critic, RewardConfig(), CriticInputConfig()), _frames(2, 56, 56, seed=5), QUESTIONS)
     report = verdict.report()
     masses = {q.question: q.answer_mass for q in verdict.result.per_question if q.kind == "yes_no"}
     # The tiny random critic spreads its probability over 300 tokens: far from a one-word answer.

@@ -74,6 +74,11 @@ def lora_state(backend) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in backend.denoiser.named_parameters() if "lora_" in n}
 
 
+def drf_reward(critic, run_config: TrainConfig) -> DRFReward:
+    """The critic-based reward `run_config` describes (what `api` and the CLI build)."""
+    return DRFReward(critic, run_config.reward, run_config.critic_input)
+
+
 # --- held-out monitoring -----------------------------------------------------------------------
 
 
@@ -81,7 +86,7 @@ def test_monitoring_scores_held_out_seeds_questions_and_prompts(fresh, questions
     backend, critic = fresh
     monitor = MonitorConfig(interval=2, seeds=[7, 8], prompts=[HELD_OUT_PROMPT], movers=3)
     run_config = config(steps=2, monitor=monitor, checkpoint_interval=0)
-    trainer = Trainer(backend, critic, [questions], run_config, tmp_path)
+    trainer = Trainer(backend, drf_reward(critic, run_config), [questions], run_config, tmp_path)
     # the step-0 evaluation is the base model (B = 0): recompute it by hand, same seeds, same frames
     reward = DRFReward(critic, run_config.reward, run_config.critic_input)
     paraphrased = held_out_questions(questions, "paraphrase")
@@ -126,14 +131,14 @@ def test_early_stop_returns_the_best_lora_and_says_why(fresh, questions, tmp_pat
     monitor = MonitorConfig(interval=1, seeds=[7], held_out_questions="none", early_stop_patience=2,
                             early_stop_min_delta=10.0)  # fmt: skip
     run_config = config(steps=6, monitor=monitor, checkpoint_interval=0)
-    trained = train_lora(backend, critic, [questions], run_config, tmp_path, resume=False)
+    trained = train_lora(backend, drf_reward(critic, run_config), [questions], run_config, tmp_path, resume=False)
     assert trained.run.final_step == 2 and not trained.run.interrupted
     assert "has not beaten its best" in trained.run.stop_reason and "at step 0" in trained.run.stop_reason
     assert trained.selected_step == 0 and trained.run.best_step == 0
     assert all(float(w.up.abs().max()) == 0.0 for w in trained.lora.modules.values())
     assert "selected_by" in trained.lora.metadata
     # queued again: the run stays stopped, and says why
-    again = train_lora(backend, critic, [questions], run_config, tmp_path, resume=True)
+    again = train_lora(backend, drf_reward(critic, run_config), [questions], run_config, tmp_path, resume=True)
     assert again.run.final_step == 2 and again.run.stop_reason == trained.run.stop_reason
     assert again.selected_step == 0
 
@@ -143,13 +148,31 @@ def test_resume_is_exact_with_monitoring_and_drift(models, questions, tmp_path):
     monitor = MonitorConfig(interval=1, seeds=[7], early_stop_patience=100)
     settings = dict(monitor=monitor, regularization=RegularizationConfig(drift_weight=10.0))
     remove_lora(backend.denoiser)
-    straight_trainer = Trainer(backend, critic, [questions], config(steps=4, **settings), tmp_path / "straight")
+    straight_trainer = Trainer(
+        backend,
+        drf_reward(critic, config(steps=4, **settings)),
+        [questions],
+        config(steps=4, **settings),
+        tmp_path / "straight",
+    )
     straight = straight_trainer.train()
     straight_state = lora_state(backend)
     remove_lora(backend.denoiser)
-    Trainer(backend, critic, [questions], config(steps=2, **settings), tmp_path / "split").train()
+    Trainer(
+        backend,
+        drf_reward(critic, config(steps=2, **settings)),
+        [questions],
+        config(steps=2, **settings),
+        tmp_path / "split",
+    ).train()
     remove_lora(backend.denoiser)
-    second = Trainer(backend, critic, [questions], config(steps=4, **settings), tmp_path / "split")
+    second = Trainer(
+        backend,
+        drf_reward(critic, config(steps=4, **settings)),
+        [questions],
+        config(steps=4, **settings),
+        tmp_path / "split",
+    )
     resumed = second.train(resume_from=tmp_path / "split")
     resumed_state = lora_state(backend)
     remove_lora(backend.denoiser)

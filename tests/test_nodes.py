@@ -126,6 +126,16 @@ def test_model_combos_list_model_folders_only(pack_nodes, local, root):
 # --- inputs that are text -----------------------------------------------------------------------
 
 
+def test_video_model_from_comfyui_says_it_needs_comfyui(pack_nodes, local, ctx):
+    """Its spec lives with the others, but only ComfyUI can run it; elsewhere the error says so."""
+    errors = pack_module("drf_core.errors")
+    spec = pack_nodes.NODES_BY_ID["DRFVideoModelFromComfy"].SPEC
+    assert [i.type for i in spec.inputs if not i.is_widget] == ["MODEL", "VAE", "CLIP", "CONDITIONING", "CONDITIONING"]
+    assert spec.input("sampler_name").default == "uni_pc" and spec.input("scheduler").default == "simple"
+    with pytest.raises(errors.DRFInputError, match="only inside ComfyUI"):
+        run(pack_nodes, local, ctx, "DRFVideoModelFromComfy", model=object(), vae=object(), clip=object())
+
+
 def test_aspect_weights_parse_and_reject_bad_text(pack_nodes):
     parse = pack_module("nodes.spec").parse_weights
     errors = pack_module("drf_core.errors")
@@ -474,10 +484,11 @@ def test_critique_report_chart_heatmaps_and_reward(pack_nodes, local, ctx, loade
     assert heatmaps.shape == (1, 32, 32 * n + 4 * (n - 1), 3)  # frame_count=1 (reward settings), aspects side by side
     assert math.isfinite(reward) and reward < 0
     engine = pack_module("drf_core.api")
-    direct = engine.critique(
-        loaded["critic"].get(), frames[:1].permute(0, 3, 1, 2), questions, loaded["reward"].reward,
-        loaded["reward"].critic_input, explain=False,
-    )  # fmt: skip
+    settings = loaded["reward"]
+    drf_reward = pack_module("drf_core.reward").DRFReward(
+        loaded["critic"].get(), settings.reward, settings.critic_input
+    )
+    direct = engine.critique(drf_reward, frames[:1].permute(0, 3, 1, 2), questions)
     assert reward == pytest.approx(direct.total, abs=1e-6)
 
 

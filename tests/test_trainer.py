@@ -24,7 +24,7 @@ from drf_core.decompose import decompose
 from drf_core.errors import DRFInputError, TrainingDivergedError
 from drf_core.lora import remove_lora
 from drf_core.models import load_video_backend
-from drf_core.reward import DRFReward
+from drf_core.reward import DRFReward, RewardFunction, RewardResult
 from drf_core.sampler import sample_video
 from drf_core.trainer import METRICS_FILE, Trainer
 
@@ -69,6 +69,12 @@ def questions():
     return decompose(PROMPT)
 
 
+def trainer_for(backend, critic, question_sets, config: TrainConfig, output_dir, **options) -> Trainer:
+    """A trainer with the critic-based reward the config describes."""
+    reward = DRFReward(critic, config.reward, config.critic_input)
+    return Trainer(backend, reward, question_sets, config, output_dir, **options)
+
+
 def on_micro_batch(trainer: Trainer, hook) -> None:
     """Route the trainer's micro-batches through `hook(call_number, run)`; `run()` does the real one."""
     original = trainer._micro_batch
@@ -106,7 +112,7 @@ def test_training_raises_reward_on_held_out_seeds(fresh, questions, tmp_path):
             return sum(float(reward(v[0], questions).total) for v in videos) / len(videos)
 
     before = held_out_reward()
-    result = Trainer(backend, critic, [questions], config, tmp_path).train()
+    result = trainer_for(backend, critic, [questions], config, tmp_path).train()
     after = held_out_reward()
     assert result.final_step == 10 and not result.interrupted
     assert after > before + 0.005, (before, after)
@@ -117,7 +123,7 @@ def test_training_raises_reward_on_held_out_seeds(fresh, questions, tmp_path):
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_only_lora_parameters_receive_gradients(fresh, questions, tmp_path):
     backend, critic = fresh
-    trainer = Trainer(backend, critic, [questions], small_config(steps=1), tmp_path)
+    trainer = trainer_for(backend, critic, [questions], small_config(steps=1), tmp_path)
     # Gradients are zeroed after the optimizer step, so look just before it.
     step = trainer.optimizer.step
     holders: list[str] = []
@@ -140,14 +146,14 @@ def test_only_lora_parameters_receive_gradients(fresh, questions, tmp_path):
 def test_resume_is_bit_exact(models, questions, tmp_path):
     backend, critic = models
     remove_lora(backend.denoiser)
-    straight = Trainer(backend, critic, [questions], small_config(steps=4), tmp_path / "straight").train()
+    straight = trainer_for(backend, critic, [questions], small_config(steps=4), tmp_path / "straight").train()
     straight_state = lora_state(backend)
     remove_lora(backend.denoiser)
 
-    first = Trainer(backend, critic, [questions], small_config(steps=2), tmp_path / "split").train()
+    first = trainer_for(backend, critic, [questions], small_config(steps=2), tmp_path / "split").train()
     assert first.final_step == 2
     remove_lora(backend.denoiser)  # a new process would start from scratch
-    second = Trainer(backend, critic, [questions], small_config(steps=4), tmp_path / "split")
+    second = trainer_for(backend, critic, [questions], small_config(steps=4), tmp_path / "split")
     result = second.train(resume_from=tmp_path / "split")
     resumed_state = lora_state(backend)
     remove_lora(backend.denoiser)
@@ -163,23 +169,23 @@ def test_resume_is_bit_exact(models, questions, tmp_path):
 
 def test_resume_refuses_changed_lora_settings(fresh, questions, tmp_path):
     backend, critic = fresh
-    Trainer(backend, critic, [questions], small_config(steps=2), tmp_path).train()
+    trainer_for(backend, critic, [questions], small_config(steps=2), tmp_path).train()
     remove_lora(backend.denoiser)
     changed = small_config(steps=4, lora=LoRAConfig(rank=8, alpha=8.0, target_preset="attention_ffn"))
     with pytest.raises(DRFInputError, match=r"train\.lora"):
-        Trainer(backend, critic, [questions], changed, tmp_path).train(resume_from=tmp_path)
+        trainer_for(backend, critic, [questions], changed, tmp_path).train(resume_from=tmp_path)
 
 
 def test_a_new_run_never_overwrites_an_earlier_one(fresh, questions, tmp_path):
     backend, critic = fresh
     run = tmp_path / "run"
     assert next_free_run_dir(run) == run and not holds_run(run)
-    Trainer(backend, critic, [questions], small_config(steps=2), run).train()
+    trainer_for(backend, critic, [questions], small_config(steps=2), run).train()
     kept = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert holds_run(run) and next_free_run_dir(run) == tmp_path / "run_2"
     remove_lora(backend.denoiser)
     with pytest.raises(DRFInputError, match=r"already holds a training run.*run_2"):
-        Trainer(backend, critic, [questions], small_config(steps=2, seed=1), run).train()
+        trainer_for(backend, critic, [questions], small_config(steps=2, seed=1), run).train()
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == kept
     (tmp_path / "run_2").mkdir()  # an empty folder holds no run: it is free
     (tmp_path / "run_2" / METRICS_FILE).write_text("")
@@ -189,7 +195,7 @@ def test_a_new_run_never_overwrites_an_earlier_one(fresh, questions, tmp_path):
 def test_stop_callback_saves_a_resumable_checkpoint(fresh, questions, tmp_path):
     backend, critic = fresh
     events = []
-    trainer = Trainer(
+    trainer = trainer_for(
         backend,
         critic,
         [questions],
@@ -208,7 +214,7 @@ def test_stop_callback_saves_a_resumable_checkpoint(fresh, questions, tmp_path):
 
 def test_keyboard_interrupt_mid_step_keeps_last_finished_step(fresh, questions, tmp_path):
     backend, critic = fresh
-    trainer = Trainer(backend, critic, [questions], small_config(steps=4, checkpoint_interval=0), tmp_path)
+    trainer = trainer_for(backend, critic, [questions], small_config(steps=4, checkpoint_interval=0), tmp_path)
 
     def interrupting(call, run):
         if call == 3:
@@ -223,7 +229,7 @@ def test_keyboard_interrupt_mid_step_keeps_last_finished_step(fresh, questions, 
 
 def test_failure_leaves_checkpoint_and_reraises(fresh, questions, tmp_path):
     backend, critic = fresh
-    trainer = Trainer(backend, critic, [questions], small_config(steps=4, checkpoint_interval=0), tmp_path)
+    trainer = trainer_for(backend, critic, [questions], small_config(steps=4, checkpoint_interval=0), tmp_path)
 
     def failing(call, run):
         if call == 2:
@@ -238,7 +244,7 @@ def test_failure_leaves_checkpoint_and_reraises(fresh, questions, tmp_path):
 
 def test_nonfinite_steps_are_skipped_then_stop(fresh, questions, tmp_path):
     backend, critic = fresh
-    trainer = Trainer(backend, critic, [questions], small_config(steps=6, max_consecutive_nonfinite=2), tmp_path)
+    trainer = trainer_for(backend, critic, [questions], small_config(steps=6, max_consecutive_nonfinite=2), tmp_path)
 
     def poisoned(call, run):
         totals, aspects, preview = run()
@@ -264,16 +270,35 @@ def test_nonfinite_steps_are_skipped_then_stop(fresh, questions, tmp_path):
 def test_bad_inputs_raise_clear_errors(fresh, questions, tmp_path):
     backend, critic = fresh
     with pytest.raises(DRFInputError, match="no questions for prompt"):
-        Trainer(backend, critic, [questions], small_config(prompts=["a cat"]), tmp_path)
+        trainer_for(backend, critic, [questions], small_config(prompts=["a cat"]), tmp_path)
     with pytest.raises(DRFInputError, match="K=5 is larger"):
         small_config(sampler=SamplerConfig(num_inference_steps=4, truncated_backprop_steps=5)).validate()
     with pytest.raises(DRFInputError, match=r"prompts\[0\]"):
         small_config(prompts=["  "]).validate()
     with pytest.raises(DRFInputError, match="target_preset"):
-        Trainer(backend, critic, [questions], small_config(lora=LoRAConfig(target_preset="everything")), tmp_path)
+        trainer_for(backend, critic, [questions], small_config(lora=LoRAConfig(target_preset="everything")), tmp_path)
     with pytest.raises(DRFInputError, match="frame_selection_count"):
         small_config(decode=DecodeConfig("prefix", 0)).validate()
     with pytest.raises(DRFInputError, match=r"reward\.aspect_weights"):
-        Trainer(
+        trainer_for(
             backend, critic, [questions], small_config(reward=RewardConfig(aspect_weights={"STYLE": 1.0})), tmp_path
         ).train()
+
+
+class MeanBrightness(RewardFunction):
+    """An injected reward that needs no critic: the frames' mean brightness."""
+
+    def __call__(self, frames, questions):
+        return RewardResult(total=frames.mean(), per_aspect={"brightness": float(frames.mean().detach())})
+
+
+def test_trainer_takes_any_reward_function(fresh, questions, tmp_path):
+    backend, _ = fresh
+    events = []
+    config = small_config(steps=2, checkpoint_interval=0)
+    result = Trainer(backend, MeanBrightness(), [questions], config, tmp_path, progress=events.append).train()
+    assert result.final_step == 2
+    for event in events:  # the reward the trainer logged is the injected function's value on the frames it scored
+        assert event.metrics["reward"] == pytest.approx(float(event.preview.mean()), abs=1e-6)
+        assert set(event.metrics["reward_per_aspect"]) == {"brightness"}
+    assert result.metrics[-1]["grad_norm"] > 0

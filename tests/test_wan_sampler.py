@@ -21,10 +21,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransform
 
 from drf_core.config import SamplerConfig, VideoSpec
 from drf_core.errors import DRFInputError, ModelFolderError
-from drf_core.models import VIDEO_BACKENDS, WanBackend, load_video_backend
+from drf_core.models import SCHEDULERS, VIDEO_BACKENDS, WanBackend, load_video_backend
 from drf_core.sampler import (
     CHECKPOINTING,
-    SCHEDULERS,
     SamplingInterrupted,
     draw_truncation_steps,
     sample_latents,

@@ -23,11 +23,12 @@ from ..config import resolve_device, resolve_dtype
 from ..errors import ModelFolderError
 from ..registry import Registry
 from .base import DenoisingScheduler, PromptEmbeddings, VideoBackend
+from .diffusers_schedulers import SCHEDULERS
 from .wan import WanBackend
-from .wan_keys import diffusers_to_native_wan_module, native_to_diffusers_wan_module
 
 __all__ = [
     "MODULE_NAME_MAPS",
+    "SCHEDULERS",
     "VIDEO_BACKENDS",
     "DenoisingScheduler",
     "ModuleNameMap",
@@ -50,9 +51,12 @@ class ModuleNameMap:
     from_native: Callable[[str], str]
 
 
-# By `VideoBackend.family`: lets LoRA files be converted between formats without loading a model.
+# By `VideoBackend.family`, from the family's backend: lets LoRA files be converted between formats
+# without loading a model. Another backend of the same family (ComfyUI's) uses the same names.
 MODULE_NAME_MAPS: Registry[ModuleNameMap] = Registry("model family")
-MODULE_NAME_MAPS.add(WanBackend.family, ModuleNameMap(diffusers_to_native_wan_module, native_to_diffusers_wan_module))
+MODULE_NAME_MAPS.add(
+    WanBackend.family, ModuleNameMap(WanBackend.native_module_name, WanBackend.module_name_from_native)
+)
 
 _EXAMPLE_FOLDER = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 

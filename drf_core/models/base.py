@@ -4,7 +4,10 @@ A backend owns one model family's pieces (text encoder, denoiser, scheduler conf
 exposes them as small steps: encode prompts once (so the text encoder can be freed), make noise,
 make a fresh scheduler, predict one denoising step with classifier-free guidance, decode latents to
 frames in 0..1 with gradient. The sampler (`sampler.py`) drives these steps; it never sees a
-family's classes. A second backend over ComfyUI's own MODEL / VAE can implement the same methods.
+family's classes. The backend also owns the LoRA life cycle on its denoiser (add, apply a saved
+one, snapshot, remove, the original checkpoint's module names for export), so the trainer and `api`
+never touch a LoRA implementation: `models/peft_lora.py` does it with peft on diffusers modules,
+the ComfyUI backend (in `nodes/`) with ComfyUI's own weight adapters.
 
 Knows nothing about rewards, critics or training loops.
 """
@@ -18,7 +21,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..config import VideoSpec
+from ..config import LoRAConfig, VideoSpec
+from ..lora import LoRAWeights
 
 
 @dataclass
@@ -37,13 +41,25 @@ class PromptEmbeddings:
 
 
 class DenoisingScheduler(ABC):
-    """A fresh, stateful scheduler for one sampling run (multistep solvers keep history)."""
+    """A fresh, stateful scheduler for one sampling run (multistep solvers keep history).
+
+    The sampler calls `start` once, then `predict` + `step` for each of `timesteps`, then `close`
+    (also when sampling fails or is stopped).
+    """
 
     timesteps: torch.Tensor
+
+    def start(self, noise: torch.Tensor, embeddings: PromptEmbeddings, guidance_scale: float) -> torch.Tensor:
+        """The latents of the first denoiser call (by default the noise itself)."""
+        return noise
 
     @abstractmethod
     def step(self, model_output: torch.Tensor, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """One solver step; differentiable with respect to `model_output` and `latents`."""
+
+    def close(self) -> None:
+        """Release what the run holds (nothing by default)."""
+        return None
 
 
 class VideoBackend(ABC):
@@ -115,6 +131,41 @@ class VideoBackend(ABC):
     @abstractmethod
     def module_name_from_native(self, native_name: str) -> str:
         """The inverse of `native_module_name` (to read ComfyUI-format LoRA files back)."""
+
+    # --- LoRA life cycle (module names are `denoiser`'s own; `native_module_name` maps them) ----
+
+    @abstractmethod
+    def add_lora(self, config: LoRAConfig, adapter_name: str) -> dict[str, torch.nn.Parameter]:
+        """A fresh trainable adapter on the `config.target_preset` layers; its parameters by stable name.
+
+        Everything else stays frozen; the names key training checkpoints (resume).
+        """
+
+    @abstractmethod
+    def apply_lora(
+        self,
+        lora: LoRAWeights,
+        adapter_name: str,
+        strength: float = 1.0,
+        trainable: bool = False,
+        dropout: float = 0.0,
+    ) -> dict[str, torch.nn.Parameter]:
+        """Put a saved LoRA on exactly (preview at `strength`, or trainable to continue training).
+
+        Returns the trainable parameters by name (empty unless `trainable`).
+        """
+
+    @abstractmethod
+    def snapshot_lora(self, adapter_name: str, metadata: dict[str, Any] | None = None) -> LoRAWeights:
+        """A detached CPU copy of the adapter's weights, independent of later training or removal."""
+
+    @abstractmethod
+    def remove_lora(self, adapter_name: str) -> None:
+        """Take the adapter off (nothing happens when there is none); other adapters stay as they were."""
+
+    @abstractmethod
+    def set_training(self, enabled: bool) -> None:
+        """Switch the denoiser between training and evaluation behaviour."""
 
     @classmethod
     def from_folder(cls, path: str, dtype: torch.dtype, device: torch.device) -> VideoBackend:

@@ -35,6 +35,9 @@ from torch.utils.checkpoint import checkpoint
 from ..config import VideoSpec
 from ..errors import DRFInputError, ModelFolderError
 from .base import DenoisingScheduler, PromptEmbeddings, VideoBackend
+from .diffusers_schedulers import DiffusersScheduler, build_scheduler
+from .peft_lora import PeftLoRA
+from .wan_keys import diffusers_to_native_wan_module, native_to_diffusers_wan_module
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def _nearest_multiples(value: int, multiple: int) -> str:
     return str(below) if below == above else f"{below} or {above}"
 
 
-class WanBackend(VideoBackend):
+class WanBackend(PeftLoRA, VideoBackend):
     """A diffusers Wan text-to-video model (Wan 2.1, Wan 2.2 A14B two-expert, Wan 2.2 TI2V-5B)."""
 
     family: ClassVar[str] = "wan"
@@ -299,8 +302,6 @@ class WanBackend(VideoBackend):
     def new_scheduler(
         self, num_inference_steps: int, name: str = "default", flow_shift: float | None = None
     ) -> DenoisingScheduler:
-        from ..sampler import DiffusersScheduler, build_scheduler
-
         scheduler = build_scheduler(
             type(self.scheduler_template), dict(self.scheduler_template.config), name, flow_shift
         )
@@ -431,15 +432,8 @@ class WanBackend(VideoBackend):
     # Names and facts
     # ------------------------------------------------------------------------------------------
 
-    def native_module_name(self, module_name: str) -> str:
-        from .wan_keys import diffusers_to_native_wan_module
-
-        return diffusers_to_native_wan_module(module_name)
-
-    def module_name_from_native(self, native_name: str) -> str:
-        from .wan_keys import native_to_diffusers_wan_module
-
-        return native_to_diffusers_wan_module(native_name)
+    native_module_name = staticmethod(diffusers_to_native_wan_module)
+    module_name_from_native = staticmethod(native_to_diffusers_wan_module)
 
     def describe(self) -> dict[str, Any]:
         config = self.denoiser.config

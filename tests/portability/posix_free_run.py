@@ -98,8 +98,11 @@ def train_one_step(wan: Path, qwen: Path, out: Path) -> dict:
     critics = importlib.import_module(f"{PACK_NAME}.drf_core.critics")
     backend = models.load_video_backend(run.models.video_model, "fp32", "cpu")
     critic = critics.load_critic(run.models.critic_model, "fp32", "cpu")
+    reward = importlib.import_module(f"{PACK_NAME}.drf_core.reward").DRFReward(
+        critic, run.train.reward, run.train.critic_input
+    )
     questions = [decompose.decompose(prompt, method="rules") for prompt in run.train.prompts]
-    trained = api.train_lora(backend, critic, questions, run.train, out)
+    trained = api.train_lora(backend, reward, questions, run.train, out)
     return {"steps": trained.run.final_step, "metrics": trained.run.metrics[-1]}
 
 

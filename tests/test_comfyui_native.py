@@ -1,0 +1,90 @@
+"""The ComfyUI backend (Video Model from ComfyUI) against core ComfyUI nodes (set COMFYUI_DIR; skipped otherwise).
+
+Runs `comfy_scripts/native_backend.py` with ComfyUI's interpreter on the tiny Wan in ComfyUI's own
+format, a full-size Wan 2.1 VAE with random weights (ComfyUI fixes the VAE's size) and conditioning
+tensors in place of the text encoder: ComfyUI builds UMT5-XXL at its fixed full size, so the CLIP
+path is not run here; the CONDITIONING path (core CLIP Text Encode's output) is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from drf_core.tiny import write_tiny_wan_native
+from tests.comfy_checkout import comfyui_checkout
+
+pytestmark = pytest.mark.comfyui
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = REPO_ROOT / "tests" / "comfy_scripts" / "native_backend.py"
+
+
+@pytest.fixture(scope="module")
+def report(request, tmp_path_factory) -> dict:
+    comfy_dir, python = comfyui_checkout()  # skip before building the tiny models
+    tiny_models = request.getfixturevalue("tiny_models")
+    work = tmp_path_factory.mktemp("native")
+    model_file = write_tiny_wan_native(tiny_models.wan, work / "wan_tiny_native.safetensors")
+    command = [str(python), str(SCRIPT), "--comfyui-dir", str(comfy_dir), "--pack-dir", str(REPO_ROOT)]
+    command += ["--model", str(model_file), "--out-dir", str(work)]
+    run = subprocess.run(command, cwd=comfy_dir, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, f"ComfyUI script failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+    loaded = json.loads((work / "report.json").read_text())
+    print(json.dumps(loaded, indent=1))  # noqa: T201
+    return loaded
+
+
+def test_sampling_equals_core_ksampler_and_vae_decode(report):
+    assert report["weights_are_inference_tensors"]  # loaded as ComfyUI's executor loads them
+    assert report["vae_class"] == "comfy.ldm.wan.vae.WanVAE"
+    labels = {"euler/simple", "uni_pc/simple", "uni_pc/simple shift 3"}
+    assert set(report["ksampler_equality"]) == labels
+    for label, result in report["ksampler_equality"].items():
+        assert result["latent_max_abs_diff"] == 0.0, label
+        assert result["frames_max_abs_diff"] == 0.0, label
+        assert result["latent_scale"] > 1.0, label  # not an empty result
+    # the shift core ModelSamplingSD3 sets reaches our sampling (the result differs from Wan's default 8)
+    shifted = report["ksampler_equality"]["uni_pc/simple shift 3"]["latent_scale"]
+    assert shifted != report["ksampler_equality"]["uni_pc/simple"]["latent_scale"]
+
+
+def test_inference_tensors_fail_without_the_fix(report):
+    assert "Inference tensors cannot be saved for backward" in report["without_fix_error"]
+
+
+def test_gradients_reach_only_the_adapters(report):
+    assert report["adapter_tensors"] == 2 * report["down_tensors"] == 40  # attention + ffn, 2 blocks
+    # ComfyUI's adapters start with down = 0, so at the first step only `down` gets gradient
+    assert report["down_with_gradient"] == report["down_tensors"]
+    assert report["all_grads_finite"]
+    assert report["base_params_with_grad"] == report["vae_params_with_grad"] == report["base_requires_grad"] == 0
+    assert report["adapted_clone_loaded_by_comfyui"]
+
+
+def test_trained_lora_round_trip_through_core_nodes(report):
+    rewards = report["train_rewards"]
+    assert len(rewards) == 2 and all(r == r for r in rewards)
+    assert all(".lora_" in k or k.endswith(".alpha") for k in report["lora_keys"])
+    assert report["lora_keys"][0].startswith("diffusion_model.blocks.")
+    assert report["patched_layers"] == 20
+    assert report["lora_changes_weights"] > 1e-3
+    assert report["patched_weight_max_abs_diff"] <= 1e-6
+    assert report["core_changed_other_weights"] == []
+    assert report["lora_changes_sample"] > 1e-3
+    assert report["sample_video_lora_vs_core_max_abs_diff"] == 0.0
+    assert report["sample_video_base_vs_core_max_abs_diff"] == 0.0
+
+
+def test_comfyui_unloads_the_video_model(report):
+    assert report["loaded_before_unload"] >= 1
+    assert report["loaded_after_unload"] == 0
+
+
+def test_a_stop_ends_comfyuis_sampling_thread(report):
+    assert report["stop_error"] and "step 3 of 4" in report["stop_error"]
+    assert report["steps_before_stop"] == 2
+    assert report["threads_left"] == 0
