@@ -219,7 +219,7 @@ def cmd_decompose(args: argparse.Namespace) -> int:
 @command("evaluate", "base model vs a LoRA on prompts x seeds: per-aspect intervals, win rate, question changes")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .api import load_lora
-    from .config import CriticInputConfig, EvaluateConfig, SamplerConfig, VideoSpec
+    from .config import CriticInputConfig, DecodeConfig, EvaluateConfig, SamplerConfig, VideoSpec
     from .critics import load_critic
     from .decompose import decompose
     from .evaluate import evaluate_lora, parse_seeds
@@ -238,6 +238,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         strength=args.strength,
         video=VideoSpec(height=args.height, width=args.width, num_frames=args.frames),
         sampler=SamplerConfig(num_inference_steps=args.steps, guidance_scale=args.guidance),
+        decode=DecodeConfig(frame_selection_count=args.frames_scored),
         critic_input=critic_input,
         interval=args.interval,
         confidence=args.confidence,
@@ -282,6 +283,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import DecodeConfig
     from .decompose import DECOMPOSERS
     from .lora import LORA_FORMATS
 
@@ -356,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--critic-size", type=int, default=0, help="critic input size (default: the reward default)")
+    p.add_argument(
+        "--frames-scored",
+        type=int,
+        default=DecodeConfig().frame_selection_count,
+        help="frames the critic scores, spread over the clip (default: the reward default; at most --frames)",
+    )
     p.add_argument("--interval", default="t", choices=("t", "bootstrap"), help="t (default) or bootstrap")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--dtype", default="auto")

@@ -170,7 +170,8 @@ def test_evaluate_command_writes_report_chart_and_json(models, tiny_models, tmp_
         code = cli.main([
             "evaluate", "--video-model", str(tiny_models.wan), "--critic", str(tiny_models.qwen),
             "--lora", str(lora_file), "--prompt", PROMPTS[1], "--seeds", "3,4", "--width", "32", "--height", "32",
-            "--frames", "5", "--steps", "3", "--guidance", "3", "--critic-size", "28", "--interval", "bootstrap",
+            "--frames", "5",
+            "--frames-scored", "2", "--steps", "3", "--guidance", "3", "--critic-size", "28", "--interval", "bootstrap",
             "--dtype", "fp32", "--device", "cpu", "--out", str(out),
         ])  # fmt: skip
     assert code == 0

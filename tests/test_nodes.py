@@ -485,10 +485,14 @@ def test_critique_report_chart_heatmaps_and_reward(pack_nodes, local, ctx, loade
     assert math.isfinite(reward) and reward < 0
     engine = pack_module("drf_core.api")
     settings = loaded["reward"]
-    drf_reward = pack_module("drf_core.reward").DRFReward(
-        loaded["critic"].get(), settings.reward, settings.critic_input
+    video = frames.permute(0, 3, 1, 2)
+    picked = pack_module("drf_core.frames").select_frames(
+        settings.decode.frame_selection, video.shape[0], settings.decode.frame_selection_count
     )
-    direct = engine.critique(drf_reward, frames[:1].permute(0, 3, 1, 2), questions)
+    drf_reward = pack_module("drf_core.reward").DRFReward(
+        loaded["critic"].get(), settings.reward, settings.critic_input.for_frames(picked)
+    )
+    direct = engine.critique(drf_reward, video[picked], questions)
     assert reward == pytest.approx(direct.total, abs=1e-6)
 
 
