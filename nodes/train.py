@@ -122,12 +122,20 @@ def check_options(options: TrainingOptions) -> TrainingOptions:
         "scheduler": ["default", *SCHEDULERS.names()],
         "checkpointing": CHECKPOINTING.names(),
         "mixed_precision": list(MIXED_PRECISION),
+        "held_out_questions": HELD_OUT_QUESTIONS.names(),
     }
     for name, allowed in choices.items():
         value = getattr(options, name)
         if value not in allowed:
             raise DRFInputError(f"{name}: {value!r} is not one of {', '.join(allowed)}; pick one from the list")
+    held_out_seeds(options)  # a malformed seed list is refused here, on Training Options
     return options
+
+
+def held_out_seeds(options: TrainingOptions) -> list[int]:
+    """The held-out seeds Training Options asks for; empty means the default ones."""
+    text = options.held_out_seeds.strip()
+    return parse_seeds(text, "held_out_seeds") if text else list(_MONITOR.seeds)
 
 
 class TrainingOptionsNode(DRFNode):
@@ -197,11 +205,15 @@ class TrainingOptionsNode(DRFNode):
                 "Guard against reward hacking: every N steps (and before the first), sample held-out seeds (and "
                 "held-out prompts) with the current LoRA and score them, without gradient. 0: off.",
             ),
-            String("held_out_seeds", _OPTIONS.held_out_seeds, "Seeds of the held-out videos, e.g. 1000, 1001."),
+            String(
+                "held_out_seeds",
+                _OPTIONS.held_out_seeds,
+                f"Seeds of the held-out videos, e.g. 1000, 1001 (empty: {_OPTIONS.held_out_seeds}).",
+            ),
             String(
                 "held_out_prompts",
                 "",
-                "Prompts never trained on, one per line, scored with their own (rule-written) questions.",
+                "Prompts never trained on, one per line, scored with their own (rule-written) questions (empty: none).",
                 multiline=True,
             ),
             Combo(
@@ -301,7 +313,7 @@ def build_train_config(
         ),
         monitor=MonitorConfig(
             interval=options.held_out_every,
-            seeds=parse_seeds(options.held_out_seeds, "held_out_seeds") if options.held_out_every else [],
+            seeds=held_out_seeds(options) if options.held_out_every else [],
             prompts=[line.strip() for line in options.held_out_prompts.splitlines() if line.strip()],
             held_out_questions=options.held_out_questions,
             early_stop_patience=options.early_stop_patience,

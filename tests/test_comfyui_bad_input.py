@@ -45,7 +45,12 @@ from tests.conftest import import_pack
 pytestmark = pytest.mark.comfyui
 
 NODES = import_pack()[1].NODES
-SPECS = {node.SPEC.node_id: node.SPEC for node in NODES}
+# Nodes this matrix cannot feed, and where they are tested instead. Video Model from ComfyUI takes core
+# MODEL and VAE objects; a Wan VAE that ComfyUI's VAELoader accepts has ComfyUI's fixed full size, too slow
+# to build for every case here. Its sampling, training and LoRA round trip: tests/test_comfyui_native.py.
+# Its widgets' bad values are not checked through the server yet.
+NOT_IN_MATRIX = {"DRFVideoModelFromComfy": "tests/test_comfyui_native.py"}
+SPECS = {node.SPEC.node_id: node.SPEC for node in NODES if node.SPEC.node_id not in NOT_IN_MATRIX}
 RUN_NAME = "bad_input"  # every Train LoRA of the matrix: trained once (1 step), later prompts resume it at once
 # Helpers avoided when another node fits (they are still tested as targets themselves).
 AVOID_AS_HELPER = {"DRFTrainLoRA": "trains", "DRFSaveLoRA": "writes into models/loras"}
