@@ -78,9 +78,10 @@ def test_training_options_refuse_bad_guard_settings(pack_nodes, local, ctx, load
     options = run(pack_nodes, local, ctx, "DRFTrainingOptions", held_out_every=0, early_stop_patience=2).outputs[0]
     with pytest.raises(DRFInputError, match="early stop needs held-out monitoring"):
         run(pack_nodes, local, ctx, "DRFTrainLoRA", steps=1, options=options, **loaded, **SMALL_TRAIN)
-    options = run(pack_nodes, local, ctx, "DRFTrainingOptions", held_out_every=2, held_out_seeds="1, x").outputs[0]
-    with pytest.raises(DRFInputError, match="held_out_seeds"):
-        run(pack_nodes, local, ctx, "DRFTrainLoRA", steps=1, options=options, **loaded, **SMALL_TRAIN)
+    with pytest.raises(DRFInputError, match="held_out_seeds"):  # refused on Training Options itself
+        run(pack_nodes, local, ctx, "DRFTrainingOptions", held_out_every=2, held_out_seeds="1, x")
+    with pytest.raises(DRFInputError, match="held_out_questions"):
+        run(pack_nodes, local, ctx, "DRFTrainingOptions", held_out_questions="no-such-method")
 
 
 def test_evaluate_node_reports_and_ties_at_strength_zero(pack_nodes, local, ctx, loaded):
