@@ -11,13 +11,13 @@ Knows nothing about questions or prompts.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .config import resolve_device, resolve_dtype
 from .errors import ModelFolderError
+from .io import read_model_config
 from .registry import Registry
 
 ChatLoader = Callable[[Path, str, str, int], Any]
@@ -40,11 +40,8 @@ def chat_model_kind(folder: str | Path) -> str:
             f"{folder} has no config.json; give the folder of a transformers model (config.json, weights, "
             "tokenizer files)"
         )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelFolderError(f"{config_file} cannot be read as JSON ({error}); re-download the file") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    config = read_model_config(config_file)
+    model_type = config.get("model_type")
     return "critic" if model_type in CRITICS else "causal_lm"
 
 

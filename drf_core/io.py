@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from .errors import DRFInputError
+from .errors import DRFInputError, ModelFolderError
 
 
 def _current_umask() -> int:
@@ -93,3 +93,12 @@ def safe_child_path(folder: str | Path, name: str, suffix: str | None = None, fo
     if target != root and root not in target.parents:
         raise DRFInputError(f"file name {name!r} resolves outside {folder}; choose another name")
     return target
+
+
+def read_model_config(config_file: Path) -> dict[str, Any]:
+    """A model folder's `config.json` as a dict; a clear `ModelFolderError` when it is not readable JSON."""
+    try:
+        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelFolderError(f"{config_file} cannot be read as JSON ({error}); re-download the file") from None
+    return config if isinstance(config, dict) else {}

@@ -9,12 +9,12 @@ Knows nothing about rewards or training; checks only what a folder is, the class
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..config import resolve_device, resolve_dtype
 from ..errors import ModelFolderError
+from ..io import read_model_config
 from ..registry import Registry
 from .base import YES_NO_INSTRUCTION, AnswerLogProbs, Critic, CriticScores, yes_no_prompt
 from .qwen2_5_vl import Qwen2VLCritic, QwenVLCritic
@@ -59,12 +59,9 @@ def critic_model_type(folder: Path) -> str:
             f"{folder} has no config.json, so it is not a transformers model folder; give the folder that holds the "
             "VLM's config.json, weights and tokenizer (the top folder of the download)"
         )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelFolderError(f"{config_file} cannot be read as JSON ({error}); re-download the file") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type is None and isinstance(config, dict) and config.get("_class_name"):
+    config = read_model_config(config_file)
+    model_type = config.get("model_type")
+    if model_type is None and config.get("_class_name"):
         raise ModelFolderError(
             f"{folder} holds a diffusers component ({config['_class_name']}), not a vision-language model; give the "
             f"critic a transformers VLM folder ({supported}) such as Qwen2.5-VL-7B-Instruct"
