@@ -28,6 +28,7 @@ from PIL import Image
 from . import __version__
 from .config import CriticInputConfig, SamplerConfig, TrainConfig, VideoSpec
 from .critics.base import Critic
+from .distributed import SingleProcess
 from .errors import DRFInputError
 from .heatmap import reward_heatmaps
 from .lora import LoRAWeights, read_lora_file, read_lora_header, save_lora_weights
@@ -89,6 +90,7 @@ def train_lora(
     resume: bool = True,
     initial_lora: LoRAWeights | None = None,
     held_out_question_sets: Sequence[QuestionSet] = (),
+    parallel: SingleProcess | None = None,
 ) -> TrainedLoRA:
     """Train a LoRA; with `resume`, continue the newest checkpoint in `output_dir` if there is one.
 
@@ -96,7 +98,8 @@ def train_lora(
     (`held_out_question_sets`: optional sets for `config.monitor.prompts`). With held-out monitoring
     and `config.monitor.keep_best`, the returned LoRA is the best held-out evaluation's.
     `initial_lora` starts a new run from a saved LoRA's weights instead of a fresh adapter (a
-    checkpoint in `output_dir`, when resumed, still wins: it holds the run's later state).
+    checkpoint in `output_dir`, when resumed, still wins: it holds the run's later state). `parallel`: this
+    process's `distributed` group in a data-parallel launch (default: one process).
     """
     backend.remove_lora(ADAPTER_NAME)
     trainer = Trainer(
@@ -109,6 +112,7 @@ def train_lora(
         should_stop=should_stop,
         initial_lora=initial_lora,
         held_out_question_sets=held_out_question_sets,
+        parallel=parallel,
     )
     try:
         run = trainer.train(resume_from=output_dir if resume else None)

@@ -64,6 +64,11 @@ def restore_rng_state(generator: torch.Generator, state: dict[str, Any]) -> None
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    """Where `save_checkpoint` puts checkpoint `step` of the run in `output_dir`."""
+    return Path(output_dir) / CHECKPOINT_DIR / f"step_{step:06d}"
+
+
 def save_checkpoint(
     output_dir: str | Path,
     step: int,
@@ -79,9 +84,9 @@ def save_checkpoint(
 
     `extra_tensors` maps a file name (without `.safetensors`, not `lora`) to named tensors saved beside
     the LoRA (float32, on the CPU)."""
-    root = Path(output_dir) / CHECKPOINT_DIR
+    final = checkpoint_path(output_dir, step)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:06d}.", dir=root))
     try:
         tensors = {name: p.detach().to("cpu", torch.float32).contiguous() for name, p in parameters.items()}

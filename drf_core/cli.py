@@ -91,8 +91,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 @command("train", "train a LoRA from a run config file (real models from local folders)")
 def cmd_train(args: argparse.Namespace) -> int:
-    from .api import save_trained_lora, train_lora
+    from .distributed import process_group
+
+    with process_group() as parallel:
+        return _train(args, parallel)
+
+
+def _run_folder(configured: Path, resume: bool) -> Path:
+    """`configured`, or the next free folder when starting a new run would overwrite an earlier one."""
     from .checkpoint import next_free_run_dir
+
+    if resume or next_free_run_dir(configured) == configured:
+        return configured
+    logger.warning(
+        "%s holds an earlier run, which is kept; the new run goes to %s", configured, next_free_run_dir(configured)
+    )
+    return next_free_run_dir(configured)
+
+
+def _train(args: argparse.Namespace, parallel) -> int:
+    """`train` in this process: the whole run, or this rank's share of a data-parallel launch (rank 0 writes)."""
+    from .api import save_trained_lora, train_lora
     from .config import RunConfig
     from .critics import load_critic
     from .decompose import decompose
@@ -101,27 +120,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .reward import DRFReward
 
     run = RunConfig.from_file(args.config)
-    output = Path(args.out or run.output_dir)
     resume = run.resume and not args.fresh
-    if not resume and next_free_run_dir(output) != output:
-        logger.warning(
-            "%s holds an earlier run, which is kept; the new run goes to %s", output, next_free_run_dir(output)
-        )
-        output = next_free_run_dir(output)
+    output = parallel.from_main(lambda: _run_folder(Path(args.out or run.output_dir), resume))
     models = run.models
-    backend = load_video_backend(models.video_model, models.video_dtype, models.video_device)
-    critic = load_critic(models.critic_model, models.critic_dtype, models.critic_device)
+    # Several ranks: "auto" is each rank's own GPU; the critic may share a named one, the video model may not.
+    video_device = parallel.rank_device(models.video_device, "models.video_device", shareable=False)
+    critic_device = parallel.rank_device(models.critic_device, "models.critic_device", shareable=True)
+    backend = load_video_backend(models.video_model, models.video_dtype, video_device)
+    critic = load_critic(models.critic_model, models.critic_dtype, critic_device)
     if run.questions_file:
         loaded = json.loads(Path(run.questions_file).read_text(encoding="utf-8"))
         items = loaded if isinstance(loaded, list) else [loaded]
         question_sets = [QuestionSet.from_dict(item, source=run.questions_file) for item in items]
-    else:
+    else:  # rank 0 decomposes; every rank trains on its questions
         chat = critic if run.decomposer == "llm" else None
-        question_sets = [decompose(p, method=run.decomposer, chat=chat) for p in run.train.prompts]
-    output.mkdir(parents=True, exist_ok=True)
-    for i, qs in enumerate(question_sets):
-        qs.save(output / f"questions_{i}.json")
-    progress = _TrainingProgress("training")
+        question_sets = parallel.from_main(
+            lambda: [decompose(p, method=run.decomposer, chat=chat) for p in run.train.prompts]
+        )
+    if parallel.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        for i, qs in enumerate(question_sets):
+            qs.save(output / f"questions_{i}.json")
+    progress = _TrainingProgress("training") if parallel.is_main else None
     try:
         trained = train_lora(
             backend,
@@ -131,9 +151,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             output,
             progress=progress,
             resume=resume,
+            parallel=parallel,
         )
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
+    if not parallel.is_main:
+        return 130 if trained.run.interrupted else 0
     for fmt, name in (("comfyui", "drf_lora.safetensors"), ("diffusers", "drf_lora_diffusers.safetensors")):
         path = save_trained_lora(trained.lora, output / name, trained.family, fmt)
         logger.info("LoRA (%s format): %s", fmt, path)

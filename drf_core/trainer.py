@@ -14,6 +14,10 @@ It also owns the run's safety: resumable checkpoints every `checkpoint_interval`
 interrupt (Ctrl-C or `should_stop()`), and on failure; a guard that skips non-finite steps and
 stops after `max_consecutive_nonfinite` in a row; exact resume (same RNG, optimizer and LR state).
 
+Data-parallel runs (several processes) come in through `distributed`'s hooks on `self.parallel`:
+which global micro-batches this process computes, the gradient sum, gathering the step's results, rank
+0 alone writing files; a single process gets hooks that do nothing.
+
 Knows the `VideoBackend` and `RewardFunction` interfaces, never a model family, a LoRA
 implementation or a critic; never ComfyUI
 (progress and interrupts come in through callbacks).
@@ -36,6 +40,7 @@ from . import __version__
 from .checkpoint import (
     METRICS_FILE,
     capture_rng_state,
+    checkpoint_path,
     find_checkpoint,
     holds_run,
     load_checkpoint,
@@ -45,6 +50,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .devices import device_memory_mb, host_memory_mb, reset_peak_memory
+from .distributed import SingleProcess
 from .errors import DRFInputError, TrainingDivergedError
 from .frames import select_frames
 from .io import write_text_atomic
@@ -91,13 +97,35 @@ def _is_finite(value: torch.Tensor | float) -> bool:
     return bool(torch.isfinite(torch.as_tensor(value)).all())
 
 
+@dataclass
+class _MicroInputs:
+    """What one micro-batch draws from the run's generator (every process draws every micro-batch's)."""
+
+    index: int  # in the step's global micro-batch order
+    prompts: list[str]
+    noise: torch.Tensor
+    grad_steps: int
+
+
+@dataclass
+class _MicroOutcome:
+    """What a computed micro-batch reports to the step's metrics (gathered from every process)."""
+
+    index: int
+    rewards: list[float]
+    per_aspect: list[dict[str, float]]
+    drift: float | None
+    answers: dict[str, float]
+
+
 class Trainer:
     """Trains a LoRA on the backend's denoiser to raise `reward` for `question_sets`.
 
     `question_sets` holds one `QuestionSet` per prompt of `config.prompts` (matched by prompt
     text); `held_out_question_sets` may hold the sets of `config.monitor.prompts` (the rules write
     missing ones). `progress(event)` is called after each step; `should_stop()` is polled between steps
-    and between denoising steps, and a True answer saves a checkpoint and returns.
+    and between denoising steps, and a True answer saves a checkpoint and returns. `parallel` is this
+    process's `distributed` group (default: a single process).
     """
 
     def __init__(
@@ -111,8 +139,12 @@ class Trainer:
         should_stop: Callable[[], bool] | None = None,
         initial_lora: LoRAWeights | None = None,
         held_out_question_sets: Sequence[QuestionSet] = (),
+        parallel: SingleProcess | None = None,
     ) -> None:
         config.validate()
+        self.parallel = parallel or SingleProcess()
+        # One optimizer step's micro-batches over all processes (one process: gradient_accumulation).
+        self.micro_batches = config.gradient_accumulation * self.parallel.world_size
         self.backend = backend
         self.config = config
         self.output_dir = Path(output_dir)
@@ -136,8 +168,6 @@ class Trainer:
             if config.monitor.interval
             else None
         )
-        self._step_answers: dict[str, float] = {}
-        self._drift: torch.Tensor | None = None
         self.device = backend.device
         self.generator = torch.Generator(device="cpu")
         self.step = 0
@@ -145,6 +175,8 @@ class Trainer:
         self.metrics: list[dict[str, Any]] = []
         self.last_preview: torch.Tensor | None = None
         self._last_saved_step = -1
+        self._drift: torch.Tensor | None = None
+        self._answers: dict[str, float] = {}
 
         torch.manual_seed(config.seed)
         self.generator.manual_seed(config.seed)
@@ -189,7 +221,7 @@ class Trainer:
     def _prompts_for(self, step: int, micro: int) -> list[str]:
         """Prompts cycle in order, so a run (and its resume) sees them deterministically."""
         per_micro = self.config.videos_per_step
-        start = (step * self.config.gradient_accumulation + micro) * per_micro
+        start = (step * self.micro_batches + micro) * per_micro
         prompts = self.config.prompts
         return [prompts[(start + i) % len(prompts)] for i in range(per_micro)]
 
@@ -212,6 +244,15 @@ class Trainer:
         if found is None:
             return False
         checkpoint = load_checkpoint(found)
+        saved_world_size, world_size = int(checkpoint.state.get("world_size", 1)), self.parallel.world_size
+        if saved_world_size != world_size:
+            raise DRFInputError(
+                f"cannot resume from {found}: it was saved by a run with world size {saved_world_size} "
+                f"({saved_world_size} process(es)) and this run has world size {world_size}; the global batch and "
+                "which prompts and seeds each process trains depend on it. Launch with "
+                f"{saved_world_size} process(es) again (1: plain `python -m drf_core train`), or start a new run "
+                "in another output folder (--fresh)"
+            )
         saved = checkpoint.state.get("resume_fields", {})
         for key, value in self._resume_fields().items():
             if key in saved and json.loads(json.dumps(saved[key])) != json.loads(json.dumps(value)):
@@ -250,14 +291,20 @@ class Trainer:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def _rewrite_metrics(self) -> None:
-        write_text_atomic(self.output_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.metrics))
+        if self.parallel.is_main:
+            write_text_atomic(self.output_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.metrics))
 
     def _append_metrics(self, row: dict[str, Any]) -> None:
         self.metrics.append(row)
+        if not self.parallel.is_main:
+            return
         with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
     def save_checkpoint(self) -> Path:
+        if not self.parallel.is_main:  # rank 0 writes the run's one checkpoint
+            self._last_saved_step = self.step
+            return checkpoint_path(self.output_dir, self.step)
         path = save_checkpoint(
             self.output_dir,
             self.step,
@@ -268,6 +315,7 @@ class Trainer:
             {
                 "resume_fields": self._resume_fields(),
                 "consecutive_nonfinite": self.consecutive_nonfinite,
+                "world_size": self.parallel.world_size,
                 "config": self.config.to_dict(),
                 "questions": {p: qs.to_dict() for p, qs in self.questions.items()},
                 "backend": self.backend.describe(),
@@ -315,16 +363,23 @@ class Trainer:
 
     # --- the step ------------------------------------------------------------------------------
 
-    def _micro_batch(self, micro: int) -> tuple[torch.Tensor, list[dict[str, float]], torch.Tensor]:
+    def _draw_inputs(self, micro: int) -> _MicroInputs:
+        """Prompts, noise and K of global micro-batch `micro` of this step, from the run's generator."""
         c = self.config
         prompts = self._prompts_for(self.step, micro)
-        embeddings = self.backend.encode_prompts(prompts, c.negative_prompt, c.sampler.guidance_scale)
         noise = self.backend.init_noise(c.video, len(prompts), self.generator)
         grad_steps = draw_truncation_steps(c.sampler, self.generator)
+        return _MicroInputs(micro, prompts, noise, grad_steps)
+
+    def _micro_batch(self, inputs: _MicroInputs) -> tuple[torch.Tensor, list[dict[str, float]], torch.Tensor]:
+        """Sample, decode and score one micro-batch: its rewards, per-aspect rewards and a preview."""
+        c = self.config
+        prompts = inputs.prompts
+        embeddings = self.backend.encode_prompts(prompts, c.negative_prompt, c.sampler.guidance_scale)
         drift = DriftPenalty(self.backend) if c.regularization.drift_weight > 0 else None
         with self._autocast():
             latents = sample_latents(
-                self.backend, embeddings, noise, c.sampler, grad_steps, should_stop=self.should_stop,
+                self.backend, embeddings, inputs.noise, c.sampler, inputs.grad_steps, should_stop=self.should_stop,
                 grad_step_hook=drift,
             )  # fmt: skip
             frames = self.backend.decode(latents, self.frame_indices, c.decode.checkpoint_per_latent_frame)
@@ -332,38 +387,51 @@ class Trainer:
         totals = torch.stack([r.total.float() for r in results])
         # Side results of this micro-batch, read by `_train_step` (the return value stays the reward's).
         self._drift = drift.value() if drift is not None else None
-        several = len(self.config.prompts) > 1
+        self._answers = {}
+        several = len(c.prompts) > 1
         for p, r in zip(prompts, results, strict=True):
-            self._step_answers.update(yes_no_answers(r, self.config.prompts.index(p) if several else None))
+            self._answers.update(yes_no_answers(r, c.prompts.index(p) if several else None))
         return totals, [r.per_aspect for r in results], frames[0].detach().float().cpu()
 
     def _train_step(self) -> dict[str, Any]:
         c = self.config
         started = time.perf_counter()
         reset_peak_memory(self.device)
+        self.parallel.seed_step(c.seed, self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        rewards: list[float] = []
-        aspects: dict[str, list[float]] = {}
-        drifts: list[float] = []
-        self._step_answers = {}
+        # Every process draws every micro-batch's noise in order (same generator everywhere), computes its own.
+        inputs = [self._draw_inputs(micro) for micro in range(self.micro_batches)]
+        outcomes: list[_MicroOutcome] = []
         finite = True
-        for micro in range(c.gradient_accumulation):
+        for micro in inputs:
+            if not self.parallel.owns(micro.index):
+                continue
             self._drift = None
             totals, per_aspect, preview = self._micro_batch(micro)
             loss = -totals.mean()
             if self._drift is not None:
                 loss = loss + c.regularization.drift_weight * self._drift
-                drifts.append(float(self._drift.detach()))
-            loss = loss / c.gradient_accumulation
+            loss = loss / self.micro_batches
             if not _is_finite(loss):
                 finite = False
                 break
             loss.backward()
-            rewards += totals.detach().tolist()
-            for row in per_aspect:
-                for name, value in row.items():
-                    aspects.setdefault(name, []).append(value)
+            drift = float(self._drift.detach()) if self._drift is not None else None
+            outcomes.append(_MicroOutcome(micro.index, totals.detach().tolist(), per_aspect, drift, self._answers))
             self.last_preview = preview
+        finite = self.parallel.all_finite(finite)
+        if finite:
+            self.parallel.sum_gradients(self.parameters)
+        gathered = sorted((o for rank in self.parallel.gather(outcomes) for o in rank), key=lambda o: o.index)
+        rewards = [value for o in gathered for value in o.rewards]
+        aspects: dict[str, list[float]] = {}
+        for row in (row for o in gathered for row in o.per_aspect):
+            for name, value in row.items():
+                aspects.setdefault(name, []).append(value)
+        drifts = [o.drift for o in gathered if o.drift is not None]
+        step_answers: dict[str, float] = {}
+        for o in gathered:
+            step_answers.update(o.answers)
         max_norm = c.optimizer.max_grad_norm if c.optimizer.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)) if finite else float("nan")
         lr = self.lr_schedule.get_last_lr()[0]
@@ -393,7 +461,7 @@ class Trainer:
             "peak_memory_mb": device_memory_mb(self.device),
             "host_memory_mb": host_memory_mb(),
             "skipped": skipped,
-            "answers": dict(self._step_answers),
+            "answers": step_answers,
         }
         if drift is not None:
             row["drift"] = drift
@@ -403,7 +471,8 @@ class Trainer:
 
     def _evaluate_held_out(self) -> dict[str, Any]:
         assert self.monitor is not None
-        evaluation = self.monitor.evaluate(self.step, self._autocast)
+        monitor = self.monitor
+        evaluation = self.parallel.from_main(lambda: monitor.evaluate(self.step, self._autocast))
         self.monitor.record(self.step, evaluation, self.named_parameters)
         return evaluation
 
@@ -411,7 +480,8 @@ class Trainer:
 
     def train(self, resume_from: str | Path | None = None) -> TrainResult:
         """Run until `config.steps`; returns early (with a checkpoint) when interrupted."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.parallel.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is not None and not self.resume(resume_from):
             logger.info("no checkpoint under %s; starting a new run", resume_from)
         if self.step == 0 and holds_run(self.output_dir):
@@ -423,6 +493,7 @@ class Trainer:
         if self.step == 0:
             self.metrics = []
             self._rewrite_metrics()
+        self.parallel.broadcast_parameters(self.parameters)
         self._encode_all_prompts()
         if self.monitor is not None:
             self.monitor.should_stop = self.should_stop
