@@ -22,11 +22,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from safetensors.torch import load_file
 
-from drf_core import cli
+from drf_core import cli, distributed
 from drf_core.config import (
     CriticInputConfig,
     DecodeConfig,
@@ -38,8 +39,7 @@ from drf_core.config import (
     TrainConfig,
     VideoSpec,
 )
-
-pytestmark = pytest.mark.slow
+from drf_core.errors import DRFInputError
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red ball on a table", "a blue cube on the floor"]
@@ -166,6 +166,7 @@ def runs(tiny_models, tmp_path_factory):
     return {"one": one, "two": two, "tmp": tmp, "two_config": two_config, "after_two_steps": after_two_steps}
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_lora_as_one_with_the_same_global_batch(runs):
     one, two = runs["one"], runs["two"]
     for step in (1, 2, 3):  # step 3 comes from the resumed launch: resume with the same world size is exact
@@ -187,6 +188,7 @@ def test_two_processes_train_the_same_lora_as_one_with_the_same_global_batch(run
     assert state["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_files(runs):
     audit = runs["tmp"] / "audit"
     rank0 = json.loads((audit / "rank0.json").read_text())
@@ -199,6 +201,7 @@ def test_only_rank_0_writes_files(runs):
     assert [r["step"] for r in runs["after_two_steps"]["metrics"]] == [1, 2]  # one row per step, not per rank
 
 
+@pytest.mark.slow
 def test_resume_with_another_world_size_is_refused(runs, tiny_models, capsys, caplog):
     two, config_path = runs["two"], runs["two_config"]
     write_config(run_config(tiny_models, two, steps=4, accumulation=1), config_path)
@@ -210,3 +213,46 @@ def test_resume_with_another_world_size_is_refused(runs, tiny_models, capsys, ca
     assert "world size 2" in message and "world size 1" in message and "--fresh" in message, message
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == before
     assert [r["step"] for r in metrics(two)] == [1, 2, 3]
+
+
+def rank(index: int, world_size: int = 2) -> distributed.DataParallel:
+    """A `DataParallel` for rank `index` of a CPU launch, without a process group (only the local decisions)."""
+    import torch
+
+    state = SimpleNamespace(
+        num_processes=world_size, process_index=index, local_process_index=index, is_main_process=index == 0,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    return distributed.DataParallel(state)
+
+
+def test_ranks_split_every_micro_batch_exactly_once():
+    for world_size in (2, 3):
+        ranks = [rank(i, world_size) for i in range(world_size)]
+        for micro in range(7):
+            assert sum(r.owns(micro) for r in ranks) == 1
+
+
+def test_devices_per_rank():
+    second = rank(1)
+    assert second.rank_device("auto", "models.video_device", shareable=False) == "cpu"
+    assert second.rank_device("cpu", "models.critic_device", shareable=True) == "cpu"
+    assert second.rank_device("cuda:3", "models.critic_device", shareable=True) == "cuda:3"  # a configured one
+    with pytest.raises(DRFInputError, match="all 2 ranks would train on that one GPU"):
+        second.rank_device("cuda:0", "models.video_device", shareable=False)
+    single = distributed.SingleProcess()
+    assert single.rank_device("cuda:1", "models.video_device", shareable=False) == "cuda:1"  # unchanged
+
+
+def test_no_launcher_means_one_plain_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with distributed.process_group() as group:
+        assert type(group) is distributed.SingleProcess
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharded_launches_are_refused(monkeypatch, variable):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(DRFInputError, match="is not supported"), distributed.process_group():
+        pass
