@@ -415,6 +415,13 @@ class Trainer:
             if not _is_finite(loss):
                 finite = False
                 break
+            if not loss.requires_grad:
+                raise DRFInputError(
+                    f"the reward does not depend on any LoRA weight: none of the last "
+                    f"{c.sampler.truncated_backprop_steps} denoising steps (truncated_backprop_steps) runs the model "
+                    "the LoRA is on. For Wan 2.2 A14B's high-noise expert, raise truncated_backprop_steps past the "
+                    "low-noise expert's steps, or train the low-noise expert"
+                )
             loss.backward()
             drift = float(self._drift.detach()) if self._drift is not None else None
             outcomes.append(_MicroOutcome(micro.index, totals.detach().tolist(), per_aspect, drift, self._answers))
