@@ -157,7 +157,7 @@ class DataParallel(SingleProcess):
         return payload
 
     def seed_step(self, seed: int, step: int) -> None:
-        torch.manual_seed((seed * 1_000_003 + step) * 4096 + self.rank)
+        torch.manual_seed(((seed * 1_000_003 + step) * 4096 + self.rank) % 2**63)  # any seed, any rank
 
     def barrier(self) -> None:
         self.dist.barrier()

@@ -111,6 +111,7 @@ def write_config(config: RunConfig, path: Path) -> Path:
 def base_env(tmp: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path (gloo) even on a machine with GPUs
     env["HF_HOME"] = str(tmp / "hf_home")  # no accelerate default_config.yaml of this machine's user
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     return env
