@@ -141,7 +141,7 @@ def test_core_node_specs_the_workflows_use_match_this_comfyui(server, pack_nodes
 
     core = importlib.import_module(f"{pack_nodes.__name__}.core_specs").CORE_SPECS
     for node_id, spec in core.items():
-        info = server.object_info(node_id)[node_id]
+        info = server.object_info(node_id)
         served = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
         order = [*info["input_order"].get("required", []), *info["input_order"].get("optional", [])]
         assert [item.name for item in spec.inputs] == [name for name in order if name in served], node_id
