@@ -173,6 +173,7 @@ def test_a_lora_trained_on_core_loaders_samples_the_same_in_core_ksampler(server
 
     Two steps on tiny random models move the video by less than one 8-bit level at strength 1, so the LoRA is
     trained at the largest learning rate without warm-up and applied at strength 4 (the same on both sides)."""
+    import numpy as np
     from PIL import Image
 
     workflow = REPO_ROOT / "workflows" / "drf_single_prompt_finetune.json"
@@ -217,7 +218,7 @@ def test_a_lora_trained_on_core_loaders_samples_the_same_in_core_ksampler(server
     def frames(label: str) -> list:
         files = sorted((server.output_dir / "drf_rt").glob(f"{label}_*.png"))
         assert len(files) == 5, files
-        return [torch.tensor(list(Image.open(f).convert("RGB").getdata())) for f in files]
+        return [torch.from_numpy(np.asarray(Image.open(f).convert("RGB")).copy()) for f in files]
 
     drf, core, base = frames("drf"), frames("core"), frames("base")
     assert all(torch.equal(a, b) for a, b in zip(drf, core, strict=True)), "Sample Video + LoRA != KSampler + LoRA"
