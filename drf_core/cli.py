@@ -109,8 +109,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         output = next_free_run_dir(output)
     models = run.models
-    backend = load_video_backend(models.video_model, models.video_dtype, models.video_device)
-    critic = load_critic(models.critic_model, models.critic_dtype, models.critic_device)
+    backend = load_video_backend(
+        models.video_model, models.video_dtype, models.video_device, weight_storage=models.video_weight_storage
+    )
+    critic = load_critic(models.critic_model, models.critic_dtype, models.critic_device, models.critic_quantization)
     if run.questions_file:
         loaded = json.loads(Path(run.questions_file).read_text(encoding="utf-8"))
         items = loaded if isinstance(loaded, list) else [loaded]
