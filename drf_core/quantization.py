@@ -66,9 +66,30 @@ def _bitsandbytes(mode: str) -> Any:
     return bitsandbytes
 
 
+def _movable_int8_class(bnb: Any) -> type:
+    """`Linear8bitLt` whose matmul state follows the layer when a parent module moves it.
+
+    After its first call the layer keeps its int8 weight and row scales in `self.state`; its own
+    `to()` moves them, but `model.to(device)` (what phase offload does) only moves parameters, which
+    would leave the state on the old device. `_apply` is what both paths run.
+    """
+
+    class MovableLinear8bitLt(bnb.nn.Linear8bitLt):
+        def _apply(self, fn: Any, recurse: bool = True) -> MovableLinear8bitLt:
+            super()._apply(fn, recurse)
+            device = self.weight.device
+            if self.state.CB is not None:
+                self.state.CB = self.weight.data  # the moved int8 weight (forward reads it from here)
+            if self.state.SCB is not None and self.state.SCB.device != device:
+                self.state.SCB = self.state.SCB.to(device)
+            return self
+
+    return MovableLinear8bitLt
+
+
 def _int8_linear(linear: torch.nn.Linear, device: torch.device) -> torch.nn.Module:
     bnb = _bitsandbytes("int8")
-    layer = bnb.nn.Linear8bitLt(
+    layer = _movable_int8_class(bnb)(
         linear.in_features,
         linear.out_features,
         bias=linear.bias is not None,

@@ -235,3 +235,15 @@ def test_video_weight_storage_errors(tiny_models):
     store_video_weights(backend, "fp8_e4m3fn")  # the same again: nothing
     with pytest.raises(DRFInputError, match=r"already stored as 'fp8_e4m3fn'.*load the video model again"):
         store_video_weights(backend, "fp8_e5m2")
+
+
+def test_int8_layers_keep_their_matmul_state_with_the_moved_weight(qwen_dir):
+    """A parent's `model.to(device)` (phase offload) moves parameters only; bitsandbytes keeps the int8
+    weight in `state` after the first call, which must follow. Simulated on the CPU with a copying move."""
+    critic = quantize_critic(load_critic(qwen_dir, "fp32", "cpu"), "int8")
+    before = critic.score_yes_no(_frames(), QUESTIONS, VISUAL).detach()
+    layer = critic.model.model.language_model.layers[0].mlp.up_proj
+    assert layer.state.CB is not None  # the first call moved the weight into the matmul state
+    critic.model._apply(lambda tensor: tensor.clone())  # what Module.to does, with new storages
+    assert layer.state.CB.data_ptr() == layer.weight.data_ptr()
+    torch.testing.assert_close(critic.score_yes_no(_frames(), QUESTIONS, VISUAL).detach(), before)
