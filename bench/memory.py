@@ -413,7 +413,9 @@ QUANTIZATION_NOTE = (
     "stand-ins holding exactly the tensors it stores (int8 + a float32 scale per row; packed NF4 + a float32 "
     "scale per 64 weights; `lm_head` stays bf16) and allocating what its CUDA matmul allocates "
     "(`bench/memory_quant.py`); weight bytes are exact, the transients follow the library's code. The fp8 video "
-    "row runs the engine's own `store_video_weights` (diffusers layerwise casting)."
+    "row runs the engine's own `store_video_weights` (diffusers layerwise casting); each layer's cast makes "
+    "its fp8 weights anew, so at the peak they count under the phase that last ran the layer, not under "
+    "'weights: transformer'."
 )
 TARGETS_GIB = {"24GB": 21.7, "16GB": 14.2}  # issue 11: traced peak for a 24 / 16 GB card
 
