@@ -14,7 +14,13 @@ the rest run on what core Load Diffusion Model / Load CLIP / Load VAE give:
   as LoraLoaderModelOnly applies them;
 - prompts are encoded with the given CLIP (as core CLIP Text Encode does) or looked up among
   CONDITIONING the user encoded already;
-- decoding runs the VAE's decoder with gradient (per latent frame, optionally checkpointed).
+- decoding runs the VAE's decoder with gradient (per latent frame, optionally checkpointed);
+- Wan 2.2 A14B: two MODELs (high-noise, low-noise) sample as ComfyUI's template chains two
+  KSamplerAdvanced (`comfy_solver.ComfyExpertChain`); the LoRA trains on one of them (`trained_expert`)
+  and its file says which;
+- fp8 weights (Load Diffusion Model's fp8 weight dtypes, `fp8_scaled` checkpoints): the adapters act on
+  the weight as ComfyUI casts it per layer; on scaled-fp8 layers their difference is divided by the
+  layer's scale, which ComfyUI multiplies in after the weight functions (`_ScaledWeightAdapter`).
 
 ComfyUI runs every prompt in `torch.inference_mode()`, so weights it loaded (and the latent format's
 constants) are inference tensors, which autograd refuses to save for backward.
@@ -407,7 +413,9 @@ class ComfyVideoBackend(VideoBackend):
         patcher = self.patcher.clone()
         named = {}
         for name, adapter in adapters.items():
-            patcher.add_weight_wrapper(f"{MODEL_PREFIX}{self.native_module_name(name)}.weight", adapter)
+            layer = self.denoiser.get_submodule(self.native_module_name(name))
+            wrapper = _ScaledWeightAdapter(adapter, layer.scale_weight) if _is_scaled_fp8(layer) else adapter
+            patcher.add_weight_wrapper(f"{MODEL_PREFIX}{self.native_module_name(name)}.weight", wrapper)
             for part in ("lora_up", "lora_down"):
                 param = getattr(adapter, part).weight
                 param.requires_grad_(True)
@@ -538,8 +546,11 @@ class ComfyVideoBackend(VideoBackend):
         with torch.no_grad():
             for name, diff in adapter.trained.items():
                 native = self.native_module_name(name)
-                weight = self.denoiser.get_submodule(native).weight
-                out[f"{MODEL_PREFIX}{native}.weight"] = diff(weight.to(diff.lora_up.weight.device)).detach().cpu()
+                layer = self.denoiser.get_submodule(native)
+                weight = layer.weight.to(diff.lora_up.weight.device, torch.float32)
+                if _is_scaled_fp8(layer):
+                    weight = weight * layer.scale_weight.to(weight.device, torch.float32)
+                out[f"{MODEL_PREFIX}{native}.weight"] = diff(weight).detach().cpu()
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -556,6 +567,30 @@ class ComfyVideoBackend(VideoBackend):
             "text_from": "CLIP" if self.prompts.clip is not None else "CONDITIONING",
             **({"trained_expert": self.trained_expert, "low_noise_from": self.low_noise_from} if self.experts else {}),
         }
+
+
+def _is_scaled_fp8(layer: torch.nn.Module) -> bool:
+    """A layer of ComfyUI's scaled-fp8 ops (`fp8_scaled` checkpoints): it computes `weight * scale_weight`."""
+    return isinstance(getattr(layer, "scale_weight", None), torch.Tensor)
+
+
+class _ScaledWeightAdapter:
+    """A trainable LoRA on a scaled-fp8 layer. ComfyUI multiplies what the weight functions return by the
+    layer's `scale_weight`, so the LoRA's difference is divided by it first: `(W_q + dW / s) * s = W + dW`."""
+
+    def __init__(self, adapter: LoraDiff, scale: torch.Tensor) -> None:
+        self.adapter = adapter
+        self.scale = scale
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        adapter = self.adapter
+        delta = (adapter.alpha / adapter.rank) * (adapter.lora_up.weight @ adapter.lora_down.weight)
+        scale = self.scale.to(device=delta.device, dtype=torch.float32)
+        return (weight + (delta / scale).reshape(weight.shape)).to(weight.dtype)
+
+    def move_to(self, device: torch.device) -> int:
+        """ComfyUI moves weight functions with the model (`move_weight_functions`)."""
+        return self.adapter.move_to(device)
 
 
 def _checkpointed(forward: Any) -> Any:
