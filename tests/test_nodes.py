@@ -296,7 +296,7 @@ def test_model_cache_loads_once_releases_and_reloads(pack_nodes, loaded):
 
 
 def test_loaders_pass_critic_quantization_and_video_weight_storage(pack_nodes, local, ctx):
-    pytest.importorskip("bitsandbytes")
+    bnb = pytest.importorskip("bitsandbytes")
     errors = pack_module("drf_core.errors")
     cache = pack_module("nodes.model_cache").MODEL_CACHE
     critic = run(
@@ -322,7 +322,7 @@ def test_loaders_pass_critic_quantization_and_video_weight_storage(pack_nodes, l
     assert critic.options == (("quantization", "int8"),) and "quantization int8" in str(critic)
     try:
         assert critic.get().quantization == "int8"
-        assert type(critic.get().model.model.language_model.layers[0].mlp.up_proj).__name__ == "Linear8bitLt"
+        assert isinstance(critic.get().model.model.language_model.layers[0].mlp.up_proj, bnb.nn.Linear8bitLt)
         assert video.get().weight_storage == "fp8_e4m3fn"
         assert video.get().transformer.blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
     finally:
