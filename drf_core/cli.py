@@ -126,8 +126,10 @@ def _train(args: argparse.Namespace, parallel) -> int:
     # Several ranks: "auto" is each rank's own GPU; the critic may share a named one, the video model may not.
     video_device = parallel.rank_device(models.video_device, "models.video_device", shareable=False)
     critic_device = parallel.rank_device(models.critic_device, "models.critic_device", shareable=True)
-    backend = load_video_backend(models.video_model, models.video_dtype, video_device)
-    critic = load_critic(models.critic_model, models.critic_dtype, critic_device)
+    backend = load_video_backend(
+        models.video_model, models.video_dtype, video_device, weight_storage=models.video_weight_storage
+    )
+    critic = load_critic(models.critic_model, models.critic_dtype, critic_device, models.critic_quantization)
     if run.questions_file:
         loaded = json.loads(Path(run.questions_file).read_text(encoding="utf-8"))
         items = loaded if isinstance(loaded, list) else [loaded]
