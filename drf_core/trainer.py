@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from . import __version__
 from .checkpoint import (
@@ -51,6 +52,7 @@ from .io import write_text_atomic
 from .lora import LoRAWeights
 from .models.base import VideoBackend
 from .monitor import Monitor, training_movers, yes_no_answers
+from .offload import BACKWARD_GROUPS, VIDEO_MODEL, PhaseOffload, active_offload, phase_offload
 from .questions import QuestionSet
 from .regularize import DriftPenalty
 from .reward import RewardFunction
@@ -138,6 +140,9 @@ class Trainer:
         )
         self._step_answers: dict[str, float] = {}
         self._drift: torch.Tensor | None = None
+        self.offload: PhaseOffload | None = None
+        # With phase offload: (decoded frames, the detached copy the critic scored), for `_backward`.
+        self._scored_frames: tuple[torch.Tensor, torch.Tensor] | None = None
         self.device = backend.device
         self.generator = torch.Generator(device="cpu")
         self.step = 0
@@ -327,8 +332,17 @@ class Trainer:
                 self.backend, embeddings, noise, c.sampler, grad_steps, should_stop=self.should_stop,
                 grad_step_hook=drift,
             )  # fmt: skip
-            frames = self.backend.decode(latents, self.frame_indices, c.decode.checkpoint_per_latent_frame)
-            results = [self.reward(frames[i], self.questions[p]) for i, p in enumerate(prompts)]
+            decode_args = (latents, self.frame_indices, c.decode.checkpoint_per_latent_frame)
+            decode_args += (c.decode.checkpoint_residual_blocks, c.decode.segment_latent_frames)
+            if c.decode.checkpoint_decode and latents.requires_grad:  # reentrant: the forward keeps nothing
+                frames = checkpoint(self.backend.decode, *decode_args, use_reentrant=True)
+            else:
+                frames = self.backend.decode(*decode_args)
+            scored = frames
+            if self.offload is not None and frames.requires_grad:  # backward in two stages (`_backward`)
+                scored = frames.detach().requires_grad_()
+                self._scored_frames = (frames, scored)
+            results = [self.reward(scored[i], self.questions[p]) for i, p in enumerate(prompts)]
         totals = torch.stack([r.total.float() for r in results])
         # Side results of this micro-batch, read by `_train_step` (the return value stays the reward's).
         self._drift = drift.value() if drift is not None else None
@@ -349,21 +363,27 @@ class Trainer:
         finite = True
         for micro in range(c.gradient_accumulation):
             self._drift = None
+            self._scored_frames = None
             totals, per_aspect, preview = self._micro_batch(micro)
             loss = -totals.mean()
+            drift_term = None
             if self._drift is not None:
-                loss = loss + c.regularization.drift_weight * self._drift
+                drift_term = c.regularization.drift_weight * self._drift
+                loss = loss + drift_term
                 drifts.append(float(self._drift.detach()))
             loss = loss / c.gradient_accumulation
             if not _is_finite(loss):
                 finite = False
                 break
-            loss.backward()
+            self._backward(loss, drift_term)
             rewards += totals.detach().tolist()
             for row in per_aspect:
                 for name, value in row.items():
                     aspects.setdefault(name, []).append(value)
             self.last_preview = preview
+        self._scored_frames = None
+        if self.offload is not None:  # the LoRA's parameters live in the video model
+            self.offload.use(VIDEO_MODEL)
         max_norm = c.optimizer.max_grad_norm if c.optimizer.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)) if finite else float("nan")
         lr = self.lr_schedule.get_last_lr()[0]
@@ -401,6 +421,42 @@ class Trainer:
             row["movers"] = training_movers([*self.metrics, row], c.monitor.movers)
         return row
 
+    def _backward(self, loss: torch.Tensor, drift_term: torch.Tensor | None) -> None:
+        """`loss.backward()`; with phase offload, in two stages so each finds its weights on the device.
+
+        Stage 1 runs through the critic alone (it scored a detached copy of the frames) and gives
+        d loss / d frames; then the critic may leave, and stage 2 sends that gradient (and the drift
+        term's) through the VAE decode and the denoiser steps, with those two held on the device.
+        The gradients are the same numbers as one backward: the same ops, split at the frames.
+        """
+        if self._scored_frames is None or self.offload is None:
+            loss.backward()
+            return
+        frames, scored = self._scored_frames
+        self._scored_frames = None
+        (frame_grad,) = torch.autograd.grad(loss, scored)
+        del scored
+        outputs, grads = [frames], [frame_grad]
+        if drift_term is not None:  # d loss / d drift_term = 1 / gradient_accumulation
+            outputs.append(drift_term)
+            grads.append(torch.full_like(drift_term, 1.0 / self.config.gradient_accumulation))
+        with self.offload.hold(*BACKWARD_GROUPS):
+            torch.autograd.backward(outputs, grads)
+
+    def _start_offload(self) -> PhaseOffload | None:
+        """Phase offload for `offload="phase"`; kept on for models an earlier run offloaded."""
+        if self.config.offload == "phase":
+            modules, device = self.reward.offload_modules()
+            if not self.backend.offload_groups():
+                logger.info("phase offload: the video model's memory is managed by its host; only the critic moves")
+            return phase_offload(self.backend, modules, device or self.device)
+        earlier = active_offload(self.backend)
+        if earlier is not None:
+            logger.info(
+                "phase offload stays on: these models were offloaded by an earlier run (load them again to stop)"
+            )
+        return earlier
+
     def _evaluate_held_out(self) -> dict[str, Any]:
         assert self.monitor is not None
         evaluation = self.monitor.evaluate(self.step, self._autocast)
@@ -423,6 +479,7 @@ class Trainer:
         if self.step == 0:
             self.metrics = []
             self._rewrite_metrics()
+        self.offload = self._start_offload()
         self._encode_all_prompts()
         if self.monitor is not None:
             self.monitor.should_stop = self.should_stop
