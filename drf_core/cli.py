@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -93,14 +94,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import save_trained_lora, train_lora
     from .checkpoint import next_free_run_dir
-    from .config import RunConfig
+    from .config import RunConfig, resolve_device, resolve_dtype
     from .critics import load_critic
     from .decompose import decompose
+    from .memory_presets import apply_run_preset
     from .models import load_video_backend
+    from .offload import HOST
     from .questions import QuestionSet
     from .reward import DRFReward
 
-    run = RunConfig.from_file(args.config)
+    run = apply_run_preset(RunConfig.from_file(args.config))
     output = Path(args.out or run.output_dir)
     resume = run.resume and not args.fresh
     if not resume and next_free_run_dir(output) != output:
@@ -109,8 +112,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         output = next_free_run_dir(output)
     models = run.models
-    backend = load_video_backend(models.video_model, models.video_dtype, models.video_device)
-    critic = load_critic(models.critic_model, models.critic_dtype, models.critic_device)
+    # With phase offload the models load into host RAM; each phase brings what it needs to its device.
+    video_device, critic_device = resolve_device(models.video_device), resolve_device(models.critic_device)
+
+    def load_on(device: Any) -> Any:
+        return HOST if run.train.offload == "phase" and device.type == "cuda" else device
+
+    video_dtype = resolve_dtype(models.video_dtype, video_device)
+    backend = load_video_backend(models.video_model, video_dtype, load_on(video_device))
+    backend.device = video_device
+    critic_dtype = resolve_dtype(models.critic_dtype, critic_device)
+    critic = load_critic(models.critic_model, critic_dtype, load_on(critic_device))
+    critic.device = critic_device
     if run.questions_file:
         loaded = json.loads(Path(run.questions_file).read_text(encoding="utf-8"))
         items = loaded if isinstance(loaded, list) else [loaded]
