@@ -375,6 +375,13 @@ class Trainer:
             if not _is_finite(loss):
                 finite = False
                 break
+            if not loss.requires_grad:
+                raise DRFInputError(
+                    f"the reward does not depend on any LoRA weight: none of the last "
+                    f"{c.sampler.truncated_backprop_steps} denoising steps (truncated_backprop_steps) runs the model "
+                    "the LoRA is on. For Wan 2.2 A14B's high-noise expert, raise truncated_backprop_steps past the "
+                    "low-noise expert's steps, or train the low-noise expert"
+                )
             self._backward(loss, drift_term)
             rewards += totals.detach().tolist()
             for row in per_aspect:

@@ -7,8 +7,8 @@
   with the node's previews and text as `ui`.
 - `ComfyFolders` answers the nodes' folder questions with `folder_paths` (and registers the `vlm`
   model folder, merged with `LLM`, without replacing one `extra_model_paths.yaml` made).
-- `install_memory_hook()` makes ComfyUI's memory requests (`free_memory`, which "Unload models"
-  and its own model loads go through) also release this pack's cached models.
+- The models this pack loads itself are handed to ComfyUI's memory manager
+  (`comfy_memory.ComfyModelHost`, set as the model cache's host).
 
 ComfyUI changes between releases; every use of one of its functions that a release could move or
 drop goes through `_comfy_function`, so a newer ComfyUI without it gets a logged warning that says
@@ -36,6 +36,7 @@ from ..drf_core.io import save_image_atomic
 from ..drf_core.media import save_animation, to_pil
 from . import NODES
 from .comfy_api_version import pick_io
+from .comfy_memory import ComfyModelHost
 from .model_cache import MODEL_CACHE
 from .spec import DRFNode, InputSpec, ModelFolders, NodeResult, NodeSpec, Preview
 
@@ -234,33 +235,6 @@ def v3_node(node: type[DRFNode]) -> type[io.ComfyNode]:
     return type(node.__name__, (io.ComfyNode,), namespace)
 
 
-_ORIGINAL_FREE_MEMORY = "_drf_original_free_memory"
-
-
-def install_memory_hook() -> None:
-    """Release this pack's models when ComfyUI frees memory on their device and still lacks it."""
-    if hasattr(model_management, _ORIGINAL_FREE_MEMORY):
-        return
-    original = _comfy_function(
-        model_management,
-        "free_memory",
-        "this pack's cached models are not released when ComfyUI needs memory (queue a prompt with the pack's "
-        "loaders removed, or restart ComfyUI, to free them)",
-    )
-    get_free_memory = getattr(model_management, "get_free_memory", None)
-    if original is None or get_free_memory is None:
-        return
-
-    def free_memory(memory_required, device, *args, **kwargs):
-        unloaded = original(memory_required, device, *args, **kwargs)
-        if MODEL_CACHE.loaded() and get_free_memory(device) < memory_required:
-            MODEL_CACHE.release(device)
-        return unloaded
-
-    setattr(model_management, _ORIGINAL_FREE_MEMORY, original)
-    model_management.free_memory = free_memory
-
-
 def node_class_mappings() -> tuple[dict[str, type], dict[str, str]]:
     """`NODE_CLASS_MAPPINGS` and `NODE_DISPLAY_NAME_MAPPINGS` for ComfyUI's loader.
 
@@ -268,7 +242,7 @@ def node_class_mappings() -> tuple[dict[str, type], dict[str, str]]:
     so the other nodes still load.
     """
     register_model_folders()
-    install_memory_hook()
+    MODEL_CACHE.host = ComfyModelHost()
     classes, names = {}, {}
     for node in NODES:
         try:

@@ -14,7 +14,13 @@ the rest run on what core Load Diffusion Model / Load CLIP / Load VAE give:
   as LoraLoaderModelOnly applies them;
 - prompts are encoded with the given CLIP (as core CLIP Text Encode does) or looked up among
   CONDITIONING the user encoded already;
-- decoding runs the VAE's decoder with gradient (per latent frame, optionally checkpointed).
+- decoding runs the VAE's decoder with gradient (per latent frame, optionally checkpointed);
+- Wan 2.2 A14B: two MODELs (high-noise, low-noise) sample as ComfyUI's template chains two
+  KSamplerAdvanced (`comfy_solver.ComfyExpertChain`); the LoRA trains on one of them (`trained_expert`)
+  and its file says which;
+- fp8 weights (Load Diffusion Model's fp8 weight dtypes, `fp8_scaled` checkpoints): the adapters act on
+  the weight as ComfyUI casts it per layer; on scaled-fp8 layers their difference is divided by the
+  layer's scale, which ComfyUI multiplies in after the weight functions (`_ScaledWeightAdapter`).
 
 ComfyUI runs every prompt in `torch.inference_mode()`, so weights it loaded (and the latent format's
 constants) are inference tensors, which autograd refuses to save for backward.
@@ -52,13 +58,14 @@ from ..drf_core.errors import DRFInputError
 from ..drf_core.lora import LORA_FORMATS, LoRAModuleWeights, LoRAWeights
 from ..drf_core.models.base import DenoisingScheduler, PromptEmbeddings, VideoBackend
 from ..drf_core.models.vae_blocks import checkpoint_residual_blocks
-from ..drf_core.models.wan import WanBackend
-from .comfy_names import SOLVERS
-from .comfy_solver import ComfySolverRun
+from ..drf_core.models.wan import WanBackend, latent_frames_needed
+from .comfy_names import SOLVERS, WAN_EXPERTS
+from .comfy_solver import ComfyExpertChain, ComfySolverRun
 
 logger = logging.getLogger(__name__)
 
 MODEL_PREFIX = "diffusion_model."
+WAN_TEMPORAL_SCALE = 4  # pixel frames per latent frame after the first (Wan 2.1 VAE)
 # The pack's scheduler names (SamplerConfig.scheduler) -> ComfyUI (sampler, scheduler); "default"
 # is the pair chosen on the Video Model from ComfyUI node.
 DRF_SCHEDULER_NAMES = {"unipc": ("uni_pc", "simple"), "flow_euler": ("euler", "simple")}
@@ -206,10 +213,26 @@ class ComfyVideoBackend(VideoBackend):
         prompts: ComfyPrompts,
         sampler_name: str = "uni_pc",
         scheduler_name: str = "simple",
+        low_noise_model: Any = None,
+        low_noise_from: float = 0.5,
+        trained_expert: str = "low_noise",
     ) -> None:
         self.family = _family_of(model)
         SOLVERS.get(sampler_name)
-        self.base = model.clone()
+        # Wan 2.2 A14B: `model` is the high-noise expert, `low_noise_model` the low-noise one; the trained
+        # expert is `self.base` (LoRA, `denoiser`), the other one samples its share of the steps unchanged.
+        self.experts: dict[str, Any] = {}
+        if low_noise_model is not None:
+            _family_of(low_noise_model)
+            if trained_expert not in WAN_EXPERTS:
+                raise DRFInputError(f"unknown expert {trained_expert!r}; choose one of {', '.join(WAN_EXPERTS)}")
+            if not 0.0 <= low_noise_from <= 1.0:
+                raise DRFInputError(f"low_noise_from is a fraction of the steps, got {low_noise_from}; use 0..1")
+            self.experts = {"high_noise": model.clone(), "low_noise": low_noise_model.clone()}
+            model = self.experts[trained_expert]
+        self.trained_expert = trained_expert if self.experts else None
+        self.low_noise_from = low_noise_from
+        self.base = model if self.experts else model.clone()
         self.vae = vae
         self.prompts = prompts
         self.sampler_name = sampler_name
@@ -234,8 +257,9 @@ class ComfyVideoBackend(VideoBackend):
 
     def _prepare_model(self) -> None:
         """Called once ComfyUI has loaded the model for a run (see `make_autograd_safe`)."""
-        make_autograd_safe(self.base.model, self.base.model.latent_format)
-        self.base.model.requires_grad_(False)
+        for patcher in self.experts.values() or [self.base]:
+            make_autograd_safe(patcher.model, patcher.model.latent_format)
+            patcher.model.requires_grad_(False)
 
     # --- prompts -------------------------------------------------------------------------------
 
@@ -285,12 +309,31 @@ class ComfyVideoBackend(VideoBackend):
             sampler_name, scheduler_name = DRF_SCHEDULER_NAMES[name]
         else:
             raise DRFInputError(f"unknown scheduler {name!r}; choose default, {', '.join(DRF_SCHEDULER_NAMES)}")
-        patcher = self.patcher
+        patchers = {"trained": self.patcher}
+        if self.experts:
+            other = next(name for name in WAN_EXPERTS if name != self.trained_expert)
+            patchers = {self.trained_expert: self.patcher, other: self.experts[other]}
         if flow_shift is not None:  # what core ModelSamplingSD3 does
             from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
-            (patcher,) = ModelSamplingSD3().patch(patcher, flow_shift)
-        self._run = ComfySolverRun(patcher, sampler_name, scheduler_name, num_inference_steps, self._prepare_model)
+            patchers = {name: ModelSamplingSD3().patch(p, flow_shift)[0] for name, p in patchers.items()}
+        if not self.experts:
+            self._run = ComfySolverRun(
+                patchers["trained"], sampler_name, scheduler_name, num_inference_steps, self._prepare_model
+            )
+            return self._run
+        switch = round(self.low_noise_from * num_inference_steps)
+        runs = {
+            name: ComfySolverRun(patcher, sampler_name, scheduler_name, num_inference_steps, self._prepare_model, span)
+            for name, patcher, span in (
+                ("high_noise", patchers["high_noise"], (0, switch)),
+                ("low_noise", patchers["low_noise"], (switch, None)),
+            )
+        }
+        if switch == 0 or switch == num_inference_steps:  # one expert runs every step
+            self._run = runs["low_noise" if switch == 0 else "high_noise"]
+        else:
+            self._run = ComfyExpertChain(runs["high_noise"], runs["low_noise"])
         return self._run
 
     def predict(
@@ -337,9 +380,7 @@ class ComfyVideoBackend(VideoBackend):
         stage = vae.first_stage_model
         make_autograd_safe(stage)
         stage.requires_grad_(False)
-        total = (latents.shape[2] - 1) * 4 + 1
-        needed = total if frame_indices is None else max(frame_indices) + 1
-        latent_frames = min(latents.shape[2], (needed - 1) // 4 + 1)
+        latent_frames = latent_frames_needed(latents.shape[2], frame_indices, WAN_TEMPORAL_SCALE)
         z = stage.conv2(latents[:, :, :latent_frames].to(vae.vae_dtype).to(vae.device))
         cache: list[Any] = [None] * count_conv3d(stage.decoder)
         outputs = []
@@ -382,7 +423,9 @@ class ComfyVideoBackend(VideoBackend):
         patcher = self.patcher.clone()
         named = {}
         for name, adapter in adapters.items():
-            patcher.add_weight_wrapper(f"{MODEL_PREFIX}{self.native_module_name(name)}.weight", adapter)
+            layer = self.denoiser.get_submodule(self.native_module_name(name))
+            wrapper = _ScaledWeightAdapter(adapter, layer.scale_weight) if _is_scaled_fp8(layer) else adapter
+            patcher.add_weight_wrapper(f"{MODEL_PREFIX}{self.native_module_name(name)}.weight", wrapper)
             for part in ("lora_up", "lora_down"):
                 param = getattr(adapter, part).weight
                 param.requires_grad_(True)
@@ -420,6 +463,7 @@ class ComfyVideoBackend(VideoBackend):
         """Trainable: ComfyUI weight adapters holding the LoRA's weights. Preview: the file's patches
         applied exactly as core LoraLoaderModelOnly applies them."""
         self._refuse_existing(adapter_name)
+        self._check_expert(lora)
         if trainable:
             if strength != 1.0:
                 raise DRFInputError(f"resuming training needs strength 1.0, got {strength}")
@@ -450,11 +494,30 @@ class ComfyVideoBackend(VideoBackend):
         self._adapters[adapter_name] = _Adapter(patcher, weights=lora)
         return {}
 
+    def _check_expert(self, lora: LoRAWeights) -> None:
+        """A LoRA trained on one Wan 2.2 A14B expert goes on that expert only."""
+        expert = (lora.metadata or {}).get("drf_wan_expert")
+        if expert is None:
+            return
+        if self.trained_expert is None:
+            logger.warning(
+                "this LoRA was trained on Wan 2.2 A14B's %s MODEL; this video model has one MODEL, so it is "
+                "applied there: connect the A14B experts (model and model_low_noise) to apply it where it belongs",
+                expert,
+            )
+        elif expert != self.trained_expert:
+            raise DRFInputError(
+                f"this LoRA was trained on Wan 2.2 A14B's {expert} expert, but Video Model from ComfyUI puts LoRAs on "
+                f"the {self.trained_expert} one: set its trained_expert to {expert}"
+            )
+
     def snapshot_lora(self, adapter_name: str, metadata: dict[str, Any] | None = None) -> LoRAWeights:
         adapter = self._adapters.get(adapter_name)
         if adapter is None:
             raise DRFInputError(f"the model has no LoRA adapter named {adapter_name!r}")
         header = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+        if self.trained_expert is not None:  # which of Wan 2.2 A14B's MODELs the file belongs on
+            header["drf_wan_expert"] = self.trained_expert
         if adapter.weights is not None:
             return LoRAWeights(None, adapter.weights.key_layout, dict(adapter.weights.modules), header)
         modules = {
@@ -493,8 +556,11 @@ class ComfyVideoBackend(VideoBackend):
         with torch.no_grad():
             for name, diff in adapter.trained.items():
                 native = self.native_module_name(name)
-                weight = self.denoiser.get_submodule(native).weight
-                out[f"{MODEL_PREFIX}{native}.weight"] = diff(weight.to(diff.lora_up.weight.device)).detach().cpu()
+                layer = self.denoiser.get_submodule(native)
+                weight = layer.weight.to(diff.lora_up.weight.device, torch.float32)
+                if _is_scaled_fp8(layer):
+                    weight = weight * layer.scale_weight.to(weight.device, torch.float32)
+                out[f"{MODEL_PREFIX}{native}.weight"] = diff(weight).detach().cpu()
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -509,7 +575,32 @@ class ComfyVideoBackend(VideoBackend):
             "scheduler": self.scheduler_name,
             "shift": float(getattr(sampling, "shift", float("nan"))),
             "text_from": "CLIP" if self.prompts.clip is not None else "CONDITIONING",
+            **({"trained_expert": self.trained_expert, "low_noise_from": self.low_noise_from} if self.experts else {}),
         }
+
+
+def _is_scaled_fp8(layer: torch.nn.Module) -> bool:
+    """A layer of ComfyUI's scaled-fp8 ops (`fp8_scaled` checkpoints): it computes `weight * scale_weight`."""
+    return isinstance(getattr(layer, "scale_weight", None), torch.Tensor)
+
+
+class _ScaledWeightAdapter:
+    """A trainable LoRA on a scaled-fp8 layer. ComfyUI multiplies what the weight functions return by the
+    layer's `scale_weight`, so the LoRA's difference is divided by it first: `(W_q + dW / s) * s = W + dW`."""
+
+    def __init__(self, adapter: LoraDiff, scale: torch.Tensor) -> None:
+        self.adapter = adapter
+        self.scale = scale
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        adapter = self.adapter
+        delta = (adapter.alpha / adapter.rank) * (adapter.lora_up.weight @ adapter.lora_down.weight)
+        scale = self.scale.to(device=delta.device, dtype=torch.float32)
+        return (weight + (delta / scale).reshape(weight.shape)).to(weight.dtype)
+
+    def move_to(self, device: torch.device) -> int:
+        """ComfyUI moves weight functions with the model (`move_weight_functions`)."""
+        return self.adapter.move_to(device)
 
 
 def _checkpointed(forward: Any) -> Any:

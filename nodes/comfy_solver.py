@@ -97,6 +97,7 @@ class ComfySolverRun(DenoisingScheduler):
         scheduler_name: str,
         steps: int,
         prepare: Callable[[], None],
+        step_range: tuple[int, int | None] = (0, None),
     ) -> None:
         SOLVERS.get(sampler_name)
         if scheduler_name not in comfy.samplers.SCHEDULER_NAMES:
@@ -105,10 +106,15 @@ class ComfySolverRun(DenoisingScheduler):
             )
         self.patcher = patcher
         self.sampler_name = sampler_name
-        # Exactly core KSampler's sigmas (denoise 1.0), including the discarded penultimate sigma of UniPC.
+        # Exactly core KSampler's sigmas (denoise 1.0), including the discarded penultimate sigma of UniPC;
+        # a step range cuts them as KSamplerAdvanced's start_at_step / end_at_step do (leftover noise kept).
         self.sigmas = comfy.samplers.KSampler(
             patcher, steps=steps, device="cpu", sampler=sampler_name, scheduler=scheduler_name, denoise=1.0
         ).sigmas.float()
+        first, last = step_range
+        if last is not None and last < len(self.sigmas) - 1:
+            self.sigmas = self.sigmas[: last + 1]
+        self.sigmas = self.sigmas[first:]
         self.timesteps = self.sigmas[:-1]
         self._prepare = prepare
         self._requests: queue.Queue = queue.Queue()
@@ -120,15 +126,26 @@ class ComfySolverRun(DenoisingScheduler):
 
     # --- the sampler's thread ------------------------------------------------------------------
 
-    def start(self, noise: torch.Tensor, embeddings: PromptEmbeddings, guidance_scale: float) -> torch.Tensor:
+    def start(
+        self,
+        noise: torch.Tensor,
+        embeddings: PromptEmbeddings,
+        guidance_scale: float,
+        latent_image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Start the run from `noise` over `latent_image` (an empty latent when None), as KSampler does.
+
+        The worker begins in the caller's gradient mode, so a run that continues another one's latents
+        (`ComfyExpertChain`) keeps them in the autograd graph when gradients are on.
+        """
         guider = _KeptGuider(self.patcher)
         negative = embeddings.negative if embeddings.negative is not None else embeddings.positive
         guider.set_conds(_conditioning(embeddings.positive), _conditioning(negative))
         guider.set_cfg(guidance_scale)
-        latent_image = torch.zeros_like(noise)
-        self._thread = threading.Thread(
-            target=self._work, args=(guider, noise, latent_image), name="drf-comfy-solver", daemon=True
-        )
+        if latent_image is None:
+            latent_image = torch.zeros_like(noise)
+        args = (guider, noise, latent_image, torch.is_grad_enabled())
+        self._thread = threading.Thread(target=self._work, args=args, name="drf-comfy-solver", daemon=True)
         self._thread.start()
         return self._next_latents()
 
@@ -166,9 +183,9 @@ class ComfySolverRun(DenoisingScheduler):
 
     # --- the worker ----------------------------------------------------------------------------
 
-    def _work(self, guider: Any, noise: torch.Tensor, latent_image: torch.Tensor) -> None:
+    def _work(self, guider: Any, noise: torch.Tensor, latent_image: torch.Tensor, grad_enabled: bool) -> None:
         try:
-            with torch.inference_mode(False), torch.no_grad():
+            with torch.inference_mode(False), torch.set_grad_enabled(grad_enabled):
                 result = guider.sample(noise, latent_image, self._ksampler(), self.sigmas.clone(), seed=None)
             self._requests.put(("done", result))
         except _Stop:
@@ -216,3 +233,42 @@ class _HandOff:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         return self.run._request(x, sigma)
+
+
+class ComfyExpertChain(DenoisingScheduler):
+    """Wan 2.2 A14B's two experts, chained as ComfyUI's Wan 2.2 templates chain two KSamplerAdvanced.
+
+    The high-noise expert's run does steps `[0, switch)` and returns its latents with the leftover
+    noise; the low-noise expert's run starts from them with no added noise for steps `[switch, T)`.
+    Each run cuts its own model's sigmas (`step_range`), so a different shift per expert is honoured.
+    """
+
+    def __init__(self, high: ComfySolverRun, low: ComfySolverRun) -> None:
+        self.runs = (high, low)
+        self.timesteps = torch.cat([high.timesteps, low.timesteps])
+        self._active = 0
+        self._left = len(high.timesteps)
+        self._embeddings: PromptEmbeddings | None = None
+        self._guidance = 1.0
+
+    def start(self, noise: torch.Tensor, embeddings: PromptEmbeddings, guidance_scale: float) -> torch.Tensor:
+        self._embeddings, self._guidance = embeddings, guidance_scale
+        return self.runs[0].start(noise, embeddings, guidance_scale)
+
+    def denoise(self, latents: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The expert whose steps include `sigma` predicts (by value: backward recomputes checkpointed
+        calls of the high-noise expert after the low-noise one took over)."""
+        high_sigmas = self.runs[0].timesteps.tolist()
+        return self.runs[0 if float(sigma.flatten()[0]) in high_sigmas else 1].denoise(latents, sigma)
+
+    def step(self, model_output: torch.Tensor, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        result = self.runs[self._active].step(model_output, timestep, latents)
+        self._left -= 1
+        if self._active == 0 and self._left == 0:
+            self._active = 1
+            return self.runs[1].start(torch.zeros_like(result), self._embeddings, self._guidance, result)
+        return result
+
+    def close(self) -> None:
+        for run in self.runs:
+            run.close()

@@ -14,13 +14,14 @@ from ..drf_core.critics import critic_model_type
 from ..drf_core.devices import device_names
 from ..drf_core.errors import DRFInputError
 from ..drf_core.models import read_model_index
-from .comfy_names import COMFY_SCHEDULERS, SOLVERS
+from .comfy_names import COMFY_SCHEDULERS, SOLVERS, WAN_EXPERTS
 from .model_cache import ModelHandle
 from .spec import (
     CRITIC,
     VIDEO_MODEL,
     Combo,
     DRFNode,
+    Float,
     NodeContext,
     NodeResult,
     NodeSpec,
@@ -94,7 +95,12 @@ class VideoModelFromComfy(DRFNode):
             "equals core KSampler with the same sampler and scheduler; saved LoRAs load in LoraLoaderModelOnly."
         ),
         inputs=(
-            Socket("model", "MODEL", "A Wan 2.1 / 2.2 text-to-video MODEL (e.g. wan2.1_t2v_1.3B_fp16.safetensors)."),
+            Socket(
+                "model",
+                "MODEL",
+                "A Wan 2.1 / 2.2 text-to-video MODEL (e.g. wan2.1_t2v_1.3B_fp16.safetensors); for Wan 2.2 A14B its "
+                "high-noise expert.",
+            ),
             Socket("vae", "VAE", "The model's VAE (e.g. wan_2.1_vae.safetensors)."),
             Socket("clip", "CLIP", "The text encoder (e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors).", optional=True),
             Combo("sampler_name", SOLVERS.names(), "ComfyUI sampler, as on core KSampler.", "uni_pc"),
@@ -108,10 +114,34 @@ class VideoModelFromComfy(DRFNode):
             String(
                 "positive_text",
                 "",
-                "The prompt text `positive` encodes (Train LoRA and Sample Video find it by this text).",
+                "The prompt text `positive` encodes: Train LoRA and Sample Video find it by this text "
+                "(empty: no positive connected).",
             ),
             Socket("negative", "CONDITIONING", "Optional: the negative prompt already encoded.", optional=True),
             String("negative_text", "", "The negative prompt text `negative` encodes (empty: no negative prompt)."),
+            Socket(
+                "model_low_noise",
+                "MODEL",
+                "Wan 2.2 A14B only: the low-noise expert (wan2.2_t2v_low_noise_14B_*.safetensors); `model` is then "
+                "the high-noise one.",
+                optional=True,
+            ),
+            Float(
+                "low_noise_from",
+                0.5,
+                0.0,
+                1.0,
+                "Wan 2.2 A14B: the share of the steps the high-noise expert runs before the low-noise one takes "
+                "over (ComfyUI's template: 10 of 20 steps = 0.5), as two KSamplerAdvanced do.",
+                0.05,
+            ),
+            Combo(
+                "trained_expert",
+                list(WAN_EXPERTS),
+                "Wan 2.2 A14B: the expert the LoRA trains (and Load LoRA previews on); apply the saved file to that "
+                "MODEL. The low-noise expert shapes the final details.",
+                WAN_EXPERTS[0],
+            ),
         ),
         outputs=(OutputSpec(VIDEO_MODEL, "video_model", "The video model, for Train LoRA and Sample Video."),),
     )
@@ -126,10 +156,19 @@ class VideoModelFromComfy(DRFNode):
         scheduler: str,
         positive_text: str,
         negative_text: str,
+        low_noise_from: float = 0.5,
+        trained_expert: str = "low_noise",
         clip=None,
         positive=None,
         negative=None,
+        model_low_noise=None,
     ) -> NodeResult:
+        SOLVERS.get(sampler_name)
+        if trained_expert not in WAN_EXPERTS:
+            raise DRFInputError(f"unknown trained_expert {trained_expert!r}; choose one of {', '.join(WAN_EXPERTS)}")
+        if scheduler not in COMFY_SCHEDULERS:
+            choices = ", ".join(COMFY_SCHEDULERS)
+            raise DRFInputError(f"unknown ComfyUI scheduler {scheduler!r}; choose one of: {choices}")
         try:
             from .comfy_backend import ComfyPrompts, ComfyVideoBackend, ComfyVideoModel, conditioning_tensor
         except ImportError as error:
@@ -145,7 +184,9 @@ class VideoModelFromComfy(DRFNode):
             prompts.encoded[positive_text] = conditioning_tensor(positive, "positive")
         if negative is not None:
             prompts.encoded[negative_text] = conditioning_tensor(negative, "negative")
-        backend = ComfyVideoBackend(model, vae, prompts, sampler_name, scheduler)
+        backend = ComfyVideoBackend(
+            model, vae, prompts, sampler_name, scheduler, model_low_noise, low_noise_from, trained_expert
+        )
         return NodeResult((ComfyVideoModel(backend),), text=backend.source)
 
 

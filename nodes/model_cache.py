@@ -2,9 +2,12 @@
 
 A loader node returns a `ModelHandle` (what to load: kind, folder, dtype, device), not the model.
 `handle.get()` loads it once and keeps it in `MODEL_CACHE`, so every later run (and every node of
-the same run) reuses it. When the host needs memory it calls `MODEL_CACHE.release(device)`; a
-later `get()` simply loads again. Because the handle, not the model, sits in the host's output
-cache, releasing really frees the memory.
+the same run) reuses it. `MODEL_CACHE.release()` drops models; a later `get()` simply loads again.
+Because the handle, not the model, sits in the host's output cache, releasing really frees the memory.
+
+A host with a memory manager of its own (ComfyUI: `comfy_memory.ComfyModelHost`) sets
+`MODEL_CACHE.host`: it adopts each model the cache loads and is told each time one is used, so
+the host decides which device holds the weights.
 
 One model of each kind is kept (loading another video model replaces the first): the models this
 pack uses are several GiB each. Knows how to call a loader; nothing about ComfyUI.
@@ -17,7 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -53,6 +56,14 @@ class ModelHandle:
         return f"{self.kind} {self.path} ({self.dtype}, {self.device})"
 
 
+class ModelHost(Protocol):
+    """A host's memory manager: `adopt` a model just loaded; `use` one about to be used."""
+
+    def adopt(self, label: str, model: Any) -> None: ...
+
+    def use(self, label: str, model: Any) -> None: ...
+
+
 def _model_device(model: Any) -> torch.device | None:
     device = getattr(model, "device", None)
     return torch.device(device) if device is not None else None
@@ -65,18 +76,24 @@ class ModelCache:
         self._models: dict[str, tuple[ModelHandle, Any]] = {}
         self._lock = threading.RLock()
         self.loads = 0
+        self.host: ModelHost | None = None
 
     def get(self, handle: ModelHandle) -> Any:
         with self._lock:
             cached = self._models.get(handle.kind)
             if cached is not None and cached[0] == handle:
-                return cached[1]
-            if cached is not None:
-                self.release(kind=handle.kind)
-            logger.info("loading %s", handle)
-            model = LOADERS.get(handle.kind)(handle.path, dtype=handle.dtype, device=handle.device)
-            self.loads += 1
-            self._models[handle.kind] = (handle, model)
+                model = cached[1]
+            else:
+                if cached is not None:
+                    self.release(kind=handle.kind)
+                logger.info("loading %s", handle)
+                model = LOADERS.get(handle.kind)(handle.path, dtype=handle.dtype, device=handle.device)
+                self.loads += 1
+                self._models[handle.kind] = (handle, model)
+                if self.host is not None:
+                    self.host.adopt(str(handle), model)
+            if self.host is not None:
+                self.host.use(str(handle), model)
             return model
 
     def loaded(self) -> list[ModelHandle]:

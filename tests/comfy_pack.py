@@ -2,8 +2,13 @@
 
 `start_pack_server` starts one headless ComfyUI (`tests/comfy_server.py`) whose model folders hold the tiny
 models under the real models' names (`models/diffusers/Wan2.1-T2V-1.3B-Diffusers`,
-`models/LLM/Qwen2.5-VL-7B-Instruct`, an original-layout Wan checkpoint in `models/diffusion_models`) and a
-`vlm` folder from `extra_model_paths.yaml`. `shrink` makes a prompt run in seconds; `api_prompt` turns an
+`models/LLM/Qwen2.5-VL-7B-Instruct`) and a `vlm` folder from `extra_model_paths.yaml`, plus the files ComfyUI's
+own Wan 2.1 text-to-video template loads: the tiny Wan in ComfyUI's layout as
+`diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors`, and (`template_models`) a tiny UMT5 as
+`text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors` with the Wan 2.1 VAE (its fixed size, random weights) as
+`vae/wan_2.1_vae.safetensors`. ComfyUI builds UMT5-XXL at a fixed size, so the server also loads the test-only
+custom node `comfy_test_nodes/drf_tiny_umt5`, which makes core Load CLIP build it tiny.
+`shrink` makes a prompt run in seconds; `api_prompt` turns an
 example workflow into an API prompt; `drf_node` is one DRF node entry with the editor's defaults; `run_ok`
 queues a prompt and asserts it succeeded.
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -28,7 +34,10 @@ WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 TRAIN_WORKFLOW = REPO_ROOT / "workflows" / "drf_train_wan_lora.json"
 VIDEO_MODEL_NAME = "Wan2.1-T2V-1.3B-Diffusers"
 CRITIC_NAME = "Qwen2.5-VL-7B-Instruct"
-TINY_UNET = "tiny_wan_t2v.safetensors"
+TINY_UNET = "wan2.1_t2v_1.3B_fp16.safetensors"  # the template's file name
+TEXT_ENCODER_FILE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+VAE_FILE = "wan_2.1_vae.safetensors"
+TEST_NODES = REPO_ROOT / "tests" / "comfy_test_nodes"
 EXTRA_CRITIC = "Qwen-from-extra-model-paths"
 # Inputs that make a workflow run in seconds on tiny models (names shared by several nodes).
 SHRINK = {
@@ -72,9 +81,25 @@ def shrink(prompt: dict, **extra) -> dict:
     return prompt
 
 
-def start_pack_server(work: Path, extra_models: Path, tiny_models: TinyModelPaths) -> ComfyServer:
-    """A started ComfyUI serving this pack, all its state under `work` (skips or fails as `comfyui_checkout` says)."""
+def template_models(out: Path) -> Path:
+    """Write the template-named tiny text encoder and VAE under `out` with ComfyUI's interpreter; returns `out`."""
     comfy_dir, python = comfyui_checkout()
+    script = REPO_ROOT / "tests" / "comfy_scripts" / "template_models.py"
+    command = [str(python), str(script), "--comfyui-dir", str(comfy_dir), "--out", str(out)]
+    run = subprocess.run(command, cwd=comfy_dir, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, f"writing the template models failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
+    return out
+
+
+def start_pack_server(
+    work: Path, extra_models: Path, tiny_models: TinyModelPaths, template_dir: Path | None = None
+) -> ComfyServer:
+    """A started ComfyUI serving this pack, all its state under `work` (skips or fails as `comfyui_checkout` says).
+
+    `template_dir` holds what `template_models` wrote (written under `work` when not given)."""
+    comfy_dir, python = comfyui_checkout()
+    if template_dir is None:
+        template_dir = template_models(work.parent / f"{work.name}_template_models")
     # A `vlm` folder from extra_model_paths.yaml exists before the pack loads; the pack must add to it, not replace it.
     (extra_models / "vlm_extra").mkdir()
     (extra_models / "vlm_extra" / EXTRA_CRITIC).symlink_to(tiny_models.qwen, target_is_directory=True)
@@ -89,17 +114,22 @@ def start_pack_server(work: Path, extra_models: Path, tiny_models: TinyModelPath
         extra_args=("--extra-model-paths-config", str(config)),
     )
     models = comfy.models_dir
-    for folder in ("diffusers", "LLM", "diffusion_models", "loras"):
+    for folder in ("diffusers", "LLM", "diffusion_models", "loras", "text_encoders", "vae"):
         (models / folder).mkdir(parents=True, exist_ok=True)
     (models / "diffusers" / VIDEO_MODEL_NAME).symlink_to(tiny_models.wan, target_is_directory=True)
     (models / "LLM" / CRITIC_NAME).symlink_to(tiny_models.qwen, target_is_directory=True)
     write_tiny_wan_native(tiny_models.wan, models / "diffusion_models" / TINY_UNET)
+    (models / "text_encoders" / TEXT_ENCODER_FILE).symlink_to(template_dir / "text_encoders" / TEXT_ENCODER_FILE)
+    (models / "vae" / VAE_FILE).symlink_to(template_dir / "vae" / VAE_FILE)
+    comfy.custom_nodes_dir.mkdir(parents=True, exist_ok=True)
+    (comfy.custom_nodes_dir / "drf_tiny_umt5").symlink_to(TEST_NODES / "drf_tiny_umt5", target_is_directory=True)
     return comfy.start()
 
 
 def api_prompt(path: Path, pack_nodes) -> dict:
     workflow_tools = importlib.import_module(f"{pack_nodes.__name__}.workflow")
-    specs = {node.SPEC.node_id: node.SPEC for node in pack_nodes.NODES}
+    core = importlib.import_module(f"{pack_nodes.__name__}.core_specs").CORE_SPECS
+    specs = {**core, **{node.SPEC.node_id: node.SPEC for node in pack_nodes.NODES}}
     return workflow_tools.ui_to_api(json.loads(path.read_text()), specs)
 
 

@@ -132,11 +132,22 @@ def comfy_root(tiny_models, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def comfy_template_models(tmp_path_factory) -> Path:
+    """The tiny text encoder and the Wan VAE under the names ComfyUI's Wan template loads (written once)."""
+    from tests.comfy_pack import template_models
+
+    return template_models(tmp_path_factory.mktemp("template_models"))
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_models, pack_nodes):
+def server(request, tmp_path_factory, tiny_models, pack_nodes):
     """One real ComfyUI per test module, serving this pack with the tiny models (skipped without COMFYUI_DIR)."""
     from tests.comfy_pack import start_pack_server
 
-    comfy = start_pack_server(tmp_path_factory.mktemp("comfyui"), tmp_path_factory.mktemp("extra_models"), tiny_models)
+    template_dir = request.getfixturevalue("comfy_template_models")
+    comfy = start_pack_server(
+        tmp_path_factory.mktemp("comfyui"), tmp_path_factory.mktemp("extra_models"), tiny_models, template_dir
+    )
     yield comfy
     comfy.stop()

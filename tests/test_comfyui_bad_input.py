@@ -38,24 +38,26 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.comfy_pack import run_ok, shrink
+from tests.comfy_pack import TEXT_ENCODER_FILE, TINY_UNET, VAE_FILE, run_ok, shrink
 from tests.comfy_server import ComfyPromptError, ComfyServer
 from tests.conftest import import_pack
 
 pytestmark = pytest.mark.comfyui
 
 NODES = import_pack()[1].NODES
-# Nodes this matrix cannot feed, and where they are tested instead. Video Model from ComfyUI takes core
-# MODEL and VAE objects; a Wan VAE that ComfyUI's VAELoader accepts has ComfyUI's fixed full size, too slow
-# to build for every case here. Its sampling, training and LoRA round trip: tests/test_comfyui_native.py.
-# Its widgets' bad values are not checked through the server yet.
-NOT_IN_MATRIX = {"DRFVideoModelFromComfy": "tests/test_comfyui_native.py"}
-SPECS = {node.SPEC.node_id: node.SPEC for node in NODES if node.SPEC.node_id not in NOT_IN_MATRIX}
+SPECS = {node.SPEC.node_id: node.SPEC for node in NODES}
 RUN_NAME = "bad_input"  # every Train LoRA of the matrix: trained once (1 step), later prompts resume it at once
 # Helpers avoided when another node fits (they are still tested as targets themselves).
 AVOID_AS_HELPER = {"DRFTrainLoRA": "trains", "DRFSaveLoRA": "writes into models/loras"}
-# Core nodes standing in for ComfyUI types.
-CORE_PRODUCERS = {"IMAGE": ("EmptyImage", {"width": 32, "height": 32, "batch_size": 5, "color": 0})}
+# Core nodes standing in for ComfyUI types (the model files are the server's template-named tiny ones).
+CORE_PRODUCERS = {
+    "IMAGE": ("EmptyImage", {"width": 32, "height": 32, "batch_size": 5, "color": 0}),
+    "MODEL": ("UNETLoader", {"unet_name": TINY_UNET, "weight_dtype": "default"}),
+    "VAE": ("VAELoader", {"vae_name": VAE_FILE}),
+    "CLIP": ("CLIPLoader", {"clip_name": TEXT_ENCODER_FILE, "type": "wan", "device": "default"}),
+}
+# Optional sockets a node cannot run without in this matrix (it needs a CLIP or encoded prompts).
+NEEDED_OPTIONAL = {("DRFVideoModelFromComfy", "clip")}
 CORE_CONSUMERS = {"IMAGE": ("PreviewImage", "images")}
 GOOD_LORA_PREFIX = "drf_test/good"
 PROMPT = "a red ball rolls across green grass"
@@ -144,18 +146,19 @@ class GraphBuilder:
     def add(self, node_id: str, chain: frozenset = frozenset()) -> str:
         key = str(len(self.prompt) + 1)
         if node_id not in SPECS:  # a core node
-            self.prompt[key] = {"class_type": node_id, "inputs": dict(CORE_PRODUCERS["IMAGE"][1])}
+            widgets = next(values for core, values in CORE_PRODUCERS.values() if core == node_id)
+            self.prompt[key] = {"class_type": node_id, "inputs": dict(widgets)}
             return key
         self.prompt[key] = {"class_type": node_id, "inputs": self.widgets(node_id)}
+
         # Required sockets get a producer; optional ones a settings node, so the shrunk sizes reach every node.
-        wanted = [
-            s for s in _sockets(SPECS[node_id], required_only=False) if not s.optional or _settings_producer(s.type)
-        ]
+        def needed(socket) -> bool:
+            return not socket.optional or (node_id, socket.name) in NEEDED_OPTIONAL
+
+        wanted = [s for s in _sockets(SPECS[node_id], required_only=False) if needed(s) or _settings_producer(s.type)]
         for socket in wanted:
             if socket.type not in self.made:
-                maker = (
-                    _settings_producer(socket.type) if socket.optional else _producer(socket.type, chain | {node_id})
-                )
+                maker = _producer(socket.type, chain | {node_id}) if needed(socket) else _settings_producer(socket.type)
                 self.made[socket.type] = [self.add(maker, chain | {node_id}), 0]
                 producer = self.prompt[self.made[socket.type][0]]["class_type"]
                 if producer in SPECS:

@@ -52,6 +52,11 @@ def test_sampling_equals_core_ksampler_and_vae_decode(report):
     assert shifted != report["ksampler_equality"]["uni_pc/simple"]["latent_scale"]
 
 
+def test_decoding_some_frames_equals_those_frames_of_the_whole_decode(report):
+    assert report["frame_subset_frames"] == 5
+    assert report["frame_subset_max_abs_diff"] == 0.0
+
+
 def test_inference_tensors_fail_without_the_fix(report):
     assert "Inference tensors cannot be saved for backward" in report["without_fix_error"]
 

@@ -130,10 +130,15 @@ def test_video_model_from_comfyui_says_it_needs_comfyui(pack_nodes, local, ctx):
     """Its spec lives with the others, but only ComfyUI can run it; elsewhere the error says so."""
     errors = pack_module("drf_core.errors")
     spec = pack_nodes.NODES_BY_ID["DRFVideoModelFromComfy"].SPEC
-    assert [i.type for i in spec.inputs if not i.is_widget] == ["MODEL", "VAE", "CLIP", "CONDITIONING", "CONDITIONING"]
+    sockets = [i.type for i in spec.inputs if not i.is_widget]
+    assert sockets == ["MODEL", "VAE", "CLIP", "CONDITIONING", "CONDITIONING", "MODEL"]  # the last: A14B low-noise
     assert spec.input("sampler_name").default == "uni_pc" and spec.input("scheduler").default == "simple"
+    assert spec.input("trained_expert").default == "low_noise" and spec.input("low_noise_from").default == 0.5
     with pytest.raises(errors.DRFInputError, match="only inside ComfyUI"):
         run(pack_nodes, local, ctx, "DRFVideoModelFromComfy", model=object(), vae=object(), clip=object())
+    for name, value in (("sampler_name", "dpmpp_2m"), ("scheduler", "no_such"), ("trained_expert", "both")):
+        with pytest.raises(errors.DRFInputError, match=f"unknown .*{value}"):  # its own combos, checked first
+            run(pack_nodes, local, ctx, "DRFVideoModelFromComfy", model=object(), vae=object(), **{name: value})
 
 
 def test_aspect_weights_parse_and_reject_bad_text(pack_nodes):

@@ -468,3 +468,21 @@ def test_setting_errors(backend):
 def test_native_module_name(backend):
     pytest.importorskip("drf_core.models.wan_keys")
     assert backend.native_module_name("blocks.0.attn1.to_q") == "blocks.0.self_attn.q"
+
+
+@pytest.mark.parametrize(
+    ("indices", "latent_frames"),
+    [([0], 1), ([1], 2), ([2], 2), ([4], 2), ([0, 4], 2), ([5], 3), ([8], 3), (None, 3)],
+)
+def test_latent_frames_needed_covers_the_last_wanted_frame(indices, latent_frames):
+    """Latent frame 0 -> pixel frame 0, latent frame n -> pixel frames 4n-3 .. 4n (9 frames from 3 latent frames)."""
+    from drf_core.models.wan import latent_frames_needed
+
+    assert latent_frames_needed(3, indices, 4) == latent_frames
+
+
+def test_latent_frames_needed_refuses_frames_outside_the_video():
+    from drf_core.models.wan import latent_frames_needed
+
+    with pytest.raises(DRFInputError, match="outside the video's 9 frames"):
+        latent_frames_needed(3, [9], 4)

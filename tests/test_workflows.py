@@ -3,7 +3,10 @@ to the API prompts the editor would send, and run end to end on tiny models. Als
 kind of broken file it claims to catch.
 
 The end-to-end runs use `nodes.local.run_prompt` (the same `run` functions ComfyUI's node classes call) on private
-copies of the `comfy_root` tree, with sizes and step counts shrunk by overriding the API prompt's inputs.
+copies of the `comfy_root` tree, with sizes and step counts shrunk by overriding the API prompt's inputs. Core
+ComfyUI nodes cannot run without ComfyUI: in workflows that load Wan with the core loaders, those loaders and Video
+Model from ComfyUI are replaced here by Load Video Model on the same tiny Wan (diffusers folder), so everything after
+the video model runs as in the file. test_comfyui_nodes.py runs the files unchanged in a real ComfyUI.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ SHRINK = {
     # held-out monitoring runs too; the last step's LoRA is kept, so the before/after comparison sees training
     "DRFTrainingOptions": {"held_out_every": 1, "held_out_seeds": "7", "keep_best": False},
 }
+# Core loaders (and the DRF node that turns their outputs into a video model): replaced for in-process runs.
+COMFY_LOADERS = ("UNETLoader", "CLIPLoader", "VAELoader", "ModelSamplingSD3", "DRFVideoModelFromComfy")
 LABEL_ROWS = 13  # Compare Side by Side draws its labels in rows 0..12
 GAP = 4  # white columns between the two videos
 TITLE_BAR = 30  # the editor draws a node's title above its pos
@@ -81,7 +86,9 @@ def local(pack_nodes):
 
 @pytest.fixture(scope="module")
 def specs(pack_nodes):
-    return {node_id: node.SPEC for node_id, node in pack_nodes.NODES_BY_ID.items()}
+    """Specs of the pack's nodes and of the core nodes the workflows use."""
+    core = pack_module("nodes.core_specs").CORE_SPECS
+    return {**core, **{node_id: node.SPEC for node_id, node in pack_nodes.NODES_BY_ID.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +117,20 @@ def ids_of(prompt: dict, class_type: str) -> list[str]:
     return [node_id for node_id, entry in prompt.items() if entry["class_type"] == class_type]
 
 
-def shrink(prompt: dict) -> dict:
+def without_core_loaders(prompt: dict) -> dict:
+    """The prompt with its core Wan loaders replaced by Load Video Model (see the module docstring)."""
     prompt = copy.deepcopy(prompt)
+    for node_id in [i for i, entry in prompt.items() if entry["class_type"] in COMFY_LOADERS]:
+        if prompt[node_id]["class_type"] == "DRFVideoModelFromComfy":
+            inputs = {"model": "Wan2.1-T2V-1.3B-Diffusers", "dtype": "auto", "device": "auto"}
+            prompt[node_id] = {"class_type": "DRFLoadVideoModel", "inputs": inputs}
+        else:
+            del prompt[node_id]
+    return prompt
+
+
+def shrink(prompt: dict) -> dict:
+    prompt = without_core_loaders(prompt)
     for node_id, entry in prompt.items():
         for name, value in SHRINK.get(entry["class_type"], {}).items():
             assert name in entry["inputs"], f"node {node_id} ({entry['class_type']}) has no input {name} to shrink"
@@ -216,7 +235,14 @@ def test_layout_is_tidy_and_explained(name):
     text = note["widgets_values"][0]
     lines = [line for line in text.splitlines() if line.strip()]
     assert 3 <= len(lines) <= 8, f"{name}: the note has {len(lines)} lines"
-    assert "Wan2.1-T2V-1.3B-Diffusers" in text and "models/diffusers" in text
+    if nodes_of(workflow, "DRFLoadVideoModel"):
+        assert "Wan2.1-T2V-1.3B-Diffusers" in text and "models/diffusers" in text
+    else:  # every file a core loader names, and where it goes
+        for node_type, folder in (("UNETLoader", "diffusion_models"), ("CLIPLoader", "text_encoders")):
+            assert f"`{nodes_of(workflow, node_type)[0]['widgets_values'][0]}`" in text, (name, node_type)
+            if node_type == "UNETLoader" and name != COMPARE:
+                assert f"models/{folder}" in text, name
+        assert f"`{nodes_of(workflow, 'VAELoader')[0]['widgets_values'][0]}`" in text
     if nodes_of(workflow, "DRFLoadVLMCritic"):
         assert "Qwen2.5-VL-7B-Instruct" in text and "models/vlm" in text and "models/LLM" in text
     if nodes_of(workflow, "DRFTrainLoRA"):
@@ -290,6 +316,29 @@ def test_settings_are_for_a_real_gpu(tools, specs):
             assert {k: widgets[k] for k in video} == video and widgets["steps"] == 20, name
         for node in nodes_of(workflow, "DRFLoadVideoModel") + nodes_of(workflow, "DRFLoadVLMCritic"):
             assert widgets_by_name(node, specs, tools)["device"] == "auto", name
+
+
+def test_workflows_load_wan_as_comfyuis_own_template_does_except_the_command_line_one(tools, specs):
+    """The files, shift, sampler and scheduler of ComfyUI's Wan 2.1 text-to-video template; one diffusers workflow."""
+    template = {
+        "UNETLoader": {"unet_name": "wan2.1_t2v_1.3B_fp16.safetensors", "weight_dtype": "default"},
+        "CLIPLoader": {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan", "device": "default"},
+        "VAELoader": {"vae_name": "wan_2.1_vae.safetensors"},
+        "ModelSamplingSD3": {"shift": 8.0},
+        "DRFVideoModelFromComfy": {"sampler_name": "uni_pc", "scheduler": "simple"},
+    }
+    on_diffusers = []
+    for name in EXAMPLES:
+        workflow = read_workflow(name)
+        if nodes_of(workflow, "DRFLoadVideoModel"):
+            on_diffusers.append(name)
+            assert not any(nodes_of(workflow, node_type) for node_type in template), name
+            continue
+        for node_type, expected in template.items():
+            (node,) = nodes_of(workflow, node_type)
+            widgets = widgets_by_name(node, specs, tools)
+            assert {k: widgets[k] for k in expected} == expected, (name, node_type)
+    assert on_diffusers == [TRAIN]  # the command line's run, on the diffusers folder
 
 
 # --- check_workflow catches broken files --------------------------------------------------------------------

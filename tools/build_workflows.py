@@ -9,7 +9,10 @@ changing a node's inputs: tests/test_workflows.py fails until the files are rege
 columns from left to right, spaced by their sizes (plus room for multiline text boxes and previews);
 a Markdown note in each workflow tells an artist what to do.
 
-Knows the four example graphs and their real-GPU settings; nothing about running them.
+Three workflows load Wan with ComfyUI's core loaders under the file names of ComfyUI's own Wan 2.1
+text-to-video template (`load_comfy_models`); the main training workflow keeps the diffusers loader, so it
+is the same run as the command line's. Knows the four example graphs and their real-GPU settings;
+nothing about running them.
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ check_workflow = _WORKFLOW_TOOLS.check_workflow
 
 # --- settings shared by the examples (a real GPU; the tests shrink them) --------------------------------
 VIDEO_MODEL_NAME = "Wan2.1-T2V-1.3B-Diffusers"
+# The files ComfyUI's own Wan 2.1 text-to-video template loads, and its shift.
+COMFY_DIFFUSION_MODEL = "wan2.1_t2v_1.3B_fp16.safetensors"
+COMFY_TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+COMFY_VAE = "wan_2.1_vae.safetensors"
+COMFY_SHIFT = 8.0
 CRITIC_NAME = "Qwen2.5-VL-7B-Instruct"
 VIDEO_SIZE = {"width": 832, "height": 480, "num_frames": 33}
 DENOISING_STEPS = 20
@@ -97,6 +105,12 @@ NOTE_SIZE = (420, 330)
 MODEL_FOLDERS_MD = (
     f"Put **{VIDEO_MODEL_NAME}** (the whole diffusers folder) in `models/diffusers/` and "
     f"**{CRITIC_NAME}** in `models/vlm/` or `models/LLM/`, then press **R** to refresh the lists."
+)
+COMFY_MODEL_FOLDERS_MD = (
+    f"The Wan files of ComfyUI's own Wan 2.1 text-to-video template: `{COMFY_DIFFUSION_MODEL}` in "
+    f"`models/diffusion_models/`, `{COMFY_TEXT_ENCODER}` in `models/text_encoders/`, `{COMFY_VAE}` in "
+    f"`models/vae/`. Add **{CRITIC_NAME}** (the whole folder) in `models/vlm/` or `models/LLM/`, then press "
+    "**R** to refresh the lists."
 )
 
 
@@ -145,10 +159,33 @@ class ColumnLayout:
 
 
 def load_models(layout: ColumnLayout, critic: bool = True) -> tuple[int, int | None]:
+    """Load Video Model (a diffusers folder) and Load VLM Critic, in the current column."""
     video = layout.add("DRFLoadVideoModel", {"model": VIDEO_MODEL_NAME, "dtype": "auto", "device": "auto"})
     if not critic:
         return video, None
     return video, layout.add("DRFLoadVLMCritic", {"model": CRITIC_NAME, "dtype": "auto", "device": "auto"})
+
+
+def load_comfy_models(layout: ColumnLayout, critic: bool = True) -> tuple[int, int | None]:
+    """Core Load Diffusion Model -> ModelSamplingSD3, Load CLIP and Load VAE (as ComfyUI's Wan 2.1 template
+    sets them) into Video Model from ComfyUI, and Load VLM Critic: the loaders in the current column, the shift
+    (and the critic) in the next, Video Model from ComfyUI in the one after, where the caller goes on."""
+    unet = layout.add("UNETLoader", {"unet_name": COMFY_DIFFUSION_MODEL, "weight_dtype": "default"})
+    clip = layout.add("CLIPLoader", {"clip_name": COMFY_TEXT_ENCODER, "type": "wan", "device": "default"})
+    vae = layout.add("VAELoader", {"vae_name": COMFY_VAE})
+    layout.next_column()
+    shift = layout.add("ModelSamplingSD3", {"shift": COMFY_SHIFT})
+    critic_node = None
+    if critic:
+        critic_node = layout.add("DRFLoadVLMCritic", {"model": CRITIC_NAME, "dtype": "auto", "device": "auto"})
+    layout.next_column()
+    video = layout.add("DRFVideoModelFromComfy", {"sampler_name": "uni_pc", "scheduler": "simple"})
+    connect = layout.builder.connect
+    connect(unet, "MODEL", shift, "model")
+    connect(shift, "MODEL", video, "model")
+    connect(clip, "CLIP", video, "clip")
+    connect(vae, "VAE", video, "vae")
+    return video, critic_node
 
 
 def questions_and_reward(layout: ColumnLayout, prompts: str, critic: int) -> tuple[int, int]:
@@ -231,13 +268,13 @@ def train_wan_lora(layout: ColumnLayout) -> None:
 def critique_video(layout: ColumnLayout) -> None:
     layout.note(
         "## Ask the critic what is wrong with a video\n"
-        f"1. {MODEL_FOLDERS_MD}\n"
+        f"1. {COMFY_MODEL_FOLDERS_MD}\n"
         "2. Write the same prompt in **Sample Video** and **Decompose Prompt**.\n"
         "3. Queue. **Critique Video** shows a report (every question, its score and the critic's own words), "
         "a score chart, and heatmaps of where each aspect's reward would rise most if the pixels changed.\n"
         "4. The reward here is the one Train LoRA maximises: low-scoring questions show what a fine-tune will fix."
     )
-    video, critic = load_models(layout)
+    video, critic = load_comfy_models(layout)
     layout.next_column()
     questions, reward = questions_and_reward(layout, CRITIQUE_PROMPT, critic)
     layout.next_column()
@@ -257,14 +294,16 @@ def critique_video(layout: ColumnLayout) -> None:
 def compare_base_vs_lora(layout: ColumnLayout) -> None:
     layout.note(
         "## Before / after: the base model next to your LoRA\n"
-        f"1. Put **{VIDEO_MODEL_NAME}** in `models/diffusers/`; the LoRA comes from the training workflow "
+        f"1. The Wan files of ComfyUI's own Wan 2.1 text-to-video template (`{COMFY_DIFFUSION_MODEL}`, "
+        f"`{COMFY_TEXT_ENCODER}`, `{COMFY_VAE}`); the LoRA comes from a training workflow "
         f"(`models/loras/{MAIN_LORA_FILE}`). Press **R** and pick it in **Load LoRA**.\n"
         "2. Both **Sample Video** nodes use the same prompt and seed, so they start from the same noise: "
         "every difference comes from the LoRA.\n"
         "3. Queue. **Compare Side by Side** plays base (left) and LoRA (right) together.\n"
-        "4. Try lora_strength between 0.5 and 1.5, or a prompt the LoRA was not trained on."
+        "4. Try lora_strength between 0.5 and 1.5, or a prompt the LoRA was not trained on. In your own graphs, "
+        "core **LoraLoaderModelOnly** applies the same file to the MODEL and **KSampler** gives the same video."
     )
-    video, _ = load_models(layout, critic=False)
+    video, _ = load_comfy_models(layout, critic=False)
     lora = layout.add("DRFLoadLoRA", {"lora_name": MAIN_LORA_FILE, "family": "wan"})
     layout.next_column()
     before_after(layout, video, lora, {"prompt": TRAINING_PROMPTS[0], "lora_strength": 1.0, **SAMPLING})
@@ -274,7 +313,7 @@ def compare_base_vs_lora(layout: ColumnLayout) -> None:
 def single_prompt_finetune(layout: ColumnLayout) -> None:
     layout.note(
         "## Single-prompt fine-tuning, with before / after\n"
-        f"1. {MODEL_FOLDERS_MD}\n"
+        f"1. {COMFY_MODEL_FOLDERS_MD}\n"
         "2. Write one prompt in **Decompose Prompt** and the same prompt in both **Sample Video** nodes.\n"
         "3. Queue. **Train LoRA** fine-tunes on that prompt only (200 steps; progress, reward and a preview frame "
         "on the node); **Save LoRA** keeps the result in `models/loras/drf/`.\n"
@@ -283,7 +322,7 @@ def single_prompt_finetune(layout: ColumnLayout) -> None:
         "5. **Interrupt** saves a checkpoint; **queue again** to resume. **Training Options** holds the advanced "
         "settings."
     )
-    video, critic = load_models(layout)
+    video, critic = load_comfy_models(layout)
     layout.next_column()
     questions, reward = questions_and_reward(layout, SINGLE_PROMPT, critic)
     options_widgets = {
@@ -306,8 +345,9 @@ def single_prompt_finetune(layout: ColumnLayout) -> None:
 
 # --- building and writing ----------------------------------------------------------------------------------
 def node_specs() -> dict[str, Any]:
-    """Node id -> `NodeSpec` of every node of the pack."""
-    return {node_id: node.SPEC for node_id, node in import_pack().NODES_BY_ID.items()}
+    """Node id -> `NodeSpec` of every node of the pack and of the ComfyUI core nodes the workflows use."""
+    core = importlib.import_module(f"{import_pack().__name__}.core_specs").CORE_SPECS
+    return {**core, **{node_id: node.SPEC for node_id, node in import_pack().NODES_BY_ID.items()}}
 
 
 def build_workflow(recipe: WorkflowRecipe, specs: Mapping[str, Any]) -> dict[str, Any]:

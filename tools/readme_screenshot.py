@@ -33,6 +33,7 @@ from tests.comfy_server import ComfyServer  # noqa: E402
 logger = logging.getLogger("readme_screenshot")
 THUMBNAIL_SIZE = (800, 450)
 THUMBNAIL_QUALITY = 85
+THUMBNAIL_MIN_ZOOM = 0.7
 
 
 def main() -> None:
@@ -56,6 +57,14 @@ def main() -> None:
         ):
             (server.models_dir / folder).mkdir(parents=True, exist_ok=True)
             (server.models_dir / folder / name).symlink_to(target, target_is_directory=True)
+        # The core loaders' lists: the editor only draws the workflows, nothing runs, so empty files do.
+        for folder, name in (
+            ("diffusion_models", "wan2.1_t2v_1.3B_fp16.safetensors"),
+            ("text_encoders", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+            ("vae", "wan_2.1_vae.safetensors"),
+        ):
+            (server.models_dir / folder).mkdir(parents=True, exist_ok=True)
+            (server.models_dir / folder / name).touch()
         with server:
             if args.thumbnails:
                 for path in sorted((REPO_ROOT / "workflows").glob("*.json")):
@@ -71,14 +80,13 @@ def main() -> None:
 
 def write_thumbnail(url: str, workflow_path: Path, scratch: Path) -> None:
     """`workflows/<name>.jpg`: the editor's picture of the workflow, small enough for the template browser."""
-    screenshot_workflow(
-        url,
-        json.loads(workflow_path.read_text(encoding="utf-8")),
-        scratch,
-        name=workflow_path.stem,
-        width=1600,
-        height=900,
+    workflow = json.loads(workflow_path.read_text(encoding="utf-8"))
+    # The editor draws nodes without text below ~60 % zoom: a wide graph gets a wider (16:9) window.
+    extent = max(node["pos"][0] + node["size"][0] for node in workflow["nodes"]) - min(
+        node["pos"][0] for node in workflow["nodes"]
     )
+    width = max(1600, int(extent / THUMBNAIL_MIN_ZOOM))
+    screenshot_workflow(url, workflow, scratch, name=workflow_path.stem, width=width, height=width * 9 // 16)
     with Image.open(scratch) as picture:
         picture.convert("RGB").resize(THUMBNAIL_SIZE, Image.Resampling.LANCZOS).save(
             workflow_path.with_suffix(".jpg"), quality=THUMBNAIL_QUALITY

@@ -121,6 +121,24 @@ def _nearest_multiples(value: int, multiple: int) -> str:
     return str(below) if below == above else f"{below} or {above}"
 
 
+def latent_frames_needed(num_latent_frames: int, frame_indices: Sequence[int] | None, scale: int) -> int:
+    """How many latent frames (from the first) a causal Wan VAE decodes to produce `frame_indices`.
+
+    Latent frame 0 decodes to pixel frame 0; latent frame n >= 1 to frames 1+s(n-1) .. s*n.
+    """
+    if frame_indices is None:
+        return num_latent_frames
+    num_frames = 1 + scale * (num_latent_frames - 1)
+    if len(frame_indices) == 0:
+        raise DRFInputError("frame_indices is empty; give at least one frame to decode")
+    outside = [i for i in frame_indices if not 0 <= i < num_frames]
+    if outside:
+        raise DRFInputError(
+            f"frame indices {outside} are outside the video's {num_frames} frames; use 0..{num_frames - 1}"
+        )
+    return (max(frame_indices) + scale - 1) // scale + 1
+
+
 class WanBackend(PeftLoRA, VideoBackend):
     """A diffusers Wan text-to-video model (Wan 2.1, Wan 2.2 A14B two-expert, Wan 2.2 TI2V-5B)."""
 
@@ -426,19 +444,7 @@ class WanBackend(PeftLoRA, VideoBackend):
     # ------------------------------------------------------------------------------------------
 
     def _latent_frames_needed(self, num_latent_frames: int, frame_indices: Sequence[int] | None) -> int:
-        if frame_indices is None:
-            return num_latent_frames
-        scale = self._temporal_scale
-        num_frames = 1 + scale * (num_latent_frames - 1)
-        if len(frame_indices) == 0:
-            raise DRFInputError("frame_indices is empty; give at least one frame to decode")
-        outside = [i for i in frame_indices if not 0 <= i < num_frames]
-        if outside:
-            raise DRFInputError(
-                f"frame indices {outside} are outside the video's {num_frames} frames; use 0..{num_frames - 1}"
-            )
-        # Latent frame 0 decodes to pixel frame 0; latent frame n >= 1 to frames 1+s(n-1) .. s*n.
-        return (max(frame_indices) + scale - 1) // scale + 1
+        return latent_frames_needed(num_latent_frames, frame_indices, self._temporal_scale)
 
     def decode(
         self,

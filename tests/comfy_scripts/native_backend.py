@@ -33,25 +33,6 @@ TEXT_TOKENS, TEXT_WIDTH = 12, 4096
 POSITIVE_TEXT, NEGATIVE_TEXT = "two red apples on a wooden table", ""
 
 
-def random_wan_vae_state(wan_vae_class, torch) -> dict:
-    """A Wan 2.1 VAE state dict (ComfyUI's layout and its fixed size) with seeded random weights:
-    weights ~ N(0, 1/fan_in), norm scales 1, biases 0 (ComfyUI's layers start uninitialised)."""
-    generator = torch.Generator().manual_seed(0)
-    layout = wan_vae_class(
-        dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
-    )
-    state = {}
-    for key, value in layout.state_dict().items():
-        if key.endswith("gamma"):
-            state[key] = torch.ones_like(value)
-        elif value.ndim >= 2:
-            fan_in = value[0].numel()
-            state[key] = torch.randn(value.shape, generator=generator) / fan_in**0.5
-        else:
-            state[key] = torch.zeros_like(value)
-    return state
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--comfyui-dir", required=True)
@@ -74,6 +55,7 @@ def main() -> int:
     from comfy.ldm.wan.vae import WanVAE
     from comfy_extras.nodes_hunyuan import EmptyHunyuanLatentVideo
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+    from comfy_models import random_wan_vae_state
 
     import nodes as core
 
@@ -163,6 +145,16 @@ def main() -> int:
             "frames": list(frames.shape),
         }
     report["ksampler_equality"] = equality
+    # decoding a subset of frames (what the reward and held-out checks ask for) equals those frames of the whole
+    subset_backend = backend_for(model).get()
+    with torch.inference_mode(False), torch.no_grad():
+        latents = torch.randn(1, 16, 2, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(5))
+        whole = subset_backend.decode(latents)
+        report["frame_subset_max_abs_diff"] = max(
+            (subset_backend.decode(latents, frame_indices=[i])[0, 0] - whole[0, i]).abs().max().item()
+            for i in range(whole.shape[1])
+        )
+        report["frame_subset_frames"] = whole.shape[1]
     save()
 
     # 2. inference tensors: the failure without make_autograd_safe, reproduced on a fresh load

@@ -1,0 +1,93 @@
+"""Models in ComfyUI's own formats for the scripts run with ComfyUI's interpreter (imported by them).
+
+- `random_wan_vae_state`: a Wan 2.1 VAE at its fixed size (ComfyUI builds it from fixed numbers)
+  with seeded random weights.
+- `tiny_umt5_state`: a UMT5 text encoder in the key layout of ComfyUI's `umt5_xxl_*.safetensors`
+  (with its SentencePiece tokenizer inside, as ComfyUI's files carry it) at the size of
+  `comfy_test_nodes/drf_tiny_umt5/umt5_config_tiny.json`, which the test server builds instead of
+  UMT5-XXL's fixed 5.7 billion parameters.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parent.parent
+TINY_UMT5_CONFIG = TESTS_DIR / "comfy_test_nodes" / "drf_tiny_umt5" / "umt5_config_tiny.json"
+# Text the tokenizer is trained on: words of the example prompts and of everyday scenes.
+TOKENIZER_TEXT = """
+a red fox runs across a snowy field at sunrise
+a glass of water tips over and the water spills across a wooden table
+two dogs play tug of war with a rope on a sandy beach
+a basketball bounces three times on a wooden gym floor
+a paper boat floats down a small stream in the rain
+two red apples on a wooden table, the camera slowly pans left
+blurry, static, low quality, distorted, watermark, text
+a cat sleeps on a sofa while the sun moves across the room
+the camera zooms in on a blue car driving through a city at night
+"""
+
+
+def random_wan_vae_state(wan_vae_class, torch) -> dict:
+    """A Wan 2.1 VAE state dict (ComfyUI's layout and its fixed size) with seeded random weights:
+    weights ~ N(0, 1/fan_in), norm scales 1, biases 0 (ComfyUI's layers start uninitialised)."""
+    generator = torch.Generator().manual_seed(0)
+    layout = wan_vae_class(
+        dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
+    )
+    state = {}
+    for key, value in layout.state_dict().items():
+        if key.endswith("gamma"):
+            state[key] = torch.ones_like(value)
+        elif value.ndim >= 2:
+            fan_in = value[0].numel()
+            state[key] = torch.randn(value.shape, generator=generator) / fan_in**0.5
+        else:
+            state[key] = torch.zeros_like(value)
+    return state
+
+
+def tiny_spiece_model(vocab_size: int) -> bytes:
+    """A SentencePiece unigram model with UMT5's special ids (pad 0, end 1, unknown 2, no start)."""
+    import sentencepiece
+
+    model = io.BytesIO()
+    lines = [line for line in TOKENIZER_TEXT.strip().splitlines() if line]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines * 20),
+        model_writer=model,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def tiny_umt5_state(torch, dtype=None) -> dict:
+    """The tiny UMT5's state dict in ComfyUI's layout, seeded random weights, plus `spiece_model`."""
+    import comfy.ops
+    import comfy.text_encoders.t5
+
+    config = json.loads(TINY_UMT5_CONFIG.read_text(encoding="utf-8"))
+    layout = comfy.text_encoders.t5.T5(config, torch.float32, "cpu", comfy.ops.manual_cast)
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in layout.state_dict().items():
+        if key.endswith("layer_norm.weight"):
+            tensor = torch.ones(value.shape)
+        elif key.endswith("relative_attention_bias.weight") or key == "shared.weight":
+            tensor = torch.randn(value.shape, generator=generator)
+        else:
+            tensor = torch.randn(value.shape, generator=generator) / value.shape[-1] ** 0.5
+        state[key] = tensor.to(dtype or torch.float16)
+    spiece = tiny_spiece_model(config["vocab_size"])
+    state["spiece_model"] = torch.frombuffer(bytearray(spiece), dtype=torch.uint8)
+    return state

@@ -1,0 +1,64 @@
+"""Wan 2.2 A14B's two experts through Video Model from ComfyUI (set COMFYUI_DIR; skipped otherwise).
+
+Runs `comfy_scripts/wan22_experts.py` with ComfyUI's interpreter: two tiny Wans in ComfyUI's format
+(different seeds) as the high-noise and the low-noise expert, the Wan 2.1 VAE at ComfyUI's fixed size,
+conditioning tensors for the text (ComfyUI builds UMT5-XXL at its fixed size).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from drf_core.tiny import write_tiny_wan, write_tiny_wan_native
+from tests.comfy_checkout import comfyui_checkout
+
+pytestmark = pytest.mark.comfyui
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = REPO_ROOT / "tests" / "comfy_scripts" / "wan22_experts.py"
+
+
+@pytest.fixture(scope="module")
+def report(request, tmp_path_factory) -> dict:
+    comfy_dir, python = comfyui_checkout()
+    tiny_models = request.getfixturevalue("tiny_models")
+    work = tmp_path_factory.mktemp("wan22")
+    high = write_tiny_wan_native(tiny_models.wan, work / "high_noise.safetensors")
+    low = write_tiny_wan_native(write_tiny_wan(work / "low_noise_folder", seed=1), work / "low_noise.safetensors")
+    command = [str(python), str(SCRIPT), "--comfyui-dir", str(comfy_dir), "--pack-dir", str(REPO_ROOT)]
+    command += ["--high", str(high), "--low", str(low), "--out-dir", str(work)]
+    run = subprocess.run(command, cwd=comfy_dir, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, f"ComfyUI script failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+    return json.loads((work / "report.json").read_text(encoding="utf-8"))
+
+
+def test_sampling_equals_the_templates_two_ksampler_advanced(report):
+    assert set(report["chain"]) == {"euler switch 2/4", "uni_pc switch 2/4", "uni_pc switch 1/4"}
+    for label, result in report["chain"].items():
+        assert result["latent_max_abs_diff"] == 0.0, label
+        assert result["differs_from_high_only"] > 0.1 * result["scale"], label  # the low-noise expert ran
+
+
+def test_gradients_reach_the_trained_experts_adapters_only(report):
+    low = report["gradients"]["low_noise K=1"]
+    assert low["adapters"] == low["with_gradient"] > 0 and low["finite"] and low["adapters_on_the_trained_expert"]
+    assert low["model_weights_with_grad"] == 0
+    high_k1 = report["gradients"]["high_noise K=1"]
+    assert not high_k1["loss_requires_grad"] and high_k1["with_gradient"] == 0
+    through = report["gradients"]["high_noise K=4"]  # K spans the switch: back through the low-noise steps
+    assert through["adapters"] == through["with_gradient"] > 0 and through["finite"]
+    assert through["model_weights_with_grad"] == 0 and through["adapters_on_the_trained_expert"]
+
+
+def test_the_lora_names_its_expert_and_is_refused_on_the_other(report):
+    assert report["lora_metadata_expert"] == "low_noise"
+    assert "set its trained_expert to low_noise" in report["wrong_expert_error"]
+
+
+def test_training_the_high_noise_expert_with_k1_says_what_to_change(report):
+    message = report["high_noise_k1_training_error"]
+    assert message and "truncated_backprop_steps" in message and "low-noise expert" in message
