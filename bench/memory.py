@@ -303,6 +303,8 @@ def trace_training(
         for module in (backend.transformer, backend.text_encoder, backend.vae, critic.model):
             if module is not None:
                 tracker.untrack([*module.parameters(), *module.buffers()])
+        tracker.peak, tracker.peak_phase, tracker.peak_labels = tracker.total, "setup", {}
+        tracker.phase_peaks = {"setup": tracker.total}  # registering the weights is not the GPU's peak
     with tempfile.TemporaryDirectory(prefix="drf_memory_run_") as output_dir, contextlib.ExitStack() as stack:
         stack.enter_context(tracker)
         if tracker.fake_mode is not None:  # the host of phase offload: the meta device, not counted
@@ -416,6 +418,27 @@ def trace_tiny(settings: MemorySettings) -> dict[str, Any]:
     config = dataclasses.replace(settings.train_config(1), mixed_precision="auto")  # fp32 on the CPU
     result = trace_training(fake_backend, fake_critic, config, LiveBytes(cuda_block_bytes, fake_mode))
     return {**summarize(settings, result), "models": models}
+
+
+def offload_peak_fix(summary: dict[str, Any]) -> dict[str, Any]:
+    """A summary traced before the tracer forgot the weight registration under phase offload.
+
+    Those traces (2026-12-02, before this fix) counted every model on the GPU while registering the
+    weights, which phase offload keeps in RAM; their step's peak is the largest phase peak after
+    that ("setup" excluded). The breakdown at that moment was not recorded (`at_peak_gib` is dropped).
+    """
+    if summary["settings"].get("offload") != "phase" or summary["peak_phase"] != "setup":
+        return summary
+    phase, gib = max(((p, g) for p, g in summary["phase_peaks_gib"].items() if p != "setup"), key=lambda pg: pg[1])
+    return {
+        **summary,
+        "peak_gib": gib,
+        "peak_bytes": round(gib * GIB),
+        "card_gib": round(CARD_FACTOR * gib + CARD_OVERHEAD_GIB, 2),
+        "peak_phase": phase,
+        "at_peak_gib": {},
+        "note": "peak from the phase peaks (weight registration excluded); breakdown not recorded",
+    }
 
 
 def summarize(settings: MemorySettings, result: TraceResult, build_seconds: float = 0.0) -> dict[str, Any]:
@@ -555,6 +578,8 @@ def render_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
         weights = " / ".join(f"{at_peak.get(label, 0.0):.2f}" for label, _ in _BREAKDOWN[:4])
         groups = _activation_groups(at_peak)
         activations = ", ".join(f"{k} {v:.2f}" for k, v in sorted(groups.items(), key=lambda kv: -kv[1]) if v >= 0.005)
+        if summary.get("note"):  # `offload_peak_fix`: the breakdown at the peak was not recorded
+            weights, activations = "not recorded", summary["note"]
         lines.append(
             f"| {name} | **{summary['peak_gib']:.2f}** | {summary['card_gib']:.1f} | {summary['peak_phase']} "
             f"| {weights} | {at_peak.get('LoRA + optimizer state', 0.0):.2f} | {activations} |"
@@ -659,7 +684,9 @@ def tiny_estimate_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return rows, facts
 
 
-def write_estimates(rows: list[tuple[str, dict[str, Any]]], path: Path, command: str) -> None:
+def write_estimates(
+    rows: list[tuple[str, dict[str, Any]]], path: Path, command: str, tiny: dict[str, Any] | None = None
+) -> None:
     """`drf_core/memory_estimates.json`: the traced rows, keyed as `memory_presets.memory_key` keys a run."""
     table_rows = []
     video: dict[str, Any] = {}
@@ -671,7 +698,7 @@ def write_estimates(rows: list[tuple[str, dict[str, Any]]], path: Path, command:
         table_rows.append(estimate_row(settings, summary, preset))
         video[settings.video_model] = {"denoiser_parameters": summary["models"]["denoiser_parameters"]}
         critic[settings.critic] = {"text_shape": summary["models"]["critic_text_shape"]}
-    tiny_rows, tiny_facts = tiny_estimate_rows()
+    tiny_rows, tiny_facts = (tiny["rows"], tiny["facts"]) if tiny else tiny_estimate_rows()
     video["tiny"] = {"denoiser_parameters": tiny_facts["denoiser_parameters"]}
     critic["tiny"] = {"text_shape": tiny_facts["critic_text_shape"]}
     table = {
@@ -706,6 +733,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from-json", nargs="+", help="build the report from saved --row/--preset --json outputs")
     parser.add_argument("--tiny-json", help="the tiny-size check's result saved by --tiny-only")
     parser.add_argument("--tiny-only", action="store_true", help="run the tiny-size check only; print its JSON")
+    parser.add_argument("--tiny-rows-only", action="store_true", help="trace the estimates' tiny rows; print JSON")
+    parser.add_argument("--tiny-rows", help="the estimates' tiny rows saved by --tiny-rows-only")
     parser.add_argument("--no-validate", action="store_true", help="skip the tiny-size check in the report")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "memory_results.md"), help="report file")
     parser.add_argument(
@@ -788,6 +817,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny_only:
         print(json.dumps(validate_tiny()))
         return 0
+    if args.tiny_rows_only:
+        rows, facts = tiny_estimate_rows()
+        print(json.dumps({"rows": rows, "facts": facts}))
+        return 0
     if args.row is not None:
         name, preset, overrides = SWEEP[args.row]
         summary = trace_real_size(preset_settings(preset, **overrides), args.steps)
@@ -803,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.from_json:  # rows traced earlier, one `--row I --json` (or `--preset ... --json`) output per file
         summaries = [json.loads(Path(f).read_text(encoding="utf-8").strip().splitlines()[-1]) for f in args.from_json]
-        rows = [(_row_name(summary), summary) for summary in summaries]
+        rows = [(_row_name(summary), offload_peak_fix(summary)) for summary in summaries]
     else:
         rows = _trace_rows(args)
     if args.tiny_json:
@@ -814,7 +847,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     Path(args.out).write_text(report, encoding="utf-8")
     if args.estimates:
-        write_estimates(rows, Path(args.estimates), args.command_line)
+        tiny_rows = json.loads(Path(args.tiny_rows).read_text(encoding="utf-8")) if args.tiny_rows else None
+        write_estimates(rows, Path(args.estimates), args.command_line, tiny_rows)
     return 0
 
 
