@@ -84,6 +84,11 @@ class MemorySettings:
     checkpoint_residual_blocks: bool = False  # decode.checkpoint_residual_blocks
     checkpoint_decode: bool = False  # decode.checkpoint_decode
     segment_latent_frames: int = 0  # decode.segment_latent_frames
+    # drf_core.quantization.CRITIC_QUANTIZERS ("none", "int8", "int4"): stand-ins with bitsandbytes' exact
+    # stored bytes (bitsandbytes cannot run on fake tensors; bench/memory_quant.py).
+    critic_quantization: str = "none"
+    # drf_core.models.VIDEO_WEIGHT_STORAGES ("auto", "fp8_e4m3fn", "fp8_e5m2"): the engine's store_video_weights.
+    video_weight_storage: str = "auto"
 
     def train_config(self, steps: int) -> Any:
         from drf_core.config import CriticInputConfig, DecodeConfig, LoRAConfig, SamplerConfig, TrainConfig, VideoSpec
@@ -365,6 +370,7 @@ def trace_real_size(settings: MemorySettings, steps: int = 1) -> dict[str, Any]:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from bench.memory_models import build_critic, build_video_backend
+    from bench.memory_quant import apply_memory_settings, fake_tensor_layerwise_casting
     from drf_core.decompose import decompose
 
     questions = decompose(PROMPT)
@@ -375,14 +381,16 @@ def trace_real_size(settings: MemorySettings, steps: int = 1) -> dict[str, Any]:
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     device, dtype = torch.device("cpu"), torch.bfloat16
     built = time.perf_counter()
-    with fake_mode:
-        backend = build_video_backend(settings.video_model, dtype, device)
-        critic = build_critic(settings.critic, dtype, device, texts)
-    build_seconds = time.perf_counter() - built
-    tracker = LiveBytes(cuda_block_bytes, fake_mode)
-    models = model_facts(backend, critic)
-    with cuda_autocast_policy():
-        result = trace_training(backend, critic, settings.train_config(steps), tracker, full_no_grad_calls=2)
+    with fake_tensor_layerwise_casting():
+        with fake_mode:
+            backend = build_video_backend(settings.video_model, dtype, device)
+            critic = build_critic(settings.critic, dtype, device, texts)
+            apply_memory_settings(backend, critic, settings.critic_quantization, settings.video_weight_storage)
+        build_seconds = time.perf_counter() - built
+        tracker = LiveBytes(cuda_block_bytes, fake_mode)
+        models = model_facts(backend, critic)
+        with cuda_autocast_policy():
+            result = trace_training(backend, critic, settings.train_config(steps), tracker, full_no_grad_calls=2)
     return {**summarize(settings, result, build_seconds), "models": models}
 
 
@@ -543,7 +551,19 @@ SWEEP: list[tuple[str, str, dict[str, Any]]] = [
     ("48GB+, 7B, K=4", "48GB+", {"grad_steps": 4}),
     ("48GB+, 7B, 1 frame scored", "48GB+", {"frames_scored": 1}),
     ("48GB+, 7B, 9 frames scored", "48GB+", {"frames_scored": 9}),
+    ("critic int8 (weight bytes exact, see note)", "48GB+", {"critic_quantization": "int8"}),
+    ("critic int4 / NF4 (weight bytes exact, see note)", "48GB+", {"critic_quantization": "int4"}),
+    ("video weights fp8", "48GB+", {"video_weight_storage": "fp8_e4m3fn"}),
 ]
+QUANTIZATION_NOTE = (
+    "Note on the critic int8 / int4 rows: bitsandbytes cannot run on fake tensors, so its layers are traced as "
+    "stand-ins holding exactly the tensors it stores (int8 + a float32 scale per row; packed NF4 + a float32 "
+    "scale per 64 weights; `lm_head` stays bf16) and allocating what its CUDA matmul allocates "
+    "(`bench/memory_quant.py`); weight bytes are exact, the transients follow the library's code. The fp8 video "
+    "row runs the engine's own `store_video_weights` (diffusers layerwise casting); each layer's cast makes "
+    "its fp8 weights anew, so at the peak they count under the phase that last ran the layer, not under "
+    "'weights: transformer'."
+)
 TARGETS_GIB = {"24GB": 21.7, "16GB": 14.2}  # issue 11: traced peak for a 24 / 16 GB card
 
 _BREAKDOWN = (
@@ -627,6 +647,8 @@ def render_report(rows: list[tuple[str, dict[str, Any]]], tiny: dict[str, Any] |
             gap = summary["peak_gib"] - target
             verdict = "met" if gap <= 0 else f"not met: {gap:.2f} GiB over"
             lines.append(f"- {name}: target <= {target} GiB traced -> {verdict}")
+    if any("critic_quantization" in overrides for _, _, overrides in SWEEP):
+        lines += ["", QUANTIZATION_NOTE]
     lines += ["", "Peak total reached inside each phase (GiB), first row:", ""]
     if rows:
         lines += [f"- {phase}: {gib:.2f}" for phase, gib in rows[0][1]["phase_peaks_gib"].items()]
@@ -717,6 +739,7 @@ def write_estimates(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from bench.memory_models import CRITIC_MODELS, VIDEO_MODELS
+    from drf_core.config import CRITIC_QUANTIZATION_MODES, VIDEO_WEIGHT_STORAGES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), help="trace one preset (with --json: print it)")
@@ -726,6 +749,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, help="K, denoising steps with gradient (overrides the preset)")
     parser.add_argument("--num-steps", type=int, help="T (overrides the preset)")
     parser.add_argument("--size", help="HEIGHTxWIDTHxFRAMES (overrides the preset), e.g. 480x832x33")
+    parser.add_argument(
+        "--critic-quantization", choices=CRITIC_QUANTIZATION_MODES, help="critic weights (overrides the preset)"
+    )
+    parser.add_argument(
+        "--video-weight-storage", choices=VIDEO_WEIGHT_STORAGES, help="video base weights (overrides the preset)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object (with --preset)")
     parser.add_argument("--steps", type=int, default=1, help="optimizer steps traced (default 1)")
     parser.add_argument("--jobs", type=int, default=1, help="rows traced at the same time (one process each)")
@@ -763,6 +792,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["grad_steps"] = args.k
     if args.num_steps is not None:
         overrides["num_steps"] = args.num_steps
+    if args.critic_quantization:
+        overrides["critic_quantization"] = args.critic_quantization
+    if args.video_weight_storage:
+        overrides["video_weight_storage"] = args.video_weight_storage
     if args.size:
         height, width, frames = (int(part) for part in args.size.lower().split("x"))
         overrides.update(height=height, width=width, num_frames=frames)

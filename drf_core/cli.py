@@ -113,16 +113,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         output = next_free_run_dir(output)
     models = run.models
     # With phase offload the models load into host RAM; each phase brings what it needs to its device.
+    # A quantized critic loads where it runs (bitsandbytes quantizes on the GPU).
     video_device, critic_device = resolve_device(models.video_device), resolve_device(models.critic_device)
 
-    def load_on(device: Any) -> Any:
-        return HOST if run.train.offload == "phase" and device.type == "cuda" else device
+    def load_on(device: Any, movable: bool = True) -> Any:
+        return HOST if movable and run.train.offload == "phase" and device.type == "cuda" else device
 
     video_dtype = resolve_dtype(models.video_dtype, video_device)
-    backend = load_video_backend(models.video_model, video_dtype, load_on(video_device))
+    backend = load_video_backend(
+        models.video_model, video_dtype, load_on(video_device), weight_storage=models.video_weight_storage
+    )
     backend.device = video_device
     critic_dtype = resolve_dtype(models.critic_dtype, critic_device)
-    critic = load_critic(models.critic_model, critic_dtype, load_on(critic_device))
+    on = load_on(critic_device, models.critic_quantization == "none")
+    critic = load_critic(models.critic_model, critic_dtype, on, models.critic_quantization)
     critic.device = critic_device
     if run.questions_file:
         loaded = json.loads(Path(run.questions_file).read_text(encoding="utf-8"))

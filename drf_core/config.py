@@ -464,6 +464,11 @@ class EvaluateConfig(_Serializable):
         self.reward.validate(f"{where}.reward")
 
 
+# The names `quantization.CRITIC_QUANTIZERS` and `models.VIDEO_WEIGHT_STORAGES` register (a test keeps them equal).
+CRITIC_QUANTIZATION_MODES = ("none", "int8", "int4")
+VIDEO_WEIGHT_STORAGES = ("auto", "fp8_e4m3fn", "fp8_e5m2")
+
+
 @dataclass
 class ModelsConfig(_Serializable):
     """Local model folders for the command line (the nodes pass loaded models instead)."""
@@ -476,6 +481,12 @@ class ModelsConfig(_Serializable):
     # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     video_device: str = "auto"
     critic_device: str = "auto"
+    # How the frozen critic's linear weights are stored: "none" (as loaded), "int8" (about half of bf16) or
+    # "int4" (NF4, about a quarter); a key of `quantization.CRITIC_QUANTIZERS` (bitsandbytes).
+    critic_quantization: str = "none"
+    # How the video model's frozen base weights are stored: "auto" (the load dtype), "fp8_e4m3fn" or
+    # "fp8_e5m2" (half of bf16; each layer is cast to the compute dtype when it runs; LoRA stays in full precision).
+    video_weight_storage: str = "auto"
 
     def validate(self, where: str = "models") -> None:
         _check(bool(self.video_model), f"{where}.video_model", "give the folder of a diffusers Wan text-to-video model")
@@ -487,6 +498,16 @@ class ModelsConfig(_Serializable):
                 f"{where}.{name}",
                 f"must be 'auto', 'bf16', 'fp16' or 'fp32', got {value!r}",
             )
+        _check(
+            self.critic_quantization in CRITIC_QUANTIZATION_MODES,
+            f"{where}.critic_quantization",
+            f"must be one of {', '.join(map(repr, CRITIC_QUANTIZATION_MODES))}, got {self.critic_quantization!r}",
+        )
+        _check(
+            self.video_weight_storage in VIDEO_WEIGHT_STORAGES,
+            f"{where}.video_weight_storage",
+            f"must be one of {', '.join(map(repr, VIDEO_WEIGHT_STORAGES))}, got {self.video_weight_storage!r}",
+        )
 
 
 @dataclass

@@ -61,7 +61,7 @@ CORE_SPECS: dict[str, NodeSpec] = {
             "Load CLIP",
             (
                 Combo("clip_name", _files("text_encoders"), "The text encoder file."),
-                Combo("type", CLIP_TYPES, "The model family.", "wan"),
+                Combo("type", CLIP_TYPES, "The model family."),
                 Combo("device", ("default", "cpu"), "Where the text encoder runs.", "default", optional=True),
             ),
             (OutputSpec("CLIP", "CLIP", ""),),

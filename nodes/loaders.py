@@ -13,7 +13,8 @@ from ..drf_core.config import DTYPES, resolve_device, resolve_dtype
 from ..drf_core.critics import critic_model_type
 from ..drf_core.devices import device_names
 from ..drf_core.errors import DRFInputError
-from ..drf_core.models import read_model_index
+from ..drf_core.models import VIDEO_WEIGHT_STORAGES, read_model_index
+from ..drf_core.quantization import CRITIC_QUANTIZERS, check_critic_quantization
 from .comfy_names import COMFY_SCHEDULERS, SOLVERS, WAN_EXPERTS
 from .model_cache import ModelHandle
 from .spec import (
@@ -37,6 +38,15 @@ CRITIC_FOLDER = "vlm"
 CRITIC_MARKER = "config.json"
 DTYPE_CHOICES = ("auto", *DTYPES)
 DTYPE_TOOLTIP = "auto: bf16 on an NVIDIA GPU, fp32 on the CPU and on Apple MPS. fp16 is not recommended for training."
+WEIGHT_STORAGE_TOOLTIP = (
+    "How the frozen transformer weights are kept. auto: in the dtype above. fp8_e4m3fn / fp8_e5m2: half the "
+    "memory of bf16, each layer cast to the dtype above while it runs; the LoRA stays in full precision."
+)
+QUANTIZATION_TOOLTIP = (
+    "How the frozen critic's linear layers are stored (bitsandbytes). none: as loaded. int8: about half of bf16 "
+    "(scales included). int4 (NF4): about a quarter, with a less exact reward. Gradients "
+    "still reach the pixels."
+)
 
 
 def device_choices(_folders: object = None) -> list[str]:
@@ -71,16 +81,19 @@ class LoadVideoModel(DRFNode):
                 "Where the video model runs. auto: the first NVIDIA GPU, else Apple MPS, else the CPU.",
                 "auto",
             ),
+            Combo("weight_storage", tuple(VIDEO_WEIGHT_STORAGES.names()), WEIGHT_STORAGE_TOOLTIP, default="auto"),
         ),
         outputs=(OutputSpec(VIDEO_MODEL, "video_model", "The video model, for Train LoRA and Sample Video."),),
     )
 
     @classmethod
-    def run(cls, ctx: NodeContext, model: str, dtype: str, device: str) -> NodeResult:
+    def run(cls, ctx: NodeContext, model: str, dtype: str, device: str, weight_storage: str = "auto") -> NodeResult:
         path = ctx.folders.resolve(VIDEO_MODEL_FOLDER, model)
         read_model_index(path)  # a clear error now, not at the first sample
         check_dtype_and_device(dtype, device)
-        return NodeResult((ModelHandle("video_model", str(path), dtype, device),))
+        VIDEO_WEIGHT_STORAGES.get(weight_storage)
+        options = () if weight_storage == "auto" else (("weight_storage", weight_storage),)
+        return NodeResult((ModelHandle("video_model", str(path), dtype, device, options),))
 
 
 class VideoModelFromComfy(DRFNode):
@@ -213,13 +226,16 @@ class LoadVLMCritic(DRFNode):
                 "Where the critic runs; another GPU than the video model's saves memory.",
                 "auto",
             ),
+            Combo("quantization", tuple(CRITIC_QUANTIZERS.names()), QUANTIZATION_TOOLTIP, default="none"),
         ),
         outputs=(OutputSpec(CRITIC, "critic", "The critic, for Train LoRA, Critique Video and Decompose Prompt."),),
     )
 
     @classmethod
-    def run(cls, ctx: NodeContext, model: str, dtype: str, device: str) -> NodeResult:
+    def run(cls, ctx: NodeContext, model: str, dtype: str, device: str, quantization: str = "none") -> NodeResult:
         path = ctx.folders.resolve(CRITIC_FOLDER, model)
         critic_model_type(path)  # a clear error now (wrong kind of folder), not at the first critique
         check_dtype_and_device(dtype, device)
-        return NodeResult((ModelHandle("critic", str(path), dtype, device),))
+        check_critic_quantization(quantization, "quantization")  # unknown mode, or bitsandbytes missing
+        options = () if quantization == "none" else (("quantization", quantization),)
+        return NodeResult((ModelHandle("critic", str(path), dtype, device, options),))

@@ -1,6 +1,6 @@
 """Loaded models kept between queue runs, behind small handles that travel on the wires.
 
-A loader node returns a `ModelHandle` (what to load: kind, folder, dtype, device), not the model.
+A loader node returns a `ModelHandle` (what to load: kind, folder, dtype, device, loader options), not the model.
 `handle.get()` loads it once and keeps it in `MODEL_CACHE`, so every later run (and every node of
 the same run) reuses it. `MODEL_CACHE.release()` drops models; a later `get()` simply loads again.
 Because the handle, not the model, sits in the host's output cache, releasing really frees the memory.
@@ -43,6 +43,8 @@ class ModelHandle:
     path: str
     dtype: str
     device: str
+    # Keyword options of the kind's loader, e.g. (("quantization", "int8"),) for a critic.
+    options: tuple[tuple[str, str], ...] = ()
 
     def get(self) -> Any:
         return MODEL_CACHE.get(self)
@@ -53,7 +55,8 @@ class ModelHandle:
             MODEL_CACHE.release(kind=self.kind)
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.path} ({self.dtype}, {self.device})"
+        extra = "".join(f", {name} {value}" for name, value in self.options)
+        return f"{self.kind} {self.path} ({self.dtype}, {self.device}{extra})"
 
 
 class ModelHost(Protocol):
@@ -87,7 +90,9 @@ class ModelCache:
                 if cached is not None:
                     self.release(kind=handle.kind)
                 logger.info("loading %s", handle)
-                model = LOADERS.get(handle.kind)(handle.path, dtype=handle.dtype, device=handle.device)
+                model = LOADERS.get(handle.kind)(
+                    handle.path, dtype=handle.dtype, device=handle.device, **dict(handle.options)
+                )
                 self.loads += 1
                 self._models[handle.kind] = (handle, model)
                 if self.host is not None:

@@ -73,3 +73,56 @@ def test_settings_build_a_valid_train_config():
     config.validate()
     assert config.sampler.truncated_backprop_steps == 4 and config.decode.frame_selection_count == 9
     assert config.mixed_precision == "bf16" and config.video.height == 480
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_critic_stand_ins_hold_exactly_the_bytes_bitsandbytes_stores(mode, qwen_dir):
+    """bitsandbytes cannot run on fake tensors; the traced stand-ins must hold what it really stores."""
+    pytest.importorskip("bitsandbytes")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.memory_quant import quantize_fake_critic
+    from drf_core.critics import load_critic
+    from drf_core.quantization import quantizable_linears, quantize_critic
+
+    def layer_bytes(layer) -> int:
+        tensors = [*layer.parameters(), *layer.buffers()]
+        weight = getattr(layer, "weight", None)
+        tensors.append(getattr(weight, "SCB", None))  # int8 row scales: on the weight, later in `state`
+        tensors.append(getattr(getattr(layer, "state", None), "SCB", None))
+        tensors.append(getattr(getattr(weight, "quant_state", None), "absmax", None))  # NF4 block scales
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+    def stored(model) -> dict[str, int]:
+        return {name: layer_bytes(m) for name, m in model.named_modules() if name in targets}
+
+    real = quantize_critic(load_critic(qwen_dir, "bf16", "cpu"), mode)
+    stand_in = load_critic(qwen_dir, "bf16", "cpu")
+    targets = {name for name, _ in quantizable_linears(stand_in.model)}
+    assert quantize_fake_critic(stand_in, mode) == len(targets) and stand_in.quantization == mode
+    assert stored(stand_in.model) == stored(real.model)
+    layer = stand_in.model.get_submodule(sorted(targets)[0])
+    with FakeTensorMode(allow_non_fake_inputs=True):  # the stand-in runs forward and backward on fake tensors
+        x = torch.randn(3, layer.in_features, dtype=torch.bfloat16, requires_grad=True)
+        layer(x).float().sum().backward()
+        assert x.grad.shape == x.shape and x.grad.dtype == torch.bfloat16
+
+
+def test_video_weight_storage_runs_on_fake_tensors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.memory_models import build_video_backend
+    from bench.memory_quant import fake_tensor_layerwise_casting
+    from drf_core.models import store_video_weights
+
+    with fake_tensor_layerwise_casting(), FakeTensorMode(allow_non_fake_inputs=True):
+        backend = build_video_backend("Wan2.1-T2V-1.3B", torch.bfloat16, torch.device("cpu"))
+        before = sum(p.numel() * p.element_size() for p in backend.transformer.parameters())
+        store_video_weights(backend, "fp8_e4m3fn")
+        after = sum(p.numel() * p.element_size() for p in backend.transformer.parameters())
+        layer = backend.transformer.blocks[0].ffn.net[2]
+        x = torch.randn(2, layer.in_features, dtype=torch.bfloat16, requires_grad=True)
+        layer(x).sum().backward()  # cast to bf16 for the call, back to fp8 after it
+        assert x.grad.dtype == torch.bfloat16 and layer.weight.dtype == torch.float8_e4m3fn
+    assert backend.transformer.blocks[0].ffn.net[2].weight.dtype == torch.float8_e4m3fn
+    assert 0.5 < after / before < 0.52  # all but the embedders, norms and output projection halve

@@ -295,6 +295,48 @@ def test_model_cache_loads_once_releases_and_reloads(pack_nodes, loaded):
     cache.release(kind="critic")
 
 
+def test_loaders_pass_critic_quantization_and_video_weight_storage(pack_nodes, local, ctx):
+    bnb = pytest.importorskip("bitsandbytes")
+    errors = pack_module("drf_core.errors")
+    cache = pack_module("nodes.model_cache").MODEL_CACHE
+    critic = run(
+        pack_nodes,
+        local,
+        ctx,
+        "DRFLoadVLMCritic",
+        model="Qwen2.5-VL-7B-Instruct",
+        dtype="fp32",
+        device="cpu",
+        quantization="int8",
+    ).outputs[0]
+    video = run(
+        pack_nodes,
+        local,
+        ctx,
+        "DRFLoadVideoModel",
+        model="Wan2.1-T2V-1.3B-Diffusers",
+        dtype="fp32",
+        device="cpu",
+        weight_storage="fp8_e4m3fn",
+    ).outputs[0]
+    assert critic.options == (("quantization", "int8"),) and "quantization int8" in str(critic)
+    try:
+        assert critic.get().quantization == "int8"
+        assert isinstance(critic.get().model.model.language_model.layers[0].mlp.up_proj, bnb.nn.Linear8bitLt)
+        assert video.get().weight_storage == "fp8_e4m3fn"
+        assert video.get().transformer.blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
+    finally:
+        cache.release(kind="critic")
+        cache.release(kind="video_model")
+    for node_id, name, value, message in (
+        ("DRFLoadVLMCritic", "quantization", "int2", "unknown mode 'int2'"),
+        ("DRFLoadVideoModel", "weight_storage", "fp4", "unknown video weight storage 'fp4'"),
+    ):
+        model = "Qwen2.5-VL-7B-Instruct" if node_id == "DRFLoadVLMCritic" else "Wan2.1-T2V-1.3B-Diffusers"
+        with pytest.raises(errors.DRFInputError, match=message):
+            run(pack_nodes, local, ctx, node_id, model=model, dtype="fp32", device="cpu", **{name: value})
+
+
 # --- LoRA files ---------------------------------------------------------------------------------
 
 

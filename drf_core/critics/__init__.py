@@ -74,23 +74,30 @@ def critic_model_type(folder: Path) -> str:
     return model_type
 
 
-def load_critic(path: str | Path, dtype: Any = "auto", device: Any = "auto") -> Critic:
+def load_critic(path: str | Path, dtype: Any = "auto", device: Any = "auto", quantization: str = "none") -> Critic:
     """Load the critic in a local transformers folder.
 
     `dtype`: "auto" (bf16 on CUDA, fp32 elsewhere), "bf16", "fp16", "fp32" or a `torch.dtype`;
-    `device`: "auto", "cpu", "cuda", "cuda:N" or a `torch.device`. All parameters are frozen and
-    the model is in eval mode. Nothing is downloaded.
+    `device`: "auto", "cpu", "cuda", "cuda:N" or a `torch.device`; `quantization`: a key of
+    `quantization.CRITIC_QUANTIZERS` ("none", "int8", "int4"): a quantized critic is loaded on the CPU
+    and quantized layer by layer into `device`. All parameters are frozen and the model is in eval
+    mode. Nothing is downloaded.
     """
     import torch
 
+    from ..quantization import check_critic_quantization, quantize_critic
+
     folder = Path(path).expanduser()
     model_type = critic_model_type(folder)
+    check_critic_quantization(quantization)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    load_device = device if quantization == "none" else torch.device("cpu")
     try:
-        return CRITICS.get(model_type).from_folder(folder, dtype=dtype, device=device)
+        critic = CRITICS.get(model_type).from_folder(folder, dtype=dtype, device=load_device)
     except OSError as error:  # transformers' "no file named model.safetensors ..." and other missing files
         raise ModelFolderError(
             f"the critic in {folder} cannot be loaded ({error}); the folder is incomplete or damaged: download "
             "the whole model folder again (config, every weight file, tokenizer)"
         ) from error
+    return quantize_critic(critic, quantization, device)

@@ -62,6 +62,8 @@ class Critic(ABC):
 
     device: torch.device
     dtype: torch.dtype
+    # How the linear weights are stored: a key of `quantization.CRITIC_QUANTIZERS` ("none", "int8", "int4").
+    quantization: str = "none"
 
     @abstractmethod
     def score_yes_no(self, frames: torch.Tensor, questions: Sequence[str], visual: CriticInputConfig) -> torch.Tensor:

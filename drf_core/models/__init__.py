@@ -25,11 +25,13 @@ from ..registry import Registry
 from .base import DenoisingScheduler, PromptEmbeddings, VideoBackend
 from .diffusers_schedulers import SCHEDULERS
 from .wan import WanBackend
+from .weight_storage import VIDEO_WEIGHT_STORAGES, store_video_weights
 
 __all__ = [
     "MODULE_NAME_MAPS",
     "SCHEDULERS",
     "VIDEO_BACKENDS",
+    "VIDEO_WEIGHT_STORAGES",
     "DenoisingScheduler",
     "ModuleNameMap",
     "PromptEmbeddings",
@@ -37,6 +39,7 @@ __all__ = [
     "WanBackend",
     "load_video_backend",
     "read_model_index",
+    "store_video_weights",
 ]
 
 VIDEO_BACKENDS: Registry[type[VideoBackend]] = Registry("text-to-video pipeline")
@@ -146,7 +149,7 @@ def load_video_backend(
 
     `dtype` is "auto" (bf16 on CUDA, fp32 on the CPU), "bf16", "fp16", "fp32" or a torch dtype;
     `device` is "auto", "cpu", "cuda", "cuda:N" or a torch device. `backend_options` go to the
-    backend's `from_folder` (Wan: `vae_dtype`).
+    backend's `from_folder` (Wan: `vae_dtype`, `weight_storage`).
     """
     index = read_model_index(path)
     resolved_device = resolve_device(device) if isinstance(device, str) else torch.device(device)

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..config import LoRAConfig, VideoSpec
+from ..errors import DRFInputError
 from ..lora import LoRAWeights
 
 
@@ -68,6 +69,8 @@ class VideoBackend(ABC):
     family: ClassVar[str]
     # Names of LoRA target-module presets -> module-name suffixes of `denoiser`.
     lora_target_presets: ClassVar[dict[str, list[str]]]
+    # How the frozen denoiser weights are stored: a key of `models.VIDEO_WEIGHT_STORAGES` ("auto": as loaded).
+    weight_storage: str = "auto"
 
     device: torch.device
     dtype: torch.dtype
@@ -182,6 +185,15 @@ class VideoBackend(ABC):
     def from_folder(cls, path: str, dtype: torch.dtype, device: torch.device) -> VideoBackend:
         """Load the family's model folder (`models.load_video_backend` checks the folder first)."""
         raise NotImplementedError(f"{cls.__name__} cannot load from a folder")
+
+    def store_base_weights(self, storage_dtype: torch.dtype) -> None:
+        """Keep the frozen denoiser weights in `storage_dtype` (e.g. fp8), cast to the compute dtype per layer
+        as it runs; LoRA layers stay as they are. Backends that manage their own weights refuse."""
+        raise DRFInputError(
+            f"the {type(self).__name__} video model cannot change how its base weights are stored; leave "
+            "video_weight_storage at 'auto' (a model from ComfyUI keeps the weight dtype ComfyUI loaded it with: "
+            "choose fp8 there, e.g. weight_dtype in Load Diffusion Model)"
+        )
 
     def describe(self) -> dict[str, Any]:
         """Facts for LoRA metadata and reports."""

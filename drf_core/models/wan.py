@@ -115,6 +115,22 @@ def _decode_segment(
     return out, [next(given) if flag else next(marks) for flag in produced["is_tensor"]]
 
 
+def _store_layerwise(model: torch.nn.Module, storage_dtype: torch.dtype, compute_dtype: torch.dtype) -> None:
+    """diffusers' `enable_layerwise_casting`, keeping peft's cast of a LoRA layer's input to the LoRA dtype.
+
+    On LoRA layers that exist already, diffusers turns that cast off (it assumes LoRA weights in the
+    compute dtype); this engine keeps LoRA weights in float32, so a bf16 input must still be cast up to
+    them (lossless), as peft does on layers added later.
+    """
+    from diffusers.hooks.layerwise_casting import _PEFT_AUTOCAST_DISABLE_HOOK
+
+    model.enable_layerwise_casting(storage_dtype=storage_dtype, compute_dtype=compute_dtype)
+    for module in model.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and registry.get_hook(_PEFT_AUTOCAST_DISABLE_HOOK) is not None:
+            registry.remove_hook(_PEFT_AUTOCAST_DISABLE_HOOK, recurse=False)
+
+
 def _nearest_multiples(value: int, multiple: int) -> str:
     below = max(multiple, value // multiple * multiple)
     above = -(-value // multiple) * multiple
@@ -195,9 +211,16 @@ class WanBackend(PeftLoRA, VideoBackend):
         dtype: torch.dtype,
         device: torch.device,
         vae_dtype: torch.dtype | None = None,
+        weight_storage: str = "auto",
     ) -> WanBackend:
-        """Load a checked diffusers Wan folder (see `models.load_video_backend` for the checks)."""
+        """Load a checked diffusers Wan folder (see `models.load_video_backend` for the checks).
+
+        `weight_storage` (a key of `VIDEO_WEIGHT_STORAGES`): the transformers are stored that way on the
+        CPU before they move to `device`, so the device never holds their load-dtype weights.
+        """
         from diffusers import AutoencoderKLWan, WanPipeline
+
+        from .weight_storage import storage_dtype
 
         path = Path(path)
         vae_dtype = dtype if vae_dtype is None else vae_dtype
@@ -208,6 +231,11 @@ class WanBackend(PeftLoRA, VideoBackend):
                 f"{path} has no 'transformer' component; Diffusion-DRF needs the high-noise transformer "
                 "(Wan 2.2 A14B folders have both 'transformer' and 'transformer_2'); download the full folder"
             )
+        stored_as = storage_dtype(weight_storage)
+        if stored_as is not None:
+            for model in (pipe.transformer, pipe.transformer_2):
+                if model is not None:
+                    _store_layerwise(model, stored_as, dtype)
         backend = cls(
             tokenizer=pipe.tokenizer,
             text_encoder=pipe.text_encoder.to(device),
@@ -221,6 +249,7 @@ class WanBackend(PeftLoRA, VideoBackend):
             device=device,
             dtype=dtype,
         )
+        backend.weight_storage = weight_storage
         del pipe
         logger.info("loaded Wan text-to-video model from %s: %s", path, json.dumps(backend.describe()))
         return backend
@@ -231,6 +260,14 @@ class WanBackend(PeftLoRA, VideoBackend):
         if self.text_encoder is not None:
             groups[TEXT_ENCODER] = ([self.text_encoder], self.device)
         return groups
+
+    def store_base_weights(self, storage_dtype: torch.dtype) -> None:
+        """diffusers' layerwise casting on both experts: weights kept in `storage_dtype`, cast to the load dtype
+        while each layer runs. It skips the model's precision-critical layers (patch embedding, condition
+        embedder, norms, the output projection) and peft's LoRA layers, before or after the LoRA is added."""
+        for model in (self.transformer, self.transformer_2):
+            if model is not None:
+                _store_layerwise(model, storage_dtype, self.dtype)
 
     def _modules(self) -> list[torch.nn.Module]:
         modules = [self.text_encoder, self.transformer, self.transformer_2, self.vae]
@@ -516,6 +553,7 @@ class WanBackend(PeftLoRA, VideoBackend):
             "pipeline_class": self.pipeline_class,
             "dtype": str(self.dtype).removeprefix("torch."),
             "vae_dtype": str(self.vae.dtype).removeprefix("torch."),
+            "weight_storage": self.weight_storage,
             "device": str(self.device),
             "has_transformer_2": self.transformer_2 is not None,
             "boundary_ratio": self.boundary_ratio,
