@@ -82,10 +82,11 @@ def test_a_run_that_will_not_fit_stops_before_step_1_naming_the_preset(tiny_pair
     reward = DRFReward(critic, config.reward, config.critic_input)
     assert identify_models(backend, reward) == ("tiny", "tiny")
     need = {name: estimate_card_gib(name, "tiny", "tiny") for name in MEMORY_PRESETS}
-    smaller = min(need, key=need.get)
-    assert need["48GB+"] > need[smaller]
-    monkeypatch.setattr(memory_presets, "free_memory_gib", lambda device: (need["48GB+"] + need[smaller]) / 2)
-    with pytest.raises(DRFInputError, match=rf"needs about {need['48GB+']:.1f} GiB.*set memory to '{smaller}'"):
+    free = (need["48GB+"] + min(need.values())) / 2
+    assert need["48GB+"] > free
+    advised = next(name for name in MEMORY_PRESETS if need[name] <= free)  # the largest preset that fits
+    monkeypatch.setattr(memory_presets, "free_memory_gib", lambda device: free)
+    with pytest.raises(DRFInputError, match=rf"needs about {need['48GB+']:.1f} GiB.*set memory to '{advised}'"):
         api.fit_memory(config, backend, reward)
     monkeypatch.setattr(memory_presets, "free_memory_gib", lambda device: need["48GB+"] + 0.1)
     assert api.fit_memory(config, backend, reward).memory == "48GB+"
