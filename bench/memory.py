@@ -10,8 +10,13 @@ is alive at that moment (weights per model, LoRA + optimizer state, activations 
 made them), plus a check at tiny size that the trace equals the real CPU allocation.
 
 `python bench/memory.py --preset 24GB --critic 7B --json` traces one configuration and prints one
-JSON object (`peak_gib`, `settings`, the breakdown). Presets are named bundles of the engine's
-existing settings (`PRESETS`).
+JSON object (`peak_gib`, `settings`, the breakdown). Presets are `drf_core.memory_presets`'
+bundles of engine settings, traced field by field (`PRESET_FIELDS`). The report run also writes
+`drf_core/memory_estimates.json`, the traced peaks the engine's check before step 1 reads.
+
+Phase offload (`train.offload = "phase"`): the host is modelled as a second device the tracer does
+not count (`_traced_host`): a group moved to the host stops being counted, a group moved back is
+counted again, so the table shows what the GPU holds in each phase.
 
 How the trace maps to a GPU: the models are bf16 and the step runs under bf16 autocast, as the
 engine does on CUDA (`dtype="auto"`, `mixed_precision="auto"`). The fake tensors live on the CPU
@@ -69,11 +74,16 @@ class MemorySettings:
     num_steps: int = 20  # T
     grad_steps: int = 1  # K
     guidance_scale: float = 5.0
-    frames_scored: int = 5  # decode.frame_selection "prefix", this count
+    frames_scored: int = 5  # decode.frame_selection_count
+    frame_selection: str = "uniform"  # decode.frame_selection: spread over the clip
     release_text_encoder: bool = False
     critic_size: int = 448  # critic_input height = width
     questions_per_batch: int = 0  # critic_input.max_questions_per_batch (0: all at once)
     lora_rank: int = 16
+    offload: str = "none"  # train.offload
+    checkpoint_residual_blocks: bool = False  # decode.checkpoint_residual_blocks
+    checkpoint_decode: bool = False  # decode.checkpoint_decode
+    segment_latent_frames: int = 0  # decode.segment_latent_frames
     # drf_core.quantization.CRITIC_QUANTIZERS ("none", "int8", "int4"): stand-ins with bitsandbytes' exact
     # stored bytes (bitsandbytes cannot run on fake tensors; bench/memory_quant.py).
     critic_quantization: str = "none"
@@ -98,7 +108,12 @@ class MemorySettings:
                 guidance_scale=self.guidance_scale,
             ),
             decode=dataclasses.replace(
-                DecodeConfig(), frame_selection="prefix", frame_selection_count=self.frames_scored
+                DecodeConfig(),
+                frame_selection=self.frame_selection,
+                frame_selection_count=self.frames_scored,
+                checkpoint_residual_blocks=self.checkpoint_residual_blocks,
+                checkpoint_decode=self.checkpoint_decode,
+                segment_latent_frames=self.segment_latent_frames,
             ),
             critic_input=dataclasses.replace(
                 CriticInputConfig(),
@@ -109,15 +124,48 @@ class MemorySettings:
             lora=dataclasses.replace(LoRAConfig(), rank=self.lora_rank, alpha=float(self.lora_rank)),
             checkpoint_interval=0,
             release_text_encoder=self.release_text_encoder,
+            offload=self.offload,
         )
 
 
-# Named bundles of settings that exist in the engine today (no quantization or offload yet).
-PRESETS: dict[str, dict[str, Any]] = {
-    "48GB+": {},  # the engine's defaults
-    "24GB": {"release_text_encoder": True, "questions_per_batch": 1},
-    "16GB": {"release_text_encoder": True, "questions_per_batch": 1, "frames_scored": 1, "critic_size": 336},
+# TrainConfig paths a memory preset sets (drf_core.memory_presets) -> the MemorySettings field tracing it.
+PRESET_FIELDS = {
+    "offload": ("offload",),
+    "release_text_encoder": ("release_text_encoder",),
+    "decode.checkpoint_residual_blocks": ("checkpoint_residual_blocks",),
+    "decode.checkpoint_decode": ("checkpoint_decode",),
+    "decode.segment_latent_frames": ("segment_latent_frames",),
+    "critic_input.max_questions_per_batch": ("questions_per_batch",),
+    "critic_input.height": ("critic_size",),
+    "critic_input.width": ("critic_size",),
 }
+
+
+def preset_overrides(name: str) -> dict[str, Any]:
+    """The MemorySettings fields that trace preset `name` (its training and loading settings)."""
+    from drf_core.memory_presets import MEMORY_PRESETS
+
+    preset = MEMORY_PRESETS.get(name)
+    overrides: dict[str, Any] = {}
+    for path, value in preset.train.items():
+        if path not in PRESET_FIELDS:
+            raise KeyError(f"memory preset {name!r} sets {path}, which bench/memory.py cannot trace yet")
+        for field_name in PRESET_FIELDS[path]:
+            overrides[field_name] = value
+    for field_name, value in preset.models.items():
+        if field_name not in {f.name for f in dataclasses.fields(MemorySettings)}:
+            raise KeyError(f"memory preset {name!r} sets models.{field_name}, which bench/memory.py cannot trace yet")
+        overrides[field_name] = value
+    return overrides
+
+
+def _presets() -> dict[str, dict[str, Any]]:
+    from drf_core.memory_presets import MEMORY_PRESETS
+
+    return {name: preset_overrides(name) for name in MEMORY_PRESETS}
+
+
+PRESETS = _presets()
 
 
 def preset_settings(preset: str, **overrides: Any) -> MemorySettings:
@@ -176,6 +224,37 @@ def _sampling_phase(tracker: LiveBytes, fn: Any, full_no_grad_calls: int | None)
     return wrapped
 
 
+# Phase offload's groups (drf_core.offload) -> the tracer's weight labels.
+_GROUP_LABELS = {
+    "video model": "weights: transformer",
+    "text encoder": "weights: text encoder",
+    "VAE": "weights: VAE",
+    "critic": "weights: critic",
+}
+
+
+def _traced_host(tracker: LiveBytes) -> Any:
+    """`PhaseOffload._move` for fake models: the host is a second device the tracer does not count.
+
+    Fake tensors cannot change device in place (`Module.to` would swap them), so a move to the host
+    stops counting the group's storages and a move back counts them again, as the GPU would see.
+    """
+
+    def move(_offload: Any, name: str, modules: list[torch.nn.Module], device: torch.device) -> None:
+        tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+        grads = [t.grad for t in tensors if t.grad is not None]
+        if device.type == "meta":
+            tracker.untrack(tensors + grads)
+        else:
+            label = _GROUP_LABELS.get(name, f"weights: {name}")
+            for tensor in tensors:
+                tracker.track(tensor, label)
+            for grad in grads:
+                tracker.track(grad, "LoRA + optimizer state")
+
+    return move
+
+
 @dataclass
 class TraceResult:
     peak_bytes: int
@@ -198,6 +277,7 @@ def trace_training(
     full_no_grad_calls: int | None = None,
 ) -> TraceResult:
     """Run `Trainer.train()` for `config.steps` steps under `tracker`, with phases marked."""
+    from drf_core import offload
     from drf_core.decompose import decompose
     from drf_core.reward import DRFReward
     from drf_core.trainer import Trainer
@@ -224,8 +304,17 @@ def trace_training(
         step_starts.append(tracker.total)
         tracker.reset_window()
 
+    if config.offload == "phase":  # loaded into host RAM (as `python -m drf_core train` does): not on the GPU
+        for module in (backend.transformer, backend.text_encoder, backend.vae, critic.model):
+            if module is not None:
+                tracker.untrack([*module.parameters(), *module.buffers()])
+        tracker.peak, tracker.peak_phase, tracker.peak_labels = tracker.total, "setup", {}
+        tracker.phase_peaks = {"setup": tracker.total}  # registering the weights is not the GPU's peak
     with tempfile.TemporaryDirectory(prefix="drf_memory_run_") as output_dir, contextlib.ExitStack() as stack:
         stack.enter_context(tracker)
+        if tracker.fake_mode is not None:  # the host of phase offload: the meta device, not counted
+            stack.enter_context(_patched(offload, "HOST", torch.device("meta")))
+            stack.enter_context(_patched(offload.PhaseOffload, "_move", _traced_host(tracker)))
         with tracker.phase("LoRA + optimizer state"):
             trainer = Trainer(
                 backend,
@@ -243,10 +332,13 @@ def trace_training(
         )
         stack.enter_context(_patched(backend, "predict", _sampling_phase(tracker, backend.predict, full_no_grad_calls)))
         stack.enter_context(_patched(backend, "decode", _in_phase(tracker, "VAE decode", backend.decode)))
-        for method in ("score_yes_no", "score_answers"):
+        for method in ("score", "score_yes_no", "score_answers"):
             stack.enter_context(_patched(critic, method, _in_phase(tracker, "critic", getattr(critic, method))))
         stack.enter_context(
             _patched(torch.autograd, "backward", _in_phase(tracker, "backward", torch.autograd.backward))
+        )
+        stack.enter_context(  # phase offload's first backward stage: through the critic to the frames
+            _patched(torch.autograd, "grad", _in_phase(tracker, "backward: critic", torch.autograd.grad))
         )
         stack.enter_context(
             _patched(
@@ -296,15 +388,72 @@ def trace_real_size(settings: MemorySettings, steps: int = 1) -> dict[str, Any]:
             apply_memory_settings(backend, critic, settings.critic_quantization, settings.video_weight_storage)
         build_seconds = time.perf_counter() - built
         tracker = LiveBytes(cuda_block_bytes, fake_mode)
+        models = model_facts(backend, critic)
         with cuda_autocast_policy():
             result = trace_training(backend, critic, settings.train_config(steps), tracker, full_no_grad_calls=2)
-    return summarize(settings, result, build_seconds)
+    return {**summarize(settings, result, build_seconds), "models": models}
+
+
+def model_facts(backend: Any, critic: Any) -> dict[str, Any]:
+    """What `drf_core.memory_presets.identify_models` recognises loaded models by."""
+    text = getattr(critic.model.config, "text_config", critic.model.config)
+    return {
+        "denoiser_parameters": sum(p.numel() for n, p in backend.denoiser.named_parameters() if "lora_" not in n),
+        "critic_text_shape": [text.hidden_size, text.num_hidden_layers],
+    }
+
+
+def trace_tiny(settings: MemorySettings) -> dict[str, Any]:
+    """`settings` traced with fake copies of the tiny models (`drf_core.tiny`), fp32, CUDA rounding.
+
+    What the stored estimates' tiny rows hold, so a test can check the table against the tool fast.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.memory_models import fake_copy_backend, fake_copy_critic
+    from drf_core.critics import load_critic
+    from drf_core.models import load_video_backend
+    from drf_core.tiny import write_tiny_models
+
+    with tempfile.TemporaryDirectory(prefix="drf_memory_tiny_") as folder:
+        paths = write_tiny_models(folder)
+        backend = load_video_backend(paths.wan, "fp32", "cpu")
+        critic = load_critic(paths.qwen, "fp32", "cpu")
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode:
+        fake_backend, fake_critic = fake_copy_backend(backend), fake_copy_critic(critic)
+    models = model_facts(fake_backend, fake_critic)
+    config = dataclasses.replace(settings.train_config(1), mixed_precision="auto")  # fp32 on the CPU
+    result = trace_training(fake_backend, fake_critic, config, LiveBytes(cuda_block_bytes, fake_mode))
+    return {**summarize(settings, result), "models": models}
+
+
+def offload_peak_fix(summary: dict[str, Any]) -> dict[str, Any]:
+    """A summary traced before the tracer forgot the weight registration under phase offload.
+
+    Those traces (2026-12-02, before this fix) counted every model on the GPU while registering the
+    weights, which phase offload keeps in RAM; their step's peak is the largest phase peak after
+    that ("setup" excluded). The breakdown at that moment was not recorded (`at_peak_gib` is dropped).
+    """
+    if summary["settings"].get("offload") != "phase" or summary["peak_phase"] != "setup":
+        return summary
+    phase, gib = max(((p, g) for p, g in summary["phase_peaks_gib"].items() if p != "setup"), key=lambda pg: pg[1])
+    return {
+        **summary,
+        "peak_gib": gib,
+        "peak_bytes": round(gib * GIB),
+        "card_gib": round(CARD_FACTOR * gib + CARD_OVERHEAD_GIB, 2),
+        "peak_phase": phase,
+        "at_peak_gib": {},
+        "note": "peak from the phase peaks (weight registration excluded); breakdown not recorded",
+    }
 
 
 def summarize(settings: MemorySettings, result: TraceResult, build_seconds: float = 0.0) -> dict[str, Any]:
     peak_gib = result.peak_bytes / GIB
     return {
         "peak_gib": round(peak_gib, 3),
+        "peak_bytes": result.peak_bytes,
         "card_gib": round(CARD_FACTOR * peak_gib + CARD_OVERHEAD_GIB, 2),
         "peak_phase": result.peak_phase,
         "at_peak_gib": {k: round(v / GIB, 3) for k, v in sorted(result.peak_labels.items(), key=lambda kv: -kv[1])},
@@ -395,15 +544,13 @@ def validate_tiny(steps: int = 2) -> dict[str, Any]:
 
 # (row name, preset, overrides): the settings issue 11 asks about, each against the defaults.
 SWEEP: list[tuple[str, str, dict[str, Any]]] = [
-    ("defaults (48GB+), 7B critic", "48GB+", {}),
-    ("defaults, 3B critic", "48GB+", {"critic": "3B"}),
-    ("K=4", "48GB+", {"grad_steps": 4}),
-    ("1 frame scored", "48GB+", {"frames_scored": 1}),
-    ("9 frames scored", "48GB+", {"frames_scored": 9}),
-    ("text encoder released", "48GB+", {"release_text_encoder": True}),
     ("preset 24GB, 7B critic", "24GB", {}),
-    ("preset 24GB, 3B critic", "24GB", {"critic": "3B"}),
     ("preset 16GB, 3B critic", "16GB", {"critic": "3B"}),
+    ("48GB+ (the defaults), 7B critic", "48GB+", {}),
+    ("48GB+, 3B critic", "48GB+", {"critic": "3B"}),
+    ("48GB+, 7B, K=4", "48GB+", {"grad_steps": 4}),
+    ("48GB+, 7B, 1 frame scored", "48GB+", {"frames_scored": 1}),
+    ("48GB+, 7B, 9 frames scored", "48GB+", {"frames_scored": 9}),
     ("critic int8 (weight bytes exact, see note)", "48GB+", {"critic_quantization": "int8"}),
     ("critic int4 / NF4 (weight bytes exact, see note)", "48GB+", {"critic_quantization": "int4"}),
     ("video weights fp8", "48GB+", {"video_weight_storage": "fp8_e4m3fn"}),
@@ -451,6 +598,8 @@ def render_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
         weights = " / ".join(f"{at_peak.get(label, 0.0):.2f}" for label, _ in _BREAKDOWN[:4])
         groups = _activation_groups(at_peak)
         activations = ", ".join(f"{k} {v:.2f}" for k, v in sorted(groups.items(), key=lambda kv: -kv[1]) if v >= 0.005)
+        if summary.get("note"):  # `offload_peak_fix`: the breakdown at the peak was not recorded
+            weights, activations = "not recorded", summary["note"]
         lines.append(
             f"| {name} | **{summary['peak_gib']:.2f}** | {summary['card_gib']:.1f} | {summary['peak_phase']} "
             f"| {weights} | {at_peak.get('LoRA + optimizer state', 0.0):.2f} | {activations} |"
@@ -530,6 +679,61 @@ def render_report(rows: list[tuple[str, dict[str, Any]]], tiny: dict[str, Any] |
     return "\n".join(lines) + "\n"
 
 
+# --- the stored estimates drf_core reads ----------------------------------------------------------------
+
+
+def estimate_row(settings: MemorySettings, summary: dict[str, Any], preset: str | None) -> dict[str, Any]:
+    from drf_core.memory_presets import memory_key
+
+    return {
+        "preset": preset,
+        "video_model": settings.video_model,
+        "critic": settings.critic,
+        "key": json.loads(json.dumps(memory_key(settings.train_config(1)))),
+        "peak_gib": summary["peak_gib"],
+        "peak_bytes": summary["peak_bytes"],
+    }
+
+
+def tiny_estimate_rows() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every preset at tiny size (fake copies of `drf_core.tiny`'s models): rows + the models' facts."""
+    rows, facts = [], {}
+    for preset in PRESETS:
+        settings = dataclasses.replace(TINY, **PRESETS[preset])
+        summary = trace_tiny(settings)
+        facts = summary["models"]
+        rows.append(estimate_row(settings, summary, preset))
+    return rows, facts
+
+
+def write_estimates(
+    rows: list[tuple[str, dict[str, Any]]], path: Path, command: str, tiny: dict[str, Any] | None = None
+) -> None:
+    """`drf_core/memory_estimates.json`: the traced rows, keyed as `memory_presets.memory_key` keys a run."""
+    table_rows = []
+    video: dict[str, Any] = {}
+    critic: dict[str, Any] = {}
+    for _name, summary in rows:
+        settings = MemorySettings(**summary["settings"])
+        same = {"critic": settings.critic, "video_model": settings.video_model}
+        preset = next((p for p in PRESETS if preset_settings(p, **same) == settings), None)
+        table_rows.append(estimate_row(settings, summary, preset))
+        video[settings.video_model] = {"denoiser_parameters": summary["models"]["denoiser_parameters"]}
+        critic[settings.critic] = {"text_shape": summary["models"]["critic_text_shape"]}
+    tiny_rows, tiny_facts = (tiny["rows"], tiny["facts"]) if tiny else tiny_estimate_rows()
+    video["tiny"] = {"denoiser_parameters": tiny_facts["denoiser_parameters"]}
+    critic["tiny"] = {"text_shape": tiny_facts["critic_text_shape"]}
+    table = {
+        "about": f"Traced peaks (GiB) written by `python bench/memory.py {command}` "
+        f"({time.strftime('%Y-%m-%d', time.gmtime())}, torch {torch.__version__}); read by drf_core.memory_presets.",
+        "card_factor": CARD_FACTOR,
+        "card_overhead_gib": CARD_OVERHEAD_GIB,
+        "models": {"video": video, "critic": critic},
+        "rows": table_rows + tiny_rows,
+    }
+    path.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+
+
 # --- command line ----------------------------------------------------------------------------------
 
 
@@ -558,8 +762,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from-json", nargs="+", help="build the report from saved --row/--preset --json outputs")
     parser.add_argument("--tiny-json", help="the tiny-size check's result saved by --tiny-only")
     parser.add_argument("--tiny-only", action="store_true", help="run the tiny-size check only; print its JSON")
+    parser.add_argument("--tiny-rows-only", action="store_true", help="trace the estimates' tiny rows; print JSON")
+    parser.add_argument("--tiny-rows", help="the estimates' tiny rows saved by --tiny-rows-only")
     parser.add_argument("--no-validate", action="store_true", help="skip the tiny-size check in the report")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "memory_results.md"), help="report file")
+    parser.add_argument(
+        "--estimates",
+        default=str(REPO_ROOT / "drf_core" / "memory_estimates.json"),
+        help="where the report run writes the estimates drf_core reads ('' : not written)",
+    )
     args = parser.parse_args(argv)
     args.command_line = " ".join(sys.argv[1:] if argv is None else argv)
     if args.json and not args.preset and args.row is None:
@@ -639,6 +850,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny_only:
         print(json.dumps(validate_tiny()))
         return 0
+    if args.tiny_rows_only:
+        rows, facts = tiny_estimate_rows()
+        print(json.dumps({"rows": rows, "facts": facts}))
+        return 0
     if args.row is not None:
         name, preset, overrides = SWEEP[args.row]
         summary = trace_real_size(preset_settings(preset, **overrides), args.steps)
@@ -654,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.from_json:  # rows traced earlier, one `--row I --json` (or `--preset ... --json`) output per file
         summaries = [json.loads(Path(f).read_text(encoding="utf-8").strip().splitlines()[-1]) for f in args.from_json]
-        rows = [(_row_name(summary), summary) for summary in summaries]
+        rows = [(_row_name(summary), offload_peak_fix(summary)) for summary in summaries]
     else:
         rows = _trace_rows(args)
     if args.tiny_json:
@@ -664,6 +879,9 @@ def main(argv: list[str] | None = None) -> int:
     report = render_report(rows, tiny, args.command_line)
     print(report)
     Path(args.out).write_text(report, encoding="utf-8")
+    if args.estimates:
+        tiny_rows = json.loads(Path(args.tiny_rows).read_text(encoding="utf-8")) if args.tiny_rows else None
+        write_estimates(rows, Path(args.estimates), args.command_line, tiny_rows)
     return 0
 
 

@@ -151,6 +151,19 @@ class LiveBytes(TorchDispatchMode):
             self.track(tensor, label)
         return self.by_label[label] - before
 
+    def untrack(self, tensors: list[torch.Tensor]) -> int:
+        """Stop counting these storages (they left the device: phase offload's host); bytes dropped."""
+        dropped = 0
+        for tensor in tensors:
+            entry = self._seen.pop(id(tensor.untyped_storage()), None)
+            if entry is None:
+                continue
+            _, label, size = entry
+            self.by_label[label] -= size
+            self.total -= size
+            dropped += size
+        return dropped
+
     def relabel(self, tensors: list[torch.Tensor], label: str) -> None:
         """Move live storages to another label (e.g. optimizer state made during the step)."""
         for tensor in tensors:

@@ -33,6 +33,7 @@ from .errors import DRFInputError
 from .heatmap import reward_heatmaps
 from .lora import LoRAWeights, read_lora_file, read_lora_header, save_lora_weights
 from .media import check_frames
+from .memory_presets import MEMORY_PRESETS, apply_train_preset, check_memory, identify_models, resolve_memory_preset
 from .models import MODULE_NAME_MAPS
 from .models.base import VideoBackend
 from .plots import plot_question_scores, plot_reward_curves
@@ -79,6 +80,18 @@ def lora_metadata(backend: VideoBackend, config: TrainConfig, questions: Sequenc
     }
 
 
+def fit_memory(config: TrainConfig, backend: VideoBackend, reward: RewardFunction) -> TrainConfig:
+    """`config` with its memory preset applied ("auto" resolved), refused before step 1 when the traced
+    estimate for it exceeds the free memory of a CUDA device (`memory_presets`)."""
+    video, critic = identify_models(backend, reward)
+    name = resolve_memory_preset(config.memory, backend.device, video, critic)
+    config = apply_train_preset(config, name)
+    if name != "custom":
+        logger.info("memory preset %s: %s", name, MEMORY_PRESETS.get(name).description)
+    check_memory(config, backend.device, video, critic)
+    return config
+
+
 def train_lora(
     backend: VideoBackend,
     reward: RewardFunction,
@@ -101,6 +114,7 @@ def train_lora(
     checkpoint in `output_dir`, when resumed, still wins: it holds the run's later state). `parallel`: this
     process's `distributed` group in a data-parallel launch (default: one process).
     """
+    config = fit_memory(config, backend, reward)
     backend.remove_lora(ADAPTER_NAME)
     trainer = Trainer(
         backend,

@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -112,24 +113,37 @@ def _run_folder(configured: Path, resume: bool) -> Path:
 def _train(args: argparse.Namespace, parallel) -> int:
     """`train` in this process: the whole run, or this rank's share of a data-parallel launch (rank 0 writes)."""
     from .api import save_trained_lora, train_lora
-    from .config import RunConfig
+    from .config import RunConfig, resolve_device, resolve_dtype
     from .critics import load_critic
     from .decompose import decompose
+    from .memory_presets import apply_run_preset
     from .models import load_video_backend
+    from .offload import HOST
     from .questions import QuestionSet
     from .reward import DRFReward
 
-    run = RunConfig.from_file(args.config)
+    run = apply_run_preset(RunConfig.from_file(args.config))
     resume = run.resume and not args.fresh
     output = parallel.from_main(lambda: _run_folder(Path(args.out or run.output_dir), resume))
     models = run.models
     # Several ranks: "auto" is each rank's own GPU; the critic may share a named one, the video model may not.
-    video_device = parallel.rank_device(models.video_device, "models.video_device", shareable=False)
-    critic_device = parallel.rank_device(models.critic_device, "models.critic_device", shareable=True)
+    video_device = resolve_device(parallel.rank_device(models.video_device, "models.video_device", shareable=False))
+    critic_device = resolve_device(parallel.rank_device(models.critic_device, "models.critic_device", shareable=True))
+
+    # With phase offload the models load into host RAM; each phase brings what it needs to its device.
+    # A quantized critic loads where it runs (bitsandbytes quantizes on the GPU).
+    def load_on(device: Any, movable: bool = True) -> Any:
+        return HOST if movable and run.train.offload == "phase" and device.type == "cuda" else device
+
+    video_dtype = resolve_dtype(models.video_dtype, video_device)
     backend = load_video_backend(
-        models.video_model, models.video_dtype, video_device, weight_storage=models.video_weight_storage
+        models.video_model, video_dtype, load_on(video_device), weight_storage=models.video_weight_storage
     )
-    critic = load_critic(models.critic_model, models.critic_dtype, critic_device, models.critic_quantization)
+    backend.device = video_device
+    critic_dtype = resolve_dtype(models.critic_dtype, critic_device)
+    on = load_on(critic_device, models.critic_quantization == "none")
+    critic = load_critic(models.critic_model, critic_dtype, on, models.critic_quantization)
+    critic.device = critic_device
     if run.questions_file:
         loaded = json.loads(Path(run.questions_file).read_text(encoding="utf-8"))
         items = loaded if isinstance(loaded, list) else [loaded]

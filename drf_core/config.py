@@ -153,6 +153,15 @@ class DecodeConfig(_Serializable):
     frame_selection_count: int = 8
     # Checkpoint the VAE decoder per latent frame (recompute in backward; much less memory).
     checkpoint_per_latent_frame: bool = True
+    # Also checkpoint each residual block inside that recomputation, so backward keeps one block's
+    # activations at a time instead of a whole latent frame's (those blocks run a third time).
+    checkpoint_residual_blocks: bool = False
+    # Keep nothing of the decode for backward but its input: backward decodes again. Its saved
+    # state (the causal caches of every latent frame) then never meets the critic's memory.
+    checkpoint_decode: bool = False
+    # > 0: decode in segments of this many latent frames, each keeping only its input for backward,
+    # which then holds one segment's causal caches at a time (each segment is decoded once more).
+    segment_latent_frames: int = 0
 
     def validate(self, where: str = "decode") -> None:
         _check(
@@ -160,6 +169,7 @@ class DecodeConfig(_Serializable):
             f"{where}.frame_selection_count",
             f"must be at least 1, got {self.frame_selection_count}",
         )
+        _check(self.segment_latent_frames >= 0, f"{where}.segment_latent_frames", "must be 0 (off) or more")
 
 
 # The smallest side a Qwen-VL critic can take: one merged patch (patch_size 14 x merge_size 2).
@@ -370,6 +380,12 @@ class TrainConfig(_Serializable):
     # Memory: free the text encoder once the prompts are encoded (UMT5-XXL is ~10.6 GiB in bf16);
     # a loaded model then cannot encode new prompts until it is loaded again.
     release_text_encoder: bool = False
+    # Memory: "phase" keeps only the model the current phase needs on the device (text encoder,
+    # video model, VAE, critic), the others in host RAM (`offload.py`); "none" keeps all there.
+    offload: str = "none"
+    # A key of `memory_presets.MEMORY_PRESETS` ("48GB+", "24GB", "16GB", "auto") that sets the
+    # memory settings above for a GPU size, or "custom": these settings as given.
+    memory: str = "custom"
 
     def validate(self, where: str = "train") -> None:
         _check(len(self.prompts) > 0, f"{where}.prompts", "give at least one prompt")
@@ -384,6 +400,11 @@ class TrainConfig(_Serializable):
             f"must be 'auto', 'bf16' or 'fp32', got {self.mixed_precision!r}",
         )
         _check(self.checkpoint_interval >= 0, f"{where}.checkpoint_interval", "must be 0 or more")
+        _check(
+            self.offload in ("none", "phase"),
+            f"{where}.offload",
+            f"must be 'none' or 'phase', got {self.offload!r}",
+        )
         _check(self.keep_last_checkpoints >= 1, f"{where}.keep_last_checkpoints", "must be at least 1")
         _check(self.max_consecutive_nonfinite >= 1, f"{where}.max_consecutive_nonfinite", "must be at least 1")
         self.video.validate(f"{where}.video")

@@ -211,6 +211,10 @@ class RewardFunction(ABC):
         """Trade compute for memory in backward while training (nothing to do by default)."""
         return None
 
+    def offload_modules(self) -> tuple[list[torch.nn.Module], torch.device | None]:
+        """The modules phase offload may keep in host RAM while others run, and their device."""
+        return [], None
+
 
 class DRFReward(RewardFunction):
     """Scores frames against a `QuestionSet` with a frozen critic; differentiable in the frames."""
@@ -242,6 +246,9 @@ class DRFReward(RewardFunction):
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.critic.set_gradient_checkpointing(enabled)
+
+    def offload_modules(self) -> tuple[list[torch.nn.Module], torch.device | None]:
+        return self.critic.modules_to_free(), self.critic.device
 
     def aspect_weights(self, questions: QuestionSet) -> dict[str, float]:
         weights = {aspect.name: aspect.weight for aspect in questions.aspects}

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from . import __version__
 from .checkpoint import (
@@ -57,6 +58,7 @@ from .io import write_text_atomic
 from .lora import LoRAWeights
 from .models.base import VideoBackend
 from .monitor import Monitor, training_movers, yes_no_answers
+from .offload import BACKWARD_GROUPS, VIDEO_MODEL, PhaseOffload, active_offload, phase_offload
 from .questions import QuestionSet
 from .regularize import DriftPenalty
 from .reward import RewardFunction
@@ -168,6 +170,10 @@ class Trainer:
             if config.monitor.interval
             else None
         )
+        self._drift: torch.Tensor | None = None
+        self.offload: PhaseOffload | None = None
+        # With phase offload: (decoded frames, the detached copy the critic scored), for `_backward`.
+        self._scored_frames: tuple[torch.Tensor, torch.Tensor] | None = None
         self.device = backend.device
         self.generator = torch.Generator(device="cpu")
         self.step = 0
@@ -382,8 +388,17 @@ class Trainer:
                 self.backend, embeddings, inputs.noise, c.sampler, inputs.grad_steps, should_stop=self.should_stop,
                 grad_step_hook=drift,
             )  # fmt: skip
-            frames = self.backend.decode(latents, self.frame_indices, c.decode.checkpoint_per_latent_frame)
-            results = [self.reward(frames[i], self.questions[p]) for i, p in enumerate(prompts)]
+            decode_args = (latents, self.frame_indices, c.decode.checkpoint_per_latent_frame)
+            decode_args += (c.decode.checkpoint_residual_blocks, c.decode.segment_latent_frames)
+            if c.decode.checkpoint_decode and latents.requires_grad:  # reentrant: the forward keeps nothing
+                frames = checkpoint(self.backend.decode, *decode_args, use_reentrant=True)
+            else:
+                frames = self.backend.decode(*decode_args)
+            scored = frames
+            if self.offload is not None and frames.requires_grad:  # backward in two stages (`_backward`)
+                scored = frames.detach().requires_grad_()
+                self._scored_frames = (frames, scored)
+            results = [self.reward(scored[i], self.questions[p]) for i, p in enumerate(prompts)]
         totals = torch.stack([r.total.float() for r in results])
         # Side results of this micro-batch, read by `_train_step` (the return value stays the reward's).
         self._drift = drift.value() if drift is not None else None
@@ -407,10 +422,13 @@ class Trainer:
             if not self.parallel.owns(micro.index):
                 continue
             self._drift = None
+            self._scored_frames = None
             totals, per_aspect, preview = self._micro_batch(micro)
             loss = -totals.mean()
+            drift_term = None
             if self._drift is not None:
-                loss = loss + c.regularization.drift_weight * self._drift
+                drift_term = c.regularization.drift_weight * self._drift
+                loss = loss + drift_term
             loss = loss / self.micro_batches
             if not _is_finite(loss):
                 finite = False
@@ -422,10 +440,13 @@ class Trainer:
                     "the LoRA is on. For Wan 2.2 A14B's high-noise expert, raise truncated_backprop_steps past the "
                     "low-noise expert's steps, or train the low-noise expert"
                 )
-            loss.backward()
+            self._backward(loss, drift_term)
             drift = float(self._drift.detach()) if self._drift is not None else None
             outcomes.append(_MicroOutcome(micro.index, totals.detach().tolist(), per_aspect, drift, self._answers))
             self.last_preview = preview
+        self._scored_frames = None
+        if self.offload is not None:  # the LoRA's parameters live in the video model
+            self.offload.use(VIDEO_MODEL)
         finite = self.parallel.all_finite(finite)
         if finite:
             self.parallel.sum_gradients(self.parameters)
@@ -476,6 +497,42 @@ class Trainer:
             row["movers"] = training_movers([*self.metrics, row], c.monitor.movers)
         return row
 
+    def _backward(self, loss: torch.Tensor, drift_term: torch.Tensor | None) -> None:
+        """`loss.backward()`; with phase offload, in two stages so each finds its weights on the device.
+
+        Stage 1 runs through the critic alone (it scored a detached copy of the frames) and gives
+        d loss / d frames; then the critic may leave, and stage 2 sends that gradient (and the drift
+        term's) through the VAE decode and the denoiser steps, with those two held on the device.
+        The gradients are the same numbers as one backward: the same ops, split at the frames.
+        """
+        if self._scored_frames is None or self.offload is None:
+            loss.backward()
+            return
+        frames, scored = self._scored_frames
+        self._scored_frames = None
+        (frame_grad,) = torch.autograd.grad(loss, scored)
+        del scored
+        outputs, grads = [frames], [frame_grad]
+        if drift_term is not None:  # d loss / d drift_term = 1 / micro_batches
+            outputs.append(drift_term)
+            grads.append(torch.full_like(drift_term, 1.0 / self.micro_batches))
+        with self.offload.hold(*BACKWARD_GROUPS):
+            torch.autograd.backward(outputs, grads)
+
+    def _start_offload(self) -> PhaseOffload | None:
+        """Phase offload for `offload="phase"`; kept on for models an earlier run offloaded."""
+        if self.config.offload == "phase":
+            modules, device = self.reward.offload_modules()
+            if not self.backend.offload_groups():
+                logger.info("phase offload: the video model's memory is managed by its host; only the critic moves")
+            return phase_offload(self.backend, modules, device or self.device)
+        earlier = active_offload(self.backend)
+        if earlier is not None:
+            logger.info(
+                "phase offload stays on: these models were offloaded by an earlier run (load them again to stop)"
+            )
+        return earlier
+
     def _evaluate_held_out(self) -> dict[str, Any]:
         assert self.monitor is not None
         monitor = self.monitor
@@ -501,6 +558,7 @@ class Trainer:
             self.metrics = []
             self._rewrite_metrics()
         self.parallel.broadcast_parameters(self.parameters)
+        self.offload = self._start_offload()
         self._encode_all_prompts()
         if self.monitor is not None:
             self.monitor.should_stop = self.should_stop

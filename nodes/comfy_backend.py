@@ -35,6 +35,7 @@ Imported only inside ComfyUI (it imports `comfy`); `_comfy.py` stays the bridge 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -56,6 +57,7 @@ from ..drf_core.config import LoRAConfig, VideoSpec
 from ..drf_core.errors import DRFInputError
 from ..drf_core.lora import LORA_FORMATS, LoRAModuleWeights, LoRAWeights
 from ..drf_core.models.base import DenoisingScheduler, PromptEmbeddings, VideoBackend
+from ..drf_core.models.vae_blocks import checkpoint_residual_blocks
 from ..drf_core.models.wan import WanBackend, latent_frames_needed
 from .comfy_names import SOLVERS, WAN_EXPERTS
 from .comfy_solver import ComfyExpertChain, ComfySolverRun
@@ -360,11 +362,17 @@ class ComfyVideoBackend(VideoBackend):
         latents: torch.Tensor,
         frame_indices: Sequence[int] | None = None,
         checkpoint_per_latent_frame: bool = False,
+        checkpoint_residual_blocks: bool = False,
+        segment_latent_frames: int = 0,
     ) -> torch.Tensor:
         """Core VAEDecode's computation with gradient: `process_output(decoder(latents))`, per latent frame.
 
         Only latent frames up to the last requested frame are decoded (the decoder is causal).
+        `segment_latent_frames` is not applied to ComfyUI's VAE (logged): every latent frame's causal
+        cache is kept for backward, as with 0.
         """
+        if segment_latent_frames:
+            logger.warning("decode.segment_latent_frames applies to the diffusers VAE only; ComfyUI's decodes whole")
         vae = self.vae
         model_management.load_models_gpu(
             [vae.patcher], memory_required=vae.memory_used_decode(latents.shape, vae.vae_dtype)
@@ -379,9 +387,11 @@ class ComfyVideoBackend(VideoBackend):
         for i in range(latent_frames):
             chunk = z[:, :, i : i + 1]
             if checkpoint_per_latent_frame and torch.is_grad_enabled():
-                out, cache = checkpoint(_decoder_chunk, stage.decoder, chunk, cache, use_reentrant=False)
+                out, cache = checkpoint(
+                    _decoder_chunk, stage.decoder, chunk, cache, checkpoint_residual_blocks, use_reentrant=False
+                )
             else:
-                out, cache = _decoder_chunk(stage.decoder, chunk, cache)
+                out, cache = _decoder_chunk(stage.decoder, chunk, cache, checkpoint_residual_blocks)
             outputs.append(out)
         video = vae.process_output(torch.cat(outputs, dim=2).float())  # [B, 3, F, H, W] in 0..1
         frames = video.permute(0, 2, 1, 3, 4)
@@ -602,10 +612,16 @@ def _checkpointed(forward: Any) -> Any:
     return run
 
 
-def _decoder_chunk(decoder: torch.nn.Module, chunk: torch.Tensor, cache: list[Any]) -> tuple[torch.Tensor, list[Any]]:
-    """One causal decoder call as a pure function: the cache goes in, a new cache comes out."""
+def _decoder_chunk(
+    decoder: torch.nn.Module, chunk: torch.Tensor, cache: list[Any], checkpoint_blocks: bool = False
+) -> tuple[torch.Tensor, list[Any]]:
+    """One causal decoder call as a pure function: the cache goes in, a new cache comes out.
+
+    With `checkpoint_blocks`, the residual blocks are checkpointed too (`drf_core.models.vae_blocks`).
+    """
     new_cache = list(cache)
-    out = decoder(chunk, feat_cache=new_cache, feat_idx=[0])
+    with checkpoint_residual_blocks(decoder) if checkpoint_blocks else contextlib.nullcontext():
+        out = decoder(chunk, feat_cache=new_cache, feat_idx=[0])
     return out, new_cache
 
 

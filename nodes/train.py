@@ -31,8 +31,10 @@ from ..drf_core.evaluate import parse_seeds
 from ..drf_core.heldout import HELD_OUT_QUESTIONS
 from ..drf_core.io import safe_child_path
 from ..drf_core.media import from_pil, to_pil
+from ..drf_core.memory_presets import MEMORY_CHOICES
 from ..drf_core.models import SCHEDULERS, VIDEO_BACKENDS
 from ..drf_core.monitor import held_out_summary, movers_summary
+from ..drf_core.offload import OFFLOAD_MODES
 from ..drf_core.plots import plot_reward_curves
 from ..drf_core.reward import DRFReward
 from ..drf_core.sampler import CHECKPOINTING
@@ -100,6 +102,8 @@ class TrainingOptions:
     keep_last_checkpoints: int = _TRAIN.keep_last_checkpoints
     critic_gradient_checkpointing: bool = _TRAIN.critic_gradient_checkpointing
     release_text_encoder: bool = _TRAIN.release_text_encoder
+    offload: str = _TRAIN.offload
+    memory: str = _TRAIN.memory
     held_out_every: int = _MONITOR.interval
     held_out_seeds: str = ", ".join(str(seed) for seed in _MONITOR.seeds)
     held_out_prompts: str = ""
@@ -123,6 +127,8 @@ def check_options(options: TrainingOptions) -> TrainingOptions:
         "checkpointing": CHECKPOINTING.names(),
         "mixed_precision": list(MIXED_PRECISION),
         "held_out_questions": HELD_OUT_QUESTIONS.names(),
+        "offload": list(OFFLOAD_MODES),
+        "memory": MEMORY_CHOICES,
     }
     for name, allowed in choices.items():
         value = getattr(options, name)
@@ -196,6 +202,22 @@ class TrainingOptionsNode(DRFNode):
                 False,
                 "Free the text encoder after encoding the prompts (saves ~10 GiB for Wan during training; the "
                 "video model is then loaded again on its next use).",
+            ),
+            Combo(
+                "offload",
+                OFFLOAD_MODES,
+                "phase: only the model the current phase needs (text encoder, video model, VAE, critic) stays on "
+                "the GPU, the others wait in RAM; the peak becomes the largest phase, not the sum. Slower: models "
+                "move every step.",
+                _OPTIONS.offload,
+            ),
+            Combo(
+                "memory",
+                MEMORY_CHOICES,
+                "A GPU size sets the memory savers for you (24GB, 16GB; 48GB+: the defaults), auto picks from "
+                "the GPU's free memory; custom: the settings as given. A run that will not fit stops before step 1 "
+                "and names the preset to use.",
+                _OPTIONS.memory,
             ),
             Int(
                 "held_out_every",
@@ -326,6 +348,8 @@ def build_train_config(
         keep_last_checkpoints=options.keep_last_checkpoints,
         critic_gradient_checkpointing=options.critic_gradient_checkpointing,
         release_text_encoder=options.release_text_encoder,
+        offload=options.offload,
+        memory=options.memory,
     )
     config.validate()
     return config

@@ -403,6 +403,9 @@ class QwenVLCritic(Critic):
             return self._greedy(self._left_pad([ids], None), max_new_tokens)
 
     # ------------------------------------------------------------------------------------------ memory
+    def modules_to_free(self) -> list[torch.nn.Module]:
+        return [self.model]
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """transformers checkpoints layers only in train mode, so enabling also calls `train()` (dropout is 0:
         `from_folder` zeroes every dropout setting); disabling goes back to `eval()`."""

@@ -120,12 +120,23 @@ class VideoBackend(ABC):
         latents: torch.Tensor,
         frame_indices: Sequence[int] | None = None,
         checkpoint_per_latent_frame: bool = False,
+        checkpoint_residual_blocks: bool = False,
+        segment_latent_frames: int = 0,
     ) -> torch.Tensor:
         """Frames `[B, F, 3, H, W]` float32 in 0..1, differentiable w.r.t. `latents`.
 
         With `frame_indices`, only those output frames are returned, and latent frames after the
-        last one needed are not decoded at all.
+        last one needed are not decoded at all. `checkpoint_residual_blocks` also checkpoints the
+        decoder's residual blocks (`models/vae_blocks.py`): less memory in backward, same values;
+        `segment_latent_frames` > 0 keeps only each segment's input for backward (same values).
         """
+
+    def offload_groups(self) -> dict[str, tuple[list[torch.nn.Module], torch.device]]:
+        """Modules phase offload may keep in host RAM between phases, by group name (`offload.py`).
+
+        None by default: a backend whose host manages its memory (ComfyUI) offers nothing.
+        """
+        return {}
 
     @abstractmethod
     def native_module_name(self, module_name: str) -> str:

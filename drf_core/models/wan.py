@@ -22,6 +22,7 @@ Knows nothing about rewards, critics, LoRA export formats or training loops.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -34,9 +35,11 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import VideoSpec
 from ..errors import DRFInputError, ModelFolderError
+from ..offload import TEXT_ENCODER, VAE, VIDEO_MODEL, execution_device
 from .base import DenoisingScheduler, PromptEmbeddings, VideoBackend
 from .diffusers_schedulers import DiffusersScheduler, build_scheduler
 from .peft_lora import PeftLoRA
+from .vae_blocks import checkpoint_residual_blocks
 from .wan_keys import diffusers_to_native_wan_module, native_to_diffusers_wan_module
 
 logger = logging.getLogger(__name__)
@@ -49,19 +52,67 @@ _FFN_TARGETS = ["ffn.net.0.proj", "ffn.net.2"]
 
 
 def _run_decoder_chunk(
-    decoder: torch.nn.Module, latent_frame: torch.Tensor, cache: list[Any], first_chunk: bool
+    decoder: torch.nn.Module,
+    latent_frame: torch.Tensor,
+    cache: list[Any],
+    first_chunk: bool,
+    checkpoint_blocks: bool = False,
 ) -> tuple[torch.Tensor, list[Any]]:
     """One causal decoder call as a pure function: the cache goes in, a *new* cache comes out.
 
     The decoder mutates the list it is given; it gets a copy, so the caller's list (which a
-    checkpoint keeps as its input for recomputation) never changes.
+    checkpoint keeps as its input for recomputation) never changes. With `checkpoint_blocks`, its
+    residual blocks are checkpointed too, also when a checkpoint recomputes this call in backward.
     """
     new_cache = list(cache)
-    if first_chunk:
-        out = decoder(latent_frame, feat_cache=new_cache, feat_idx=[0], first_chunk=True)
-    else:
-        out = decoder(latent_frame, feat_cache=new_cache, feat_idx=[0])
+    blocks = checkpoint_residual_blocks(decoder) if checkpoint_blocks else contextlib.nullcontext()
+    with blocks:
+        if first_chunk:
+            out = decoder(latent_frame, feat_cache=new_cache, feat_idx=[0], first_chunk=True)
+        else:
+            out = decoder(latent_frame, feat_cache=new_cache, feat_idx=[0])
     return out, new_cache
+
+
+def _decode_range(
+    decoder: torch.nn.Module, x: torch.Tensor, cache: list[Any], first: bool, per_frame: bool, blocks: bool
+) -> tuple[torch.Tensor, list[Any]]:
+    """Latent frames `x[:, :, j]` one after another through the causal decoder (checkpointed per frame)."""
+    chunks = []
+    for j in range(x.shape[2]):
+        frame, is_first = x[:, :, j : j + 1], first and j == 0
+        if per_frame and torch.is_grad_enabled():
+            out, cache = checkpoint(_run_decoder_chunk, decoder, frame, cache, is_first, blocks, use_reentrant=False)
+        else:
+            out, cache = _run_decoder_chunk(decoder, frame, cache, is_first, blocks)
+        chunks.append(out)
+    return torch.cat(chunks, 2), cache
+
+
+def _decode_segment(
+    decoder: torch.nn.Module, x: torch.Tensor, cache: list[Any], first: bool, per_frame: bool, blocks: bool
+) -> tuple[torch.Tensor, list[Any]]:
+    """`_decode_range` that keeps only its inputs for backward (reentrant checkpoint: the forward runs
+    without gradient, so the per-frame caches inside die at once; backward decodes the segment again).
+
+    The cache is a list of tensors and markers (None, "Rep"); the tensors pass through the checkpoint
+    so their gradients reach the segment before.
+    """
+    is_tensor = [isinstance(entry, torch.Tensor) for entry in cache]
+    markers = [entry for entry in cache if not isinstance(entry, torch.Tensor)]
+    produced: dict[str, list[Any]] = {}
+
+    def run(frames: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        given, marks = iter(tensors), iter(markers)
+        full = [next(given) if flag else next(marks) for flag in is_tensor]
+        out, new = _decode_range(decoder, frames, full, first, per_frame, blocks)
+        produced["is_tensor"] = [isinstance(entry, torch.Tensor) for entry in new]
+        produced["markers"] = [entry for entry in new if not isinstance(entry, torch.Tensor)]
+        return (out, *[entry for entry in new if isinstance(entry, torch.Tensor)])
+
+    out, *tensors = checkpoint(run, x, *[e for e in cache if isinstance(e, torch.Tensor)], use_reentrant=True)
+    given, marks = iter(tensors), iter(produced["markers"])
+    return out, [next(given) if flag else next(marks) for flag in produced["is_tensor"]]
 
 
 def _store_layerwise(model: torch.nn.Module, storage_dtype: torch.dtype, compute_dtype: torch.dtype) -> None:
@@ -203,6 +254,13 @@ class WanBackend(PeftLoRA, VideoBackend):
         logger.info("loaded Wan text-to-video model from %s: %s", path, json.dumps(backend.describe()))
         return backend
 
+    def offload_groups(self) -> dict[str, tuple[list[torch.nn.Module], torch.device]]:
+        experts = [m for m in (self.transformer, self.transformer_2) if m is not None]
+        groups = {VIDEO_MODEL: (experts, self.device), VAE: ([self.vae], self.device)}
+        if self.text_encoder is not None:
+            groups[TEXT_ENCODER] = ([self.text_encoder], self.device)
+        return groups
+
     def store_base_weights(self, storage_dtype: torch.dtype) -> None:
         """diffusers' layerwise casting on both experts: weights kept in `storage_dtype`, cast to the load dtype
         while each layer runs. It skips the model's precision-critical layers (patch embedding, condition
@@ -250,7 +308,7 @@ class WanBackend(PeftLoRA, VideoBackend):
         )
         input_ids, mask = text_inputs.input_ids, text_inputs.attention_mask
         seq_lens = mask.gt(0).sum(dim=1).long()
-        model_device = get_module_execution_device(self.text_encoder)
+        model_device = execution_device(self.text_encoder, get_module_execution_device)
         embeds = self.text_encoder(input_ids.to(model_device), mask.to(model_device)).last_hidden_state
         embeds = embeds.to(dtype=self.text_encoder.dtype, device=self.device)
         # Casting before the zero padding equals the pipeline's cast after it (zeros stay zeros).
@@ -430,14 +488,21 @@ class WanBackend(PeftLoRA, VideoBackend):
         latents: torch.Tensor,
         frame_indices: Sequence[int] | None = None,
         checkpoint_per_latent_frame: bool = False,
+        checkpoint_residual_blocks: bool = False,
+        segment_latent_frames: int = 0,
     ) -> torch.Tensor:
-        """`AutoencoderKLWan._decode` frame by frame + `postprocess_video(output_type="pt")`."""
+        """`AutoencoderKLWan._decode` frame by frame + `postprocess_video(output_type="pt")`.
+
+        `segment_latent_frames` > 0: the latent frames are decoded in segments of that many, each
+        keeping only its input for backward (`_decode_segment`), so backward holds the causal caches
+        of one segment at a time instead of every latent frame's.
+        """
         from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
         from diffusers.utils.torch_utils import get_module_execution_device
 
         vae = self.vae
         z_dim = vae.config.z_dim
-        latents = latents.to(get_module_execution_device(vae), dtype=vae.dtype)
+        latents = latents.to(execution_device(vae, get_module_execution_device), dtype=vae.dtype)
         latents_mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents.device, latents.dtype)
         latents_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(
             latents.device, latents.dtype
@@ -449,14 +514,17 @@ class WanBackend(PeftLoRA, VideoBackend):
         vae.clear_cache()
         cache: list[Any] = [None] * len(vae._feat_map)
         chunks = []
-        for i in range(needed):
-            latent_frame = x[:, :, i : i + 1, :, :]
-            if checkpoint_per_latent_frame and torch.is_grad_enabled():
-                out, cache = checkpoint(
-                    _run_decoder_chunk, vae.decoder, latent_frame, cache, i == 0, use_reentrant=False
-                )
-            else:
-                out, cache = _run_decoder_chunk(vae.decoder, latent_frame, cache, i == 0)
+        step = segment_latent_frames if segment_latent_frames > 0 and torch.is_grad_enabled() else needed
+        decode_part = _decode_segment if step < needed else _decode_range
+        for start in range(0, needed, step):
+            out, cache = decode_part(
+                vae.decoder,
+                x[:, :, start : start + step],
+                cache,
+                start == 0,
+                checkpoint_per_latent_frame,
+                checkpoint_residual_blocks,
+            )
             chunks.append(out)
         del cache
         vae.clear_cache()
