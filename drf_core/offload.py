@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 OFFLOAD_MODES = ("none", "phase")
 TEXT_ENCODER, VIDEO_MODEL, VAE, CRITIC = "text encoder", "video model", "VAE", "critic"
 HOST = torch.device("cpu")
+# A module whose device a host's memory manager decides (ComfyUI's, for the models the pack loads
+# there) carries this attribute set to True; phase offload leaves it alone, so the two never fight.
+HOST_MANAGED_ATTRIBUTE = "_drf_host_managed"
 # What backward reads weights of, after the critic's own part (see the module docstring).
 BACKWARD_GROUPS = (VIDEO_MODEL, VAE)
 
@@ -80,11 +83,21 @@ class PhaseOffload:
         self.moves: list[tuple[str, str]] = []  # (group, device) in order, for logs and tests
         # Where each group is (unknown until this offload first moves it: then it is moved anyway).
         self.placed: dict[str, torch.device] = {}
+        self._left_to_host: set[str] = set()
         self._install_hooks()
 
     # --- groups --------------------------------------------------------------------------------
     def groups(self) -> dict[str, tuple[list[torch.nn.Module], torch.device]]:
-        return {name: (modules, device) for name, (modules, device) in self._groups().items() if modules}
+        """The groups this offload moves: modules a host's own memory manager places are left to it."""
+        found = {}
+        for name, (modules, device) in self._groups().items():
+            mine = [m for m in modules if not getattr(m, HOST_MANAGED_ATTRIBUTE, False)]
+            if len(mine) < len(modules) and name not in self._left_to_host:
+                self._left_to_host.add(name)
+                logger.info("phase offload: the %s is placed by the host's memory manager, not moved here", name)
+            if mine:
+                found[name] = (mine, device)
+        return found
 
     def _install_hooks(self) -> None:
         for name, (modules, _device) in self.groups().items():

@@ -17,7 +17,8 @@ when the engine drops a module (e.g. `release_text_encoder`), ComfyUI's loaded-m
 at its next clean-up.
 
 The modules are loaded whole (`force_full_load`): ComfyUI's partial low-VRAM loading needs its own
-`comfy.ops` layers, which transformers' and diffusers' models do not use.
+`comfy.ops` layers, which transformers' and diffusers' models do not use. They are also marked as
+host-managed, so the engine's phase offload (`drf_core.offload`) leaves them to ComfyUI.
 
 Knows ComfyUI's model management; nothing about critics or training.
 """
@@ -30,6 +31,8 @@ from typing import Any
 import comfy.model_management as model_management
 import comfy.model_patcher
 import torch
+
+from ..drf_core.offload import HOST_MANAGED_ATTRIBUTE
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class ComfyModelHost:
             )
             patcher.add_callback(comfy.model_patcher.CallbacksMP.ON_DETACH, _log_unload)
             object.__setattr__(module, PATCHER_ATTRIBUTE, patcher)  # a plain attribute, not a submodule
+            object.__setattr__(module, HOST_MANAGED_ATTRIBUTE, True)  # phase offload leaves it to ComfyUI
             for depth_module in _modules_to_depth(module, HOOK_DEPTH):
                 depth_module.register_forward_pre_hook(_reload_hook(module))
             logger.info("DiffusionDRF: %s %s is managed by ComfyUI (%s on %s)", label, name, _gib(patcher), device)

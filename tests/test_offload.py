@@ -175,3 +175,19 @@ def test_residual_block_wrapping_is_undone(tiny_models):
     with checkpoint_residual_blocks(backend.vae.decoder) as wrapped:
         assert wrapped > 0
     assert not any("forward" in vars(m) for m in backend.vae.decoder.modules())  # their own forward is back
+
+
+def test_modules_a_host_places_are_left_to_it():
+    """ComfyUI's memory manager places the models the pack loads there (nodes/comfy_memory.py marks them):
+    phase offload moves the other groups and never touches a host-managed module."""
+    plain, managed = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    setattr(managed, offload.HOST_MANAGED_ATTRIBUTE, True)
+    meta = torch.device("meta")  # stands for the compute device: a move there is visible, and cheap
+    phases = offload.PhaseOffload(lambda: {offload.VAE: ([plain], meta), offload.CRITIC: ([managed], meta)})
+    assert set(phases.groups()) == {offload.VAE}
+    phases.use(offload.CRITIC)  # nothing of the critic's is this offload's to move; the VAE goes to the host
+    assert managed.weight.device.type == "cpu" and plain.weight.device.type == "cpu"
+    phases.use(offload.VAE)
+    assert plain.weight.device == meta and managed.weight.device.type == "cpu"
+    managed(torch.ones(1, 2))  # no hook on it: it runs where its host put it
+    assert phases.moves == [(offload.VAE, "cpu"), (offload.VAE, "meta")]  # only the VAE ever moved
