@@ -1,10 +1,13 @@
-"""Shared fixtures: tiny model folders written once per test session (no network)."""
+"""Shared fixtures: tiny model folders written once per test session (no network); the pack imported as
+ComfyUI imports it; the local host with the tiny models loaded (node tests); the tiny models, questions and a
+few-step `TrainConfig` (trainer tests)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -151,3 +154,109 @@ def server(request, tmp_path_factory, tiny_models, pack_nodes):
     )
     yield comfy
     comfy.stop()
+
+
+# --- the pack's nodes run through the local host (tests/test_nodes*.py) --------------------------------------------
+NODE_PROMPT = "a red ball rolls across green grass"
+
+
+@pytest.fixture(scope="module")
+def local(pack_nodes):
+    """`nodes.local`: the host that runs the pack's nodes without ComfyUI."""
+    return importlib.import_module(f"{PACK_NAME}.nodes.local")
+
+
+@pytest.fixture()
+def root(comfy_root, tmp_path):
+    """A private copy of the ComfyUI-like tree (models stay links), so written files never collide."""
+    copy = tmp_path / "comfy"
+    shutil.copytree(comfy_root, copy, symlinks=True)
+    return copy
+
+
+@pytest.fixture()
+def ctx(local, root):
+    return local.LocalContext(local.LocalFolders(root))
+
+
+def run_node(pack_nodes, local, ctx, node_id: str, **inputs):
+    """Run one of the pack's nodes by id through the local host."""
+    return local.run_node(pack_nodes.NODES_BY_ID[node_id], ctx, **inputs)
+
+
+@pytest.fixture()
+def loaded(pack_nodes, local, ctx):
+    """Handles for the tiny video model and critic (fp32, CPU), questions for NODE_PROMPT, small reward settings."""
+    video = run_node(
+        pack_nodes, local, ctx, "DRFLoadVideoModel", model="Wan2.1-T2V-1.3B-Diffusers", dtype="fp32", device="cpu"
+    )
+    critic = run_node(
+        pack_nodes, local, ctx, "DRFLoadVLMCritic", model="Qwen2.5-VL-7B-Instruct", dtype="fp32", device="cpu"
+    )
+    questions = run_node(pack_nodes, local, ctx, "DRFDecomposePrompt", prompts=NODE_PROMPT)
+    reward = run_node(pack_nodes, local, ctx, "DRFRewardSettings", critic_width=28, critic_height=28, frame_count=1)
+    return {
+        "video_model": video.outputs[0],
+        "critic": critic.outputs[0],
+        "questions": questions.outputs[0],
+        "reward": reward.outputs[0],
+    }
+
+
+# --- the engine's trainer on the tiny models (tests/test_trainer.py, test_guards.py) ------------------------------
+TRAIN_PROMPT = "two red apples on a wooden table, the camera slowly pans left"
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models):
+    """The tiny video model and critic (fp32, CPU), shared by one test module."""
+    from drf_core.critics import load_critic
+    from drf_core.models import load_video_backend
+
+    return load_video_backend(tiny_models.wan, "fp32", "cpu"), load_critic(tiny_models.qwen, "fp32", "cpu")
+
+
+@pytest.fixture()
+def fresh(models):
+    """The shared models with any adapter from a previous test removed (before and after)."""
+    from drf_core.lora import remove_lora
+
+    backend, critic = models
+    remove_lora(backend.denoiser)
+    yield backend, critic
+    remove_lora(backend.denoiser)
+
+
+@pytest.fixture(scope="module")
+def questions():
+    from drf_core.decompose import decompose
+
+    return decompose(TRAIN_PROMPT)
+
+
+def small_train_config(**overrides):
+    """A `TrainConfig` for a few steps on the tiny models (32x32x5, T=4, K=2, rank 4)."""
+    from drf_core.config import (
+        CriticInputConfig,
+        DecodeConfig,
+        LoRAConfig,
+        OptimizerConfig,
+        SamplerConfig,
+        TrainConfig,
+        VideoSpec,
+    )
+
+    values = dict(
+        prompts=[TRAIN_PROMPT],
+        steps=4,
+        seed=0,
+        video=VideoSpec(32, 32, 5),
+        sampler=SamplerConfig(num_inference_steps=4, truncated_backprop_steps=2, guidance_scale=3.0),
+        decode=DecodeConfig("all", 1, True),
+        critic_input=CriticInputConfig(height=28, width=28),
+        lora=LoRAConfig(rank=4, alpha=4.0, target_preset="attention_ffn"),
+        optimizer=OptimizerConfig(learning_rate=3e-2, warmup_steps=2),
+        checkpoint_interval=2,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)

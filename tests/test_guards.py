@@ -10,8 +10,6 @@ import torch
 
 from drf_core.api import train_lora
 from drf_core.config import (
-    CriticInputConfig,
-    DecodeConfig,
     LoRAConfig,
     MonitorConfig,
     OptimizerConfig,
@@ -20,54 +18,19 @@ from drf_core.config import (
     TrainConfig,
     VideoSpec,
 )
-from drf_core.critics import load_critic
-from drf_core.decompose import decompose
 from drf_core.errors import DRFInputError
 from drf_core.heldout import held_out_questions, paraphrase_question
 from drf_core.lora import add_lora, remove_lora
-from drf_core.models import load_video_backend
 from drf_core.monitor import question_movers, training_movers
 from drf_core.regularize import DriftPenalty, adapters_disabled
 from drf_core.reward import DRFReward
 from drf_core.sampler import sample_latents, sample_video
 from drf_core.trainer import METRICS_FILE, Trainer
+from tests.conftest import TRAIN_PROMPT
+from tests.conftest import small_train_config as config
 
-PROMPT = "two red apples on a wooden table, the camera slowly pans left"
+PROMPT = TRAIN_PROMPT
 HELD_OUT_PROMPT = "a blue ball rolls across green grass"
-
-
-@pytest.fixture(scope="module")
-def models(tiny_models):
-    return load_video_backend(tiny_models.wan, "fp32", "cpu"), load_critic(tiny_models.qwen, "fp32", "cpu")
-
-
-@pytest.fixture()
-def fresh(models):
-    backend, critic = models
-    remove_lora(backend.denoiser)
-    yield backend, critic
-    remove_lora(backend.denoiser)
-
-
-@pytest.fixture(scope="module")
-def questions():
-    return decompose(PROMPT)
-
-
-def config(**overrides) -> TrainConfig:
-    values = dict(
-        prompts=[PROMPT],
-        steps=4,
-        video=VideoSpec(32, 32, 5),
-        sampler=SamplerConfig(num_inference_steps=4, truncated_backprop_steps=2, guidance_scale=3.0),
-        decode=DecodeConfig("all", 1, True),
-        critic_input=CriticInputConfig(height=28, width=28),
-        lora=LoRAConfig(rank=4, alpha=4.0, target_preset="attention_ffn"),
-        optimizer=OptimizerConfig(learning_rate=3e-2, warmup_steps=2),
-        checkpoint_interval=2,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def lora_state(backend) -> dict[str, torch.Tensor]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
+from tests.conftest import NODE_PROMPT
+from tests.conftest import run_node as run
 
 PACK_NAME = "comfyui_diffusiondrf"  # conftest.import_pack imports the repository under this name
 
@@ -27,50 +29,11 @@ SMALL_TRAIN = {
     "learning_rate": 3e-2,
     "checkpoint_interval": 0,
 }
-PROMPT = "a red ball rolls across green grass"
+PROMPT = NODE_PROMPT
 
 
 def pack_module(name: str):
     return importlib.import_module(f"{PACK_NAME}.{name}")
-
-
-@pytest.fixture(scope="module")
-def local(pack_nodes):
-    return pack_module("nodes.local")
-
-
-@pytest.fixture()
-def root(comfy_root, tmp_path):
-    """A private copy of the ComfyUI-like tree (models stay links), so written files never collide."""
-    copy = tmp_path / "comfy"
-    shutil.copytree(comfy_root, copy, symlinks=True)
-    return copy
-
-
-@pytest.fixture()
-def ctx(local, root):
-    return local.LocalContext(local.LocalFolders(root))
-
-
-def run(pack_nodes, local, ctx, node_id: str, **inputs):
-    return local.run_node(pack_nodes.NODES_BY_ID[node_id], ctx, **inputs)
-
-
-@pytest.fixture()
-def loaded(pack_nodes, local, ctx):
-    """Handles for the tiny video model and critic (fp32, CPU) and questions for PROMPT."""
-    video = run(
-        pack_nodes, local, ctx, "DRFLoadVideoModel", model="Wan2.1-T2V-1.3B-Diffusers", dtype="fp32", device="cpu"
-    )
-    critic = run(pack_nodes, local, ctx, "DRFLoadVLMCritic", model="Qwen2.5-VL-7B-Instruct", dtype="fp32", device="cpu")
-    questions = run(pack_nodes, local, ctx, "DRFDecomposePrompt", prompts=PROMPT)
-    reward = run(pack_nodes, local, ctx, "DRFRewardSettings", critic_width=28, critic_height=28, frame_count=1)
-    return {
-        "video_model": video.outputs[0],
-        "critic": critic.outputs[0],
-        "questions": questions.outputs[0],
-        "reward": reward.outputs[0],
-    }
 
 
 # --- schemas ------------------------------------------------------------------------------------

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-import shutil
-
 import pytest
 
+from tests.conftest import NODE_PROMPT
+from tests.conftest import run_node as run
+
 PACK_NAME = "comfyui_diffusiondrf"
-PROMPT = "a red ball rolls across green grass"
+PROMPT = NODE_PROMPT
 SMALL_VIDEO = {"width": 32, "height": 32, "num_frames": 5}
 SMALL_TRAIN = {
     **SMALL_VIDEO,
@@ -19,38 +19,6 @@ SMALL_TRAIN = {
     "learning_rate": 3e-2,
     "checkpoint_interval": 0,
 }
-
-
-@pytest.fixture(scope="module")
-def local(pack_nodes):
-    return importlib.import_module(f"{PACK_NAME}.nodes.local")
-
-
-@pytest.fixture()
-def ctx(local, comfy_root, tmp_path):
-    copy = tmp_path / "comfy"
-    shutil.copytree(comfy_root, copy, symlinks=True)
-    return local.LocalContext(local.LocalFolders(copy))
-
-
-def run(pack_nodes, local, ctx, node_id: str, **inputs):
-    return local.run_node(pack_nodes.NODES_BY_ID[node_id], ctx, **inputs)
-
-
-@pytest.fixture()
-def loaded(pack_nodes, local, ctx):
-    video = run(
-        pack_nodes, local, ctx, "DRFLoadVideoModel", model="Wan2.1-T2V-1.3B-Diffusers", dtype="fp32", device="cpu"
-    )
-    critic = run(pack_nodes, local, ctx, "DRFLoadVLMCritic", model="Qwen2.5-VL-7B-Instruct", dtype="fp32", device="cpu")
-    questions = run(pack_nodes, local, ctx, "DRFDecomposePrompt", prompts=PROMPT)
-    reward = run(pack_nodes, local, ctx, "DRFRewardSettings", critic_width=28, critic_height=28, frame_count=1)
-    return {
-        "video_model": video.outputs[0],
-        "critic": critic.outputs[0],
-        "questions": questions.outputs[0],
-        "reward": reward.outputs[0],
-    }
 
 
 def test_train_with_held_out_monitoring_early_stop_and_drift(pack_nodes, local, ctx, loaded):

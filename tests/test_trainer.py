@@ -19,54 +19,15 @@ from drf_core.config import (
     TrainConfig,
     VideoSpec,
 )
-from drf_core.critics import load_critic
-from drf_core.decompose import decompose
 from drf_core.errors import DRFInputError, TrainingDivergedError
 from drf_core.lora import remove_lora
-from drf_core.models import load_video_backend
 from drf_core.reward import DRFReward, RewardFunction, RewardResult
 from drf_core.sampler import sample_video
 from drf_core.trainer import METRICS_FILE, Trainer
+from tests.conftest import TRAIN_PROMPT
+from tests.conftest import small_train_config as small_config
 
-PROMPT = "two red apples on a wooden table, the camera slowly pans left"
-
-
-@pytest.fixture(scope="module")
-def models(tiny_models):
-    backend = load_video_backend(tiny_models.wan, "fp32", "cpu")
-    critic = load_critic(tiny_models.qwen, "fp32", "cpu")
-    return backend, critic
-
-
-@pytest.fixture()
-def fresh(models):
-    """The shared models with any adapter from a previous test removed."""
-    backend, critic = models
-    remove_lora(backend.denoiser)
-    yield backend, critic
-    remove_lora(backend.denoiser)
-
-
-def small_config(**overrides) -> TrainConfig:
-    values = dict(
-        prompts=[PROMPT],
-        steps=4,
-        seed=0,
-        video=VideoSpec(32, 32, 5),
-        sampler=SamplerConfig(num_inference_steps=4, truncated_backprop_steps=2, guidance_scale=3.0),
-        decode=DecodeConfig("all", 1, True),
-        critic_input=CriticInputConfig(height=28, width=28),
-        lora=LoRAConfig(rank=4, alpha=4.0, target_preset="attention_ffn"),
-        optimizer=OptimizerConfig(learning_rate=3e-2, warmup_steps=2),
-        checkpoint_interval=2,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def questions():
-    return decompose(PROMPT)
+PROMPT = TRAIN_PROMPT
 
 
 def trainer_for(backend, critic, question_sets, config: TrainConfig, output_dir, **options) -> Trainer:
