@@ -38,6 +38,7 @@ TINY_UNET = "wan2.1_t2v_1.3B_fp16.safetensors"  # the template's file name
 TEXT_ENCODER_FILE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE_FILE = "wan_2.1_vae.safetensors"
 TEST_NODES = REPO_ROOT / "tests" / "comfy_test_nodes"
+SCRIPTS = REPO_ROOT / "tests" / "comfy_scripts"
 EXTRA_CRITIC = "Qwen-from-extra-model-paths"
 # Inputs that make a workflow run in seconds on tiny models (names shared by several nodes).
 SHRINK = {
@@ -81,13 +82,25 @@ def shrink(prompt: dict, **extra) -> dict:
     return prompt
 
 
+def run_comfy_script(script: str, *args: object, pack: bool = True, timeout: float = 1200) -> None:
+    """Run `tests/comfy_scripts/<script>` with ComfyUI's interpreter in the ComfyUI folder (skips or fails as
+    `comfyui_checkout` says); `--comfyui-dir` (and `--pack-dir`, with `pack`) come first, then `args`."""
+    comfy_dir, python = comfyui_checkout()
+    command = [str(python), str(SCRIPTS / script), "--comfyui-dir", str(comfy_dir)]
+    command += ["--pack-dir", str(REPO_ROOT)] if pack else []
+    run = subprocess.run([*command, *map(str, args)], cwd=comfy_dir, capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, f"{script} failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+
+
+def comfy_script_report(script: str, work: Path, *args: object, timeout: float = 1200) -> dict:
+    """`run_comfy_script` with `--out-dir work`; the `report.json` the script wrote there."""
+    run_comfy_script(script, *args, "--out-dir", work, timeout=timeout)
+    return json.loads((work / "report.json").read_text(encoding="utf-8"))
+
+
 def template_models(out: Path) -> Path:
     """Write the template-named tiny text encoder and VAE under `out` with ComfyUI's interpreter; returns `out`."""
-    comfy_dir, python = comfyui_checkout()
-    script = REPO_ROOT / "tests" / "comfy_scripts" / "template_models.py"
-    command = [str(python), str(script), "--comfyui-dir", str(comfy_dir), "--out", str(out)]
-    run = subprocess.run(command, cwd=comfy_dir, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, f"writing the template models failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
+    run_comfy_script("template_models.py", "--out", out, pack=False, timeout=600)
     return out
 
 

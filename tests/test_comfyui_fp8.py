@@ -6,19 +6,14 @@ Runs `comfy_scripts/fp8_weights.py` with ComfyUI's interpreter on the tiny Wan i
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
 import pytest
 
 from drf_core.tiny import write_tiny_wan_native
 from tests.comfy_checkout import comfyui_checkout
+from tests.comfy_pack import comfy_script_report
 
 pytestmark = pytest.mark.comfyui
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = REPO_ROOT / "tests" / "comfy_scripts" / "fp8_weights.py"
 FP8_WAYS = ("fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_scaled")
 # fp8 keeps 3 mantissa bits: the measured cosine of the LoRA gradient with the fp32 run's is 0.993 (e4m3fn)
 # and 0.994 (scaled) on the tiny Wan; a LoRA sitting on uncast or wrongly scaled weights falls far below.
@@ -27,15 +22,11 @@ MIN_GRAD_COSINE = 0.98
 
 @pytest.fixture(scope="module")
 def report(request, tmp_path_factory) -> dict:
-    comfy_dir, python = comfyui_checkout()
+    comfyui_checkout()  # skip before building the tiny models
     tiny_models = request.getfixturevalue("tiny_models")
     work = tmp_path_factory.mktemp("fp8")
     model = write_tiny_wan_native(tiny_models.wan, work / "tiny_wan.safetensors")
-    command = [str(python), str(SCRIPT), "--comfyui-dir", str(comfy_dir), "--pack-dir", str(REPO_ROOT)]
-    command += ["--model", str(model), "--out-dir", str(work)]
-    run = subprocess.run(command, cwd=comfy_dir, capture_output=True, text=True, timeout=1200)
-    assert run.returncode == 0, f"ComfyUI script failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
-    return json.loads((work / "report.json").read_text(encoding="utf-8"))
+    return comfy_script_report("fp8_weights.py", work, "--model", model, timeout=1200)
 
 
 def test_weights_stay_fp8_and_sampling_equals_core_ksampler(report):

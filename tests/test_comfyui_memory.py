@@ -6,30 +6,22 @@ check (/free through the HTTP API) is in test_comfyui_nodes.py.
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
 import pytest
 
 from tests.comfy_checkout import comfyui_checkout
+from tests.comfy_pack import comfy_script_report
 
 pytestmark = pytest.mark.comfyui
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = REPO_ROOT / "tests" / "comfy_scripts" / "memory_host.py"
 
 
 @pytest.fixture(scope="module")
 def report(request, tmp_path_factory) -> dict:
-    comfy_dir, python = comfyui_checkout()
+    comfyui_checkout()  # skip before building the tiny models
     tiny_models = request.getfixturevalue("tiny_models")
     work = tmp_path_factory.mktemp("memory_host")
-    command = [str(python), str(SCRIPT), "--comfyui-dir", str(comfy_dir), "--pack-dir", str(REPO_ROOT)]
-    command += ["--wan", str(tiny_models.wan), "--qwen", str(tiny_models.qwen), "--out-dir", str(work)]
-    run = subprocess.run(command, cwd=comfy_dir, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, f"ComfyUI script failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
-    return json.loads((work / "report.json").read_text(encoding="utf-8"))
+    return comfy_script_report(
+        "memory_host.py", work, "--wan", tiny_models.wan, "--qwen", tiny_models.qwen, timeout=600
+    )
 
 
 def test_the_critic_is_one_of_comfyuis_loaded_models(report):

@@ -8,34 +8,22 @@ path is not run here; the CONDITIONING path (core CLIP Text Encode's output) is.
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
 import pytest
 
 from drf_core.tiny import write_tiny_wan_native
 from tests.comfy_checkout import comfyui_checkout
+from tests.comfy_pack import comfy_script_report
 
 pytestmark = pytest.mark.comfyui
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = REPO_ROOT / "tests" / "comfy_scripts" / "native_backend.py"
 
 
 @pytest.fixture(scope="module")
 def report(request, tmp_path_factory) -> dict:
-    comfy_dir, python = comfyui_checkout()  # skip before building the tiny models
+    comfyui_checkout()  # skip before building the tiny models
     tiny_models = request.getfixturevalue("tiny_models")
     work = tmp_path_factory.mktemp("native")
     model_file = write_tiny_wan_native(tiny_models.wan, work / "wan_tiny_native.safetensors")
-    command = [str(python), str(SCRIPT), "--comfyui-dir", str(comfy_dir), "--pack-dir", str(REPO_ROOT)]
-    command += ["--model", str(model_file), "--out-dir", str(work)]
-    run = subprocess.run(command, cwd=comfy_dir, capture_output=True, text=True, timeout=1800)
-    assert run.returncode == 0, f"ComfyUI script failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
-    loaded = json.loads((work / "report.json").read_text())
-    print(json.dumps(loaded, indent=1))  # noqa: T201
-    return loaded
+    return comfy_script_report("native_backend.py", work, "--model", model_file, timeout=1800)
 
 
 def test_sampling_equals_core_ksampler_and_vae_decode(report):

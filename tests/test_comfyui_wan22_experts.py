@@ -7,33 +7,23 @@ conditioning tensors for the text (ComfyUI builds UMT5-XXL at its fixed size).
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
 import pytest
 
 from drf_core.tiny import write_tiny_wan, write_tiny_wan_native
 from tests.comfy_checkout import comfyui_checkout
+from tests.comfy_pack import comfy_script_report
 
 pytestmark = pytest.mark.comfyui
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = REPO_ROOT / "tests" / "comfy_scripts" / "wan22_experts.py"
 
 
 @pytest.fixture(scope="module")
 def report(request, tmp_path_factory) -> dict:
-    comfy_dir, python = comfyui_checkout()
+    comfyui_checkout()  # skip before building the tiny models
     tiny_models = request.getfixturevalue("tiny_models")
     work = tmp_path_factory.mktemp("wan22")
     high = write_tiny_wan_native(tiny_models.wan, work / "high_noise.safetensors")
     low = write_tiny_wan_native(write_tiny_wan(work / "low_noise_folder", seed=1), work / "low_noise.safetensors")
-    command = [str(python), str(SCRIPT), "--comfyui-dir", str(comfy_dir), "--pack-dir", str(REPO_ROOT)]
-    command += ["--high", str(high), "--low", str(low), "--out-dir", str(work)]
-    run = subprocess.run(command, cwd=comfy_dir, capture_output=True, text=True, timeout=1200)
-    assert run.returncode == 0, f"ComfyUI script failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
-    return json.loads((work / "report.json").read_text(encoding="utf-8"))
+    return comfy_script_report("wan22_experts.py", work, "--high", high, "--low", low, timeout=1200)
 
 
 def test_sampling_equals_the_templates_two_ksampler_advanced(report):

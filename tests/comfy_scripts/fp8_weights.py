@@ -21,11 +21,11 @@ the Wan 2.1 VAE at ComfyUI's fixed size, the text is conditioning tensors. For e
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
+
+from comfy_boot import start
 
 SEED, STEPS, CFG = 3, 3, 3.0
 WIDTH, HEIGHT, LENGTH = 32, 32, 5
@@ -49,17 +49,9 @@ def write_scaled_fp8(source: Path, target: Path, torch, load_file, save_file) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    for name in ("--comfyui-dir", "--pack-dir", "--model", "--out-dir"):
-        parser.add_argument(name, required=True)
-    options = parser.parse_args()
+    options = start("--model", "--out-dir")
     out_dir = Path(options.out_dir)
 
-    sys.path.insert(0, options.comfyui_dir)
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
     import comfy.model_management as mm
     import comfy.sd
     import folder_paths
@@ -67,17 +59,13 @@ def main() -> int:
     from comfy.ldm.wan.vae import WanVAE
     from comfy_extras.nodes_hunyuan import EmptyHunyuanLatentVideo
     from comfy_models import random_wan_vae_state
-    from safetensors.torch import load_file, save_file
-
-    import nodes as core
-
-    link_root = Path(tempfile.mkdtemp())
-    (link_root / "drf_pack").symlink_to(Path(options.pack_dir).resolve())
-    sys.path.insert(0, str(link_root))
     from drf_pack.drf_core import api
     from drf_pack.drf_core.config import LoRAConfig, SamplerConfig, VideoSpec
     from drf_pack.drf_core.sampler import sample_latents
     from drf_pack.nodes.comfy_backend import ComfyPrompts, ComfyVideoBackend
+    from safetensors.torch import load_file, save_file
+
+    import nodes as core
 
     models = out_dir / "diffusion_models"
     loras = out_dir / "loras"

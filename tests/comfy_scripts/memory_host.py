@@ -14,34 +14,18 @@ With the model cache's host set as the pack sets it inside ComfyUI (`ComfyModelH
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import sys
-import tempfile
 from pathlib import Path
+
+from comfy_boot import start
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--comfyui-dir", required=True)
-    parser.add_argument("--pack-dir", required=True)
-    parser.add_argument("--wan", required=True)
-    parser.add_argument("--qwen", required=True)
-    parser.add_argument("--out-dir", required=True)
-    options = parser.parse_args()
-
-    sys.path.insert(0, options.comfyui_dir)
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
+    options = start("--wan", "--qwen", "--out-dir")
     import comfy.model_management as mm
     import torch
-
-    link_root = Path(tempfile.mkdtemp())
-    (link_root / "drf_pack").symlink_to(Path(options.pack_dir).resolve())
-    sys.path.insert(0, str(link_root))
     from drf_pack.drf_core.config import CriticInputConfig
     from drf_pack.nodes.comfy_memory import ComfyModelHost, is_loaded, patcher_of
     from drf_pack.nodes.model_cache import MODEL_CACHE, ModelHandle

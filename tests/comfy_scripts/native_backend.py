@@ -21,11 +21,11 @@ fixes its size too). Then, each with numbers in the report:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
+
+from comfy_boot import start
 
 SEED, STEPS, CFG = 7, 4, 3.0
 WIDTH, HEIGHT, LENGTH = 32, 32, 5
@@ -34,19 +34,8 @@ POSITIVE_TEXT, NEGATIVE_TEXT = "two red apples on a wooden table", ""
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--comfyui-dir", required=True)
-    parser.add_argument("--pack-dir", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--out-dir", required=True)
-    options = parser.parse_args()
+    options = start("--model", "--out-dir")
     out_dir = Path(options.out_dir)
-
-    sys.path.insert(0, options.comfyui_dir)
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
     import comfy.model_management as mm
     import comfy.sd
     import comfy.utils
@@ -56,13 +45,6 @@ def main() -> int:
     from comfy_extras.nodes_hunyuan import EmptyHunyuanLatentVideo
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
     from comfy_models import random_wan_vae_state
-
-    import nodes as core
-
-    # The pack as a package (its relative imports need one); a link keeps the checkout unchanged.
-    link_root = Path(tempfile.mkdtemp())
-    (link_root / "drf_pack").symlink_to(Path(options.pack_dir).resolve())
-    sys.path.insert(0, str(link_root))
     from drf_pack.drf_core import api
     from drf_pack.drf_core.config import (
         DecodeConfig,
@@ -79,6 +61,8 @@ def main() -> int:
     from drf_pack.nodes.loaders import VideoModelFromComfy
     from drf_pack.nodes.local import LocalContext, LocalFolders
     from drf_pack.nodes.sample import SampleVideo
+
+    import nodes as core
 
     report: dict = {}
 

@@ -11,24 +11,17 @@ own `drf_core.tiny.write_tiny_wan_native` writes.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from comfy_boot import start
 
 TEXT_ENCODER_FILE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE_FILE = "wan_2.1_vae.safetensors"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--comfyui-dir", required=True)
-    parser.add_argument("--out", required=True)
-    options = parser.parse_args()
-    sys.path.insert(0, options.comfyui_dir)
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
+    options = start("--out", pack=False)
     import torch
     from comfy.ldm.wan.vae import WanVAE
     from comfy_models import random_wan_vae_state, tiny_umt5_state

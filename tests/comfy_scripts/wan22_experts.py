@@ -20,11 +20,11 @@ text is conditioning tensors. Reports:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
+
+from comfy_boot import start
 
 SEED, STEPS, CFG = 5, 4, 3.0
 WIDTH, HEIGHT, LENGTH = 32, 32, 5
@@ -33,28 +33,14 @@ POSITIVE_TEXT, NEGATIVE_TEXT = "a paper boat floats down a stream", ""
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    for name in ("--comfyui-dir", "--pack-dir", "--high", "--low", "--out-dir"):
-        parser.add_argument(name, required=True)
-    options = parser.parse_args()
+    options = start("--high", "--low", "--out-dir")
     out_dir = Path(options.out_dir)
 
-    sys.path.insert(0, options.comfyui_dir)
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
     import comfy.sd
     import torch
     from comfy.ldm.wan.vae import WanVAE
     from comfy_extras.nodes_hunyuan import EmptyHunyuanLatentVideo
     from comfy_models import random_wan_vae_state
-
-    import nodes as core
-
-    link_root = Path(tempfile.mkdtemp())
-    (link_root / "drf_pack").symlink_to(Path(options.pack_dir).resolve())
-    sys.path.insert(0, str(link_root))
     from drf_pack.drf_core import api
     from drf_pack.drf_core.config import DecodeConfig, LoRAConfig, SamplerConfig, TrainConfig, VideoSpec
     from drf_pack.drf_core.decompose import decompose
@@ -63,6 +49,8 @@ def main() -> int:
     from drf_pack.drf_core.sampler import sample_latents
     from drf_pack.nodes.loaders import VideoModelFromComfy
     from drf_pack.nodes.local import LocalContext, LocalFolders
+
+    import nodes as core
 
     report: dict = {}
     spec = VideoSpec(height=HEIGHT, width=WIDTH, num_frames=LENGTH)
