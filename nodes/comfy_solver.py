@@ -246,6 +246,7 @@ class ComfyExpertChain(DenoisingScheduler):
     def __init__(self, high: ComfySolverRun, low: ComfySolverRun) -> None:
         self.runs = (high, low)
         self.timesteps = torch.cat([high.timesteps, low.timesteps])
+        self._high_sigmas = set(high.timesteps.tolist())
         self._active = 0
         self._left = len(high.timesteps)
         self._embeddings: PromptEmbeddings | None = None
@@ -258,8 +259,7 @@ class ComfyExpertChain(DenoisingScheduler):
     def denoise(self, latents: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The expert whose steps include `sigma` predicts (by value: backward recomputes checkpointed
         calls of the high-noise expert after the low-noise one took over)."""
-        high_sigmas = self.runs[0].timesteps.tolist()
-        return self.runs[0 if float(sigma.flatten()[0]) in high_sigmas else 1].denoise(latents, sigma)
+        return self.runs[0 if float(sigma.flatten()[0]) in self._high_sigmas else 1].denoise(latents, sigma)
 
     def step(self, model_output: torch.Tensor, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         result = self.runs[self._active].step(model_output, timestep, latents)
