@@ -225,6 +225,11 @@ class CriticInputConfig(_Serializable):
         """A copy whose `fps` is the true rate of frames taken at `frame_indices` (see `clip_fps`)."""
         return dataclasses.replace(self, fps=self.clip_fps(frame_indices))
 
+    def for_still_image(self) -> CriticInputConfig:
+        """A copy for one still image: mode "images", so the critic's processor takes the image path (as
+        qwen-vl-utils does for a picture) instead of a one-frame video padded to two frames."""
+        return dataclasses.replace(self, mode="images")
+
 
 @dataclass
 class RewardConfig(_Serializable):

@@ -41,6 +41,7 @@ from .questions import (
     AspectSpec,
     QuestionSet,
     YesNoQuestion,
+    for_still_image,
 )
 from .registry import Registry
 
@@ -95,6 +96,7 @@ def decompose(
     aspects: AspectsArg = None,
     chat: Chat | None = None,
     max_new_tokens: int = DEFAULT_LM_MAX_NEW_TOKENS,
+    still_image: bool = False,
 ) -> QuestionSet:
     """Decompose `prompt` into a validated `QuestionSet` with the decomposer named `method`.
 
@@ -103,8 +105,10 @@ def decompose(
 
     `aspects`: None (TA 0.5, PHY 0.25, VQ 0.25), `{name: weight}`, or a list of `AspectSpec` / names.
     `chat`: for "llm", a `str -> str` callable or an object with `.chat(prompt, system, max_new_tokens)`.
+    `still_image`: questions for one image (an image model's samples): none about motion or time
+    (`questions.for_still_image`; the trainer applies it itself when the model makes one frame).
     """
-    return decompose_with_report(prompt, method, aspects, chat, max_new_tokens).question_set
+    return decompose_with_report(prompt, method, aspects, chat, max_new_tokens, still_image).question_set
 
 
 def decompose_with_report(
@@ -113,6 +117,7 @@ def decompose_with_report(
     aspects: AspectsArg = None,
     chat: Chat | None = None,
     max_new_tokens: int = DEFAULT_LM_MAX_NEW_TOKENS,
+    still_image: bool = False,
 ) -> Decomposition:
     """`decompose`, with how the questions were made (the method used, repairs, a fallback's reason)."""
     if not isinstance(prompt, str) or not prompt.strip():
@@ -120,6 +125,8 @@ def decompose_with_report(
     decomposer = DECOMPOSERS.get(method)
     result = decomposer(prompt, resolve_aspects(aspects), chat, max_new_tokens)
     result.question_set.validate()
+    if still_image:
+        result.question_set = for_still_image(result.question_set)
     return result
 
 

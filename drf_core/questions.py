@@ -19,8 +19,9 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -328,6 +329,43 @@ _SCHEMA: dict[type, dict[str, Any]] = {
     },
     QuestionSet: {"prompt": str, "aspects": ("list", Aspect), "version": int},
 }
+
+
+# Tags of questions about change over time (motion, flicker, camera moves, the order of events,
+# things staying the same across frames): a still image cannot answer them.
+TEMPORAL_TAGS = frozenset({"motion", "flicker", "camera", "sequence", "permanence", "3d", "shape", "gravity"})
+_VIDEO_WORDS = ((re.compile(r"\ba video\b"), "an image"), (re.compile(r"\bA video\b"), "An image"),
+                (re.compile(r"\bvideos\b"), "images"), (re.compile(r"\bvideo\b"), "image"),
+                (re.compile(r"\bVideo\b"), "Image"))  # fmt: skip
+
+
+def _about_an_image(text: str) -> str:
+    for pattern, replacement in _VIDEO_WORDS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def for_still_image(question_set: QuestionSet) -> QuestionSet:
+    """The questions that fit one image: those tagged with a `TEMPORAL_TAGS` tag are left out, "video"
+    reads "image", and aspects left without questions are dropped (their weight with them).
+
+    Raises `DRFInputError` when no question is left (every question was about motion)."""
+    aspects = []
+    for aspect in question_set.aspects:
+        yes_no = [replace(q, question=_about_an_image(q.question)) for q in aspect.yes_no if q.tag not in TEMPORAL_TAGS]
+        explanations = [
+            replace(e, question=_about_an_image(e.question), target=_about_an_image(e.target))
+            for e in aspect.explanations
+            if e.tag not in TEMPORAL_TAGS
+        ]
+        if yes_no or explanations:
+            aspects.append(replace(aspect, yes_no=yes_no, explanations=explanations))
+    if not aspects:
+        raise DRFInputError(
+            f"every question for {question_set.prompt[:60]!r} is about motion or time ({sorted(TEMPORAL_TAGS)}), "
+            "which an image cannot show; add questions about what the image shows"
+        )
+    return QuestionSet(question_set.prompt, aspects, question_set.version).validate()
 
 
 def _question_key(text: str) -> str:

@@ -198,8 +198,9 @@ class RewardFunction(ABC):
             f"{type(self).__name__} cannot score a single aspect ({name!r}); heatmaps need one that can"
         )
 
-    def for_frames(self, frame_indices: Sequence[int]) -> RewardFunction:
-        """This reward for videos made of the frames at `frame_indices` of a clip (their timing)."""
+    def for_frames(self, frame_indices: Sequence[int], still_image: bool = False) -> RewardFunction:
+        """This reward for videos made of the frames at `frame_indices` of a clip (their timing), or for
+        one still image (`still_image`)."""
         return self
 
     @property
@@ -236,9 +237,11 @@ class DRFReward(RewardFunction):
         config = RewardConfig(**{**self.config.to_dict(), "aspect_weights": weights})
         return DRFReward(self.critic, config, self.critic_input)
 
-    def for_frames(self, frame_indices: Sequence[int]) -> DRFReward:
-        """The critic is told the true rate of frames taken at `frame_indices` (`CriticInputConfig.for_frames`)."""
-        return DRFReward(self.critic, self.config, self.critic_input.for_frames(frame_indices))
+    def for_frames(self, frame_indices: Sequence[int], still_image: bool = False) -> DRFReward:
+        """The critic is told the true rate of frames taken at `frame_indices` (`CriticInputConfig.for_frames`);
+        a `still_image` is handed to it as an image, not as a one-frame video (`CriticInputConfig.for_still_image`)."""
+        visual = self.critic_input.for_still_image() if still_image else self.critic_input.for_frames(frame_indices)
+        return DRFReward(self.critic, self.config, visual)
 
     @property
     def chat_model(self) -> Critic:

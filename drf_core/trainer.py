@@ -59,7 +59,7 @@ from .lora import LoRAWeights
 from .models.base import VideoBackend
 from .monitor import Monitor, training_movers, yes_no_answers
 from .offload import BACKWARD_GROUPS, VIDEO_MODEL, PhaseOffload, active_offload, phase_offload
-from .questions import QuestionSet
+from .questions import QuestionSet, for_still_image
 from .regularize import DriftPenalty
 from .reward import RewardFunction
 from .sampler import SamplingInterrupted, draw_truncation_steps, sample_latents
@@ -152,6 +152,12 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.progress = progress
         self.should_stop = should_stop or (lambda: False)
+        num_frames = backend.num_frames_out(config.video)
+        # One frame (an image family such as Flux): the critic sees a picture, and questions about motion go.
+        self.still_image = num_frames == 1
+        if self.still_image:
+            question_sets = [for_still_image(qs) for qs in question_sets]
+            held_out_question_sets = [for_still_image(qs) for qs in held_out_question_sets]
         self.questions = self._match_questions(config.prompts, question_sets)
         presets = backend.lora_target_presets
         if config.lora.target_preset not in presets:
@@ -159,12 +165,11 @@ class Trainer:
                 f"train.lora.target_preset {config.lora.target_preset!r} is not known for {backend.family}; "
                 f"choose one of {sorted(presets)}"
             )
-        num_frames = backend.num_frames_out(config.video)
         self.frame_indices = select_frames(
             config.decode.frame_selection, num_frames, config.decode.frame_selection_count
         )
-        # A critic is told the scored frames' true rate (video fps over their spacing).
-        self.reward = reward.for_frames(self.frame_indices)
+        # A critic is told the scored frames' true rate (video fps over their spacing), or that it sees an image.
+        self.reward = reward.for_frames(self.frame_indices, still_image=self.still_image)
         self.monitor = (
             Monitor(backend, self.reward, config, self.questions, held_out_question_sets, self.frame_indices)
             if config.monitor.interval

@@ -1,5 +1,8 @@
 """The video-model backend on ComfyUI's own objects: core MODEL, CLIP (or CONDITIONING) and VAE.
 
+What differs between model families (Wan video, Flux images: latent shapes, decoding, LoRA names)
+is `comfy_families.py`'s registry; this module is the part they share.
+
 `ComfyVideoBackend` implements `drf_core.models.VideoBackend`, so Train LoRA, Sample Video and
 the rest run on what core Load Diffusion Model / Load CLIP / Load VAE give:
 
@@ -14,7 +17,9 @@ the rest run on what core Load Diffusion Model / Load CLIP / Load VAE give:
   as LoraLoaderModelOnly applies them;
 - prompts are encoded with the given CLIP (as core CLIP Text Encode does) or looked up among
   CONDITIONING the user encoded already;
-- decoding runs the VAE's decoder with gradient (per latent frame, optionally checkpointed);
+- decoding runs the family's VAE decode with gradient (`ComfyFamily.decode`);
+- CONDITIONING keeps the entries Flux needs beside the text tensor (`pooled_output`, and `guidance`
+  as core FluxGuidance sets it; without it ComfyUI's Flux default 3.5 applies);
 - Wan 2.2 A14B: two MODELs (high-noise, low-noise) sample as ComfyUI's template chains two
   KSamplerAdvanced (`comfy_solver.ComfyExpertChain`); the LoRA trains on one of them (`trained_expert`)
   and its file says which;
@@ -28,14 +33,14 @@ constants) are inference tensors, which autograd refuses to save for backward.
 this, and runs after ComfyUI has loaded a model onto its device (loading can create new ones).
 
 LoRA weights travel in the family's own module names (diffusers names for Wan, like the diffusers
-backend's), so a LoRA trained here previews on the diffusers backend and vice versa.
+backend's, so a LoRA trained here previews on the diffusers backend and vice versa; ComfyUI's own
+names for Flux).
 
 Imported only inside ComfyUI (it imports `comfy`); `_comfy.py` stays the bridge for node classes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -48,7 +53,6 @@ import comfy.model_management as model_management
 import comfy.sample
 import comfy.utils
 import torch
-from comfy.ldm.wan.vae import count_conv3d
 from comfy.weight_adapter import adapter_maps
 from comfy.weight_adapter.lora import LoraDiff
 from torch.utils.checkpoint import checkpoint
@@ -57,15 +61,15 @@ from ..drf_core.config import LoRAConfig, VideoSpec
 from ..drf_core.errors import DRFInputError
 from ..drf_core.lora import LORA_FORMATS, LoRAModuleWeights, LoRAWeights
 from ..drf_core.models.base import DenoisingScheduler, PromptEmbeddings, VideoBackend
-from ..drf_core.models.vae_blocks import checkpoint_residual_blocks
-from ..drf_core.models.wan import WanBackend, latent_frames_needed
+from .comfy_families import DecodeOptions, family_of
 from .comfy_names import SOLVERS, WAN_EXPERTS
-from .comfy_solver import ComfyExpertChain, ComfySolverRun
+from .comfy_solver import ComfyEmbeddings, ComfyExpertChain, ComfySolverRun
 
 logger = logging.getLogger(__name__)
 
 MODEL_PREFIX = "diffusion_model."
-WAN_TEMPORAL_SCALE = 4  # pixel frames per latent frame after the first (Wan 2.1 VAE)
+# The CONDITIONING entries kept beside the text tensor (Flux: its vector input and FluxGuidance's value).
+CONDITIONING_EXTRAS = ("pooled_output", "guidance")
 # The pack's scheduler names (SamplerConfig.scheduler) -> ComfyUI (sampler, scheduler); "default"
 # is the pair chosen on the Video Model from ComfyUI node.
 DRF_SCHEDULER_NAMES = {"unipc": ("uni_pc", "simple"), "flow_euler": ("euler", "simple")}
@@ -128,6 +132,7 @@ class ComfyPrompts:
 
     clip: Any = None
     encoded: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: dict[str, dict[str, Any]] = field(default_factory=dict)  # CONDITIONING_EXTRAS per text
 
     def tensor(self, text: str) -> torch.Tensor:
         """`[1, L, D]` for `text` (encoded once, as core CLIP Text Encode encodes it)."""
@@ -142,7 +147,33 @@ class ComfyPrompts:
             tokens = self.clip.tokenize(text)
             conditioning = self.clip.encode_from_tokens_scheduled(tokens)
             self.encoded[text] = conditioning_tensor(conditioning, f"the CLIP's encoding of {text[:40]!r}")
+            self.extras[text] = conditioning_extras(conditioning)
         return self.encoded[text]
+
+    def batch(self, texts: Sequence[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The texts' tensors stacked `[B, L, D]`, and their extras batched as ComfyUI batches conditioning."""
+        tensor = _stack([self.tensor(text) for text in texts])
+        extras = [self.extras.get(text, {}) for text in texts]
+        batched: dict[str, Any] = {}
+        for key in CONDITIONING_EXTRAS:
+            values = [e.get(key) for e in extras]
+            if all(v is None for v in values):
+                continue
+            if key == "pooled_output":
+                if any(v is None for v in values):
+                    raise DRFInputError(
+                        "some prompts of one batch have a pooled output and some not; encode them all with the same "
+                        "CLIP (or use videos_per_step 1)"
+                    )
+                batched[key] = torch.cat(values, dim=0)
+            elif len(set(values)) > 1:
+                raise DRFInputError(
+                    f"the prompts of one batch have different {key} values {sorted(set(map(str, values)))}; "
+                    "use one value for all of them (or videos_per_step 1)"
+                )
+            else:
+                batched[key] = values[0]
+        return tensor, batched
 
 
 def conditioning_tensor(conditioning: Any, what: str) -> torch.Tensor:
@@ -157,6 +188,20 @@ def conditioning_tensor(conditioning: Any, what: str) -> torch.Tensor:
         raise DRFInputError(f"{what} holds a tensor of shape {tuple(tensor.shape)}; expected [1, tokens, width]")
     with torch.inference_mode(False):
         return tensor.detach().clone()
+
+
+def conditioning_extras(conditioning: Any) -> dict[str, Any]:
+    """The `CONDITIONING_EXTRAS` entries of a one-entry CONDITIONING that are set (tensors as ordinary copies)."""
+    options = conditioning[0][1] if isinstance(conditioning, list) and conditioning else {}
+    kept = {}
+    for key in CONDITIONING_EXTRAS:
+        value = options.get(key)
+        if isinstance(value, torch.Tensor):
+            with torch.inference_mode(False):
+                value = value.detach().clone()
+        if value is not None:
+            kept[key] = value
+    return kept
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -183,28 +228,12 @@ class _Adapter:
     weights: LoRAWeights | None = None
 
 
-def _family_of(model: Any) -> str:
-    base = model.model
-    if type(base) is comfy.model_base.WAN21:
-        if getattr(base, "image_to_video", False):
-            raise DRFInputError(
-                "this MODEL is a Wan image-to-video model; Diffusion-DRF trains text-to-video models: load a Wan "
-                "text-to-video model (e.g. wan2.1_t2v_1.3B_fp16.safetensors)"
-            )
-        return "wan"
-    raise DRFInputError(
-        f"this MODEL is a {type(base).__name__} model; training on ComfyUI models supports Wan 2.1 / 2.2 text-to-video "
-        "(WAN21) so far: load one with Load Diffusion Model"
-    )
-
-
 class ComfyVideoBackend(VideoBackend):
-    """A Wan text-to-video model given as ComfyUI MODEL + VAE (+ CLIP or CONDITIONING)."""
+    """A Wan text-to-video or Flux text-to-image model given as ComfyUI MODEL + VAE (+ CLIP or CONDITIONING).
+
+    The family (`comfy_families.family_of`) gives the LoRA presets and module names of this instance."""
 
     family: ClassVar[str] = "wan"
-    lora_target_presets: ClassVar[dict[str, list[str]]] = WanBackend.lora_target_presets
-    native_module_name = staticmethod(WanBackend.native_module_name)
-    module_name_from_native = staticmethod(WanBackend.module_name_from_native)
 
     def __init__(
         self,
@@ -217,13 +246,21 @@ class ComfyVideoBackend(VideoBackend):
         low_noise_from: float = 0.5,
         trained_expert: str = "low_noise",
     ) -> None:
-        self.family = _family_of(model)
+        self.kind = family_of(model)
+        self.family = self.kind.name
+        self.lora_target_presets = self.kind.lora_target_presets
+        self.native_module_name = self.kind.native_module_name
+        self.module_name_from_native = self.kind.module_name_from_native
         SOLVERS.get(sampler_name)
         # Wan 2.2 A14B: `model` is the high-noise expert, `low_noise_model` the low-noise one; the trained
         # expert is `self.base` (LoRA, `denoiser`), the other one samples its share of the steps unchanged.
         self.experts: dict[str, Any] = {}
         if low_noise_model is not None:
-            _family_of(low_noise_model)
+            if self.family != "wan" or family_of(low_noise_model).name != "wan":
+                raise DRFInputError(
+                    "model_low_noise is for Wan 2.2 A14B's two experts (two Wan MODELs); disconnect it for "
+                    f"this {self.family} MODEL"
+                )
             if trained_expert not in WAN_EXPERTS:
                 raise DRFInputError(f"unknown expert {trained_expert!r}; choose one of {', '.join(WAN_EXPERTS)}")
             if not 0.0 <= low_noise_from <= 1.0:
@@ -268,11 +305,11 @@ class ComfyVideoBackend(VideoBackend):
             prompts = [prompts]
         if len(prompts) == 0:
             raise DRFInputError("no prompts given; give at least one prompt")
-        positive = _stack([self.prompts.tensor(text) for text in prompts])
-        negative = None
+        positive, positive_extras = self.prompts.batch(prompts)
+        negative, negative_extras = None, {}
         if guidance_scale > 1.0:
-            negative = _stack([self.prompts.tensor(negative_prompt or "")] * len(prompts))
-        return PromptEmbeddings(positive, negative)
+            negative, negative_extras = self.prompts.batch([negative_prompt or ""] * len(prompts))
+        return ComfyEmbeddings(positive, negative, positive_extras, negative_extras)
 
     def release_text_encoder(self) -> None:
         """Nothing to free: ComfyUI's memory manager offloads the CLIP when others need the memory."""
@@ -281,21 +318,13 @@ class ComfyVideoBackend(VideoBackend):
     # --- sizes and noise -----------------------------------------------------------------------
 
     def num_frames_out(self, spec: VideoSpec) -> int:
-        """Core EmptyHunyuanLatentVideo's sizes: width and height in steps of 16, `4n+1` frames."""
-        bad = [(n, v) for n, v in (("height", spec.height), ("width", spec.width)) if v % 16]
-        if bad:
-            raise DRFInputError(
-                f"Wan needs height and width that are multiples of 16, got {spec.height}x{spec.width}; "
-                + "; ".join(f"{n} {v}: use {max(16, v // 16 * 16)}" for n, v in bad)
-            )
-        return (spec.num_frames - 1) // 4 * 4 + 1
+        """The family's sizes (Wan: steps of 16, `4n+1` frames; Flux: steps of 16, one image)."""
+        return self.kind.num_frames_out(spec)
 
     def init_noise(self, spec: VideoSpec, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
-        """Core KSampler's noise for an empty video latent: `torch.randn` on the CPU from `generator`
+        """Core KSampler's noise for the family's empty latent: `torch.randn` on the CPU from `generator`
         (seeded with the node's seed, this is `comfy.sample.prepare_noise`)."""
-        latent_format = self.base.get_model_object("latent_format")
-        frames = (self.num_frames_out(spec) - 1) // 4 + 1
-        shape = (batch_size, latent_format.latent_channels, frames, spec.height // 8, spec.width // 8)
+        shape = self.kind.noise_shape(self.base.get_model_object("latent_format"), spec, batch_size)
         return torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
 
     # --- denoising -----------------------------------------------------------------------------
@@ -345,7 +374,8 @@ class ComfyVideoBackend(VideoBackend):
         return self._run.denoise(latents, timestep)
 
     def set_block_checkpointing(self, enabled: bool) -> None:
-        blocks = getattr(self.denoiser, "blocks", [])
+        names = ("blocks", "double_blocks", "single_blocks")  # Wan; Flux
+        blocks = [block for name in names for block in getattr(self.denoiser, name, [])]
         for block in blocks:
             key = id(block)
             if enabled and key not in self._checkpointed_blocks:
@@ -365,39 +395,9 @@ class ComfyVideoBackend(VideoBackend):
         checkpoint_residual_blocks: bool = False,
         segment_latent_frames: int = 0,
     ) -> torch.Tensor:
-        """Core VAEDecode's computation with gradient: `process_output(decoder(latents))`, per latent frame.
-
-        Only latent frames up to the last requested frame are decoded (the decoder is causal).
-        `segment_latent_frames` is not applied to ComfyUI's VAE (logged): every latent frame's causal
-        cache is kept for backward, as with 0.
-        """
-        if segment_latent_frames:
-            logger.warning("decode.segment_latent_frames applies to the diffusers VAE only; ComfyUI's decodes whole")
-        vae = self.vae
-        model_management.load_models_gpu(
-            [vae.patcher], memory_required=vae.memory_used_decode(latents.shape, vae.vae_dtype)
-        )
-        stage = vae.first_stage_model
-        make_autograd_safe(stage)
-        stage.requires_grad_(False)
-        latent_frames = latent_frames_needed(latents.shape[2], frame_indices, WAN_TEMPORAL_SCALE)
-        z = stage.conv2(latents[:, :, :latent_frames].to(vae.vae_dtype).to(vae.device))
-        cache: list[Any] = [None] * count_conv3d(stage.decoder)
-        outputs = []
-        for i in range(latent_frames):
-            chunk = z[:, :, i : i + 1]
-            if checkpoint_per_latent_frame and torch.is_grad_enabled():
-                out, cache = checkpoint(
-                    _decoder_chunk, stage.decoder, chunk, cache, checkpoint_residual_blocks, use_reentrant=False
-                )
-            else:
-                out, cache = _decoder_chunk(stage.decoder, chunk, cache, checkpoint_residual_blocks)
-            outputs.append(out)
-        video = vae.process_output(torch.cat(outputs, dim=2).float())  # [B, 3, F, H, W] in 0..1
-        frames = video.permute(0, 2, 1, 3, 4)
-        if frame_indices is not None:
-            frames = frames[:, list(frame_indices)]
-        return frames.float()
+        """Core VAEDecode's computation with gradient, as the family decodes (`ComfyFamily.decode`)."""
+        options = DecodeOptions(checkpoint_per_latent_frame, checkpoint_residual_blocks, segment_latent_frames)
+        return self.kind.decode(self.vae, latents, frame_indices, options)
 
     # --- LoRA life cycle -----------------------------------------------------------------------
 
@@ -610,19 +610,6 @@ def _checkpointed(forward: Any) -> Any:
         return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
     return run
-
-
-def _decoder_chunk(
-    decoder: torch.nn.Module, chunk: torch.Tensor, cache: list[Any], checkpoint_blocks: bool = False
-) -> tuple[torch.Tensor, list[Any]]:
-    """One causal decoder call as a pure function: the cache goes in, a new cache comes out.
-
-    With `checkpoint_blocks`, the residual blocks are checkpointed too (`drf_core.models.vae_blocks`).
-    """
-    new_cache = list(cache)
-    with checkpoint_residual_blocks(decoder) if checkpoint_blocks else contextlib.nullcontext():
-        out = decoder(chunk, feat_cache=new_cache, feat_idx=[0])
-    return out, new_cache
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import comfy.model_management as model_management
@@ -48,9 +49,25 @@ class _Stop(Exception):
     """Raised inside the worker when the sampler's thread ends the run early."""
 
 
-def _conditioning(tensor: torch.Tensor) -> list:
-    """ComfyUI's CONDITIONING for one batched text tensor `[B, L, D]`."""
-    return [[tensor, {}]]
+@dataclass
+class ComfyEmbeddings(PromptEmbeddings):
+    """Prompt embeddings with the entries ComfyUI's CONDITIONING carries beside the text tensor, batched
+    like it (`pooled_output` `[B, D]` for Flux's vector input, `guidance` as core FluxGuidance sets it)."""
+
+    positive_extras: dict[str, Any] = field(default_factory=dict)
+    negative_extras: dict[str, Any] = field(default_factory=dict)
+
+    def select(self, indices: Sequence[int]) -> ComfyEmbeddings:
+        chosen = super().select(indices)
+        rows = list(indices)
+        pick = {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in self.positive_extras.items()}
+        pick_negative = {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in self.negative_extras.items()}
+        return ComfyEmbeddings(chosen.positive, chosen.negative, pick, pick_negative)
+
+
+def _conditioning(tensor: torch.Tensor, extras: dict[str, Any] | None = None) -> list:
+    """ComfyUI's CONDITIONING for one batched text tensor `[B, L, D]` and its extra entries."""
+    return [[tensor, dict(extras or {})]]
 
 
 class _KeptGuider(comfy.samplers.CFGGuider):
@@ -139,8 +156,12 @@ class ComfySolverRun(DenoisingScheduler):
         (`ComfyExpertChain`) keeps them in the autograd graph when gradients are on.
         """
         guider = _KeptGuider(self.patcher)
-        negative = embeddings.negative if embeddings.negative is not None else embeddings.positive
-        guider.set_conds(_conditioning(embeddings.positive), _conditioning(negative))
+        positive_extras = getattr(embeddings, "positive_extras", {})
+        if embeddings.negative is not None:
+            negative = _conditioning(embeddings.negative, getattr(embeddings, "negative_extras", {}))
+        else:
+            negative = _conditioning(embeddings.positive, positive_extras)
+        guider.set_conds(_conditioning(embeddings.positive, positive_extras), negative)
         guider.set_cfg(guidance_scale)
         if latent_image is None:
             latent_image = torch.zeros_like(noise)

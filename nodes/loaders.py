@@ -102,19 +102,20 @@ class VideoModelFromComfy(DRFNode):
         display_name="Video Model from ComfyUI (DRF)",
         category=category("loaders"),
         description=(
-            "Trains and samples on the models ComfyUI's own loaders give: a Wan text-to-video MODEL (Load Diffusion "
-            "Model, optionally through ModelSamplingSD3 for the shift), its VAE (Load VAE) and its text encoder (Load "
-            "CLIP), or prompts already encoded with CLIP Text Encode. ComfyUI keeps managing their memory. Sampling "
-            "equals core KSampler with the same sampler and scheduler; saved LoRAs load in LoraLoaderModelOnly."
+            "Trains and samples on the models ComfyUI's own loaders give: a Wan text-to-video or Flux dev "
+            "text-to-image MODEL (Load Diffusion Model, optionally through ModelSamplingSD3 for the shift), its VAE "
+            "(Load VAE) and its text encoder (Load CLIP / DualCLIPLoader), or prompts already encoded with CLIP Text "
+            "Encode (Flux: through FluxGuidance). ComfyUI keeps managing their memory. Sampling equals core KSampler "
+            "with the same sampler and scheduler; saved LoRAs load in LoraLoaderModelOnly. Flux makes one image."
         ),
         inputs=(
             Socket(
                 "model",
                 "MODEL",
-                "A Wan 2.1 / 2.2 text-to-video MODEL (e.g. wan2.1_t2v_1.3B_fp16.safetensors); for Wan 2.2 A14B its "
-                "high-noise expert.",
+                "A Wan 2.1 / 2.2 text-to-video MODEL (e.g. wan2.1_t2v_1.3B_fp16.safetensors; for Wan 2.2 A14B its "
+                "high-noise expert) or a Flux dev MODEL (flux1-dev.safetensors).",
             ),
-            Socket("vae", "VAE", "The model's VAE (e.g. wan_2.1_vae.safetensors)."),
+            Socket("vae", "VAE", "The model's VAE (e.g. wan_2.1_vae.safetensors; Flux: ae.safetensors)."),
             Socket("clip", "CLIP", "The text encoder (e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors).", optional=True),
             Combo("sampler_name", SOLVERS.names(), "ComfyUI sampler, as on core KSampler.", "uni_pc"),
             Combo("scheduler", COMFY_SCHEDULERS, "ComfyUI scheduler, as on core KSampler.", "simple"),
@@ -183,7 +184,13 @@ class VideoModelFromComfy(DRFNode):
             choices = ", ".join(COMFY_SCHEDULERS)
             raise DRFInputError(f"unknown ComfyUI scheduler {scheduler!r}; choose one of: {choices}")
         try:
-            from .comfy_backend import ComfyPrompts, ComfyVideoBackend, ComfyVideoModel, conditioning_tensor
+            from .comfy_backend import (
+                ComfyPrompts,
+                ComfyVideoBackend,
+                ComfyVideoModel,
+                conditioning_extras,
+                conditioning_tensor,
+            )
         except ImportError as error:
             raise DRFInputError(f"Video Model from ComfyUI runs only inside ComfyUI ({error})") from None
         if clip is None and positive is None:
@@ -193,10 +200,10 @@ class VideoModelFromComfy(DRFNode):
         if positive is not None and not positive_text.strip():
             raise DRFInputError("positive is connected but positive_text is empty; write the prompt it encodes")
         prompts = ComfyPrompts(clip=clip)
-        if positive is not None:
-            prompts.encoded[positive_text] = conditioning_tensor(positive, "positive")
-        if negative is not None:
-            prompts.encoded[negative_text] = conditioning_tensor(negative, "negative")
+        for text, conditioning, what in ((positive_text, positive, "positive"), (negative_text, negative, "negative")):
+            if conditioning is not None:
+                prompts.encoded[text] = conditioning_tensor(conditioning, what)
+                prompts.extras[text] = conditioning_extras(conditioning)
         backend = ComfyVideoBackend(
             model, vae, prompts, sampler_name, scheduler, model_low_noise, low_noise_from, trained_expert
         )

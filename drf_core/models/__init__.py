@@ -28,6 +28,7 @@ from .wan import WanBackend
 from .weight_storage import VIDEO_WEIGHT_STORAGES, store_video_weights
 
 __all__ = [
+    "FLUX_MODULE_NAMES",
     "MODULE_NAME_MAPS",
     "SCHEDULERS",
     "VIDEO_BACKENDS",
@@ -60,6 +61,16 @@ MODULE_NAME_MAPS: Registry[ModuleNameMap] = Registry("model family")
 MODULE_NAME_MAPS.add(
     WanBackend.family, ModuleNameMap(WanBackend.native_module_name, WanBackend.module_name_from_native)
 )
+
+
+def _same_name(name: str) -> str:
+    return name
+
+
+# Flux trains on ComfyUI's own objects only (`nodes/comfy_families.py`): its LoRA module names are
+# ComfyUI's (`double_blocks.0.img_attn.qkv`), so the map is the identity.
+FLUX_MODULE_NAMES = ModuleNameMap(_same_name, _same_name)
+MODULE_NAME_MAPS.add("flux", FLUX_MODULE_NAMES)
 
 _EXAMPLE_FOLDER = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
