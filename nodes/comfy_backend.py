@@ -249,8 +249,6 @@ class ComfyVideoBackend(VideoBackend):
         self.kind = family_of(model)
         self.family = self.kind.name
         self.lora_target_presets = self.kind.lora_target_presets
-        self.native_module_name = self.kind.native_module_name
-        self.module_name_from_native = self.kind.module_name_from_native
         SOLVERS.get(sampler_name)
         # Wan 2.2 A14B: `model` is the high-noise expert, `low_noise_model` the low-noise one; the trained
         # expert is `self.base` (LoRA, `denoiser`), the other one samples its share of the steps unchanged.
@@ -280,6 +278,12 @@ class ComfyVideoBackend(VideoBackend):
         self._adapters: dict[str, _Adapter] = {}
         self._run: ComfySolverRun | None = None
         self._checkpointed_blocks: dict[int, Any] = {}
+
+    def native_module_name(self, module_name: str) -> str:
+        return self.kind.native_module_name(module_name)
+
+    def module_name_from_native(self, native_name: str) -> str:
+        return self.kind.module_name_from_native(native_name)
 
     # --- what is active ------------------------------------------------------------------------
 
@@ -371,6 +375,12 @@ class ComfyVideoBackend(VideoBackend):
         """The denoised latents at sigma `timestep` (the run's CFGGuider: CFG and conditioning applied)."""
         if self._run is None:
             raise RuntimeError("predict needs a started sampling run (sampler.sample_latents starts one)")
+        if torch.is_grad_enabled() and self.kind.blocks_change_inputs and not self._checkpointed_blocks:
+            self.set_block_checkpointing(True)  # plain autograd refuses these blocks (see `ComfyFamily`)
+            try:
+                return self._run.denoise(latents, timestep)
+            finally:
+                self.set_block_checkpointing(False)
         return self._run.denoise(latents, timestep)
 
     def set_block_checkpointing(self, enabled: bool) -> None:
@@ -604,10 +614,19 @@ class _ScaledWeightAdapter:
 
 
 def _checkpointed(forward: Any) -> Any:
+    """`forward` checkpointed (while gradients are on) on copies of its tensor inputs: ComfyUI's blocks may
+    change an input in place (Flux's double blocks add to `txt`), which would make backward recompute the
+    block from the changed tensor."""
+
+    def on_copies(*args: Any, **kwargs: Any) -> Any:
+        args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+        kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        return forward(*args, **kwargs)
+
     def run(*args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():
             return forward(*args, **kwargs)
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return checkpoint(on_copies, *args, use_reentrant=False, **kwargs)
 
     return run
 

@@ -60,6 +60,9 @@ class ComfyFamily(ABC):
 
     name: ClassVar[str]
     still_image: ClassVar[bool] = False
+    # ComfyUI's blocks of this family change tensors in place that autograd saved (Flux: `x += ...`), so they
+    # are differentiated only checkpointed (the recomputation stops before the change).
+    blocks_change_inputs: ClassVar[bool] = False
     lora_target_presets: ClassVar[dict[str, list[str]]]
 
     @abstractmethod
@@ -204,6 +207,7 @@ class FluxFamily(ComfyFamily):
 
     name = "flux"
     still_image = True
+    blocks_change_inputs = True
     lora_target_presets: ClassVar[dict[str, list[str]]] = {
         "attention": list(_FLUX_ATTENTION),
         "attention_ffn": [*_FLUX_ATTENTION, *_FLUX_MLP],

@@ -2,6 +2,10 @@
 
 - `random_wan_vae_state`: a Wan 2.1 VAE at its fixed size (ComfyUI builds it from fixed numbers)
   with seeded random weights.
+- `smallest_flux_state`: Flux dev in ComfyUI's key layout with one double and one single block.
+  ComfyUI's detection fixes Flux's width (3072, 24 heads, text width 4096) and reads only the
+  block counts from the keys, so this is the smallest Flux it loads (545 million parameters).
+- `random_flux_vae_state`: Flux's VAE (`ae.safetensors` layout, ComfyUI's fixed size), random weights.
 - `tiny_umt5_state`: a UMT5 text encoder in the key layout of ComfyUI's `umt5_xxl_*.safetensors`
   (with its SentencePiece tokenizer inside, as ComfyUI's files carry it) at the size of
   `comfy_test_nodes/drf_tiny_umt5/umt5_config_tiny.json`, which the test server builds instead of
@@ -46,6 +50,58 @@ def random_wan_vae_state(wan_vae_class, torch) -> dict:
             state[key] = torch.randn(value.shape, generator=generator) / fan_in**0.5
         else:
             state[key] = torch.zeros_like(value)
+    return state
+
+
+def _seeded_random(shape, generator, torch, dtype=None):
+    """Uniform weights with variance 1/fan_in, drawn in `dtype` (uniform in bf16 is the fastest way to half a
+    billion values)."""
+    bound = (3.0 / max(1, int(torch.Size(shape[1:]).numel()))) ** 0.5
+    return torch.empty(shape, dtype=dtype or torch.float32).uniform_(-bound, bound, generator=generator)
+
+
+def smallest_flux_state(torch, dtype=None) -> dict:
+    """Flux dev (guidance embedding) in ComfyUI's key layout: depth 1 + 1 single block, seeded random
+    weights (norm scales 1, biases 0), stored in `dtype` (default bf16, as Flux files are)."""
+    import comfy.ldm.flux.model
+    import comfy.ops
+
+    layout = comfy.ldm.flux.model.Flux(
+        image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
+        mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000,
+        patch_size=2, qkv_bias=True, guidance_embed=True, device="meta", operations=comfy.ops.disable_weight_init,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in layout.state_dict().items():
+        dtype = dtype or torch.bfloat16
+        if value.ndim >= 2:
+            state[key] = _seeded_random(value.shape, generator, torch, dtype)
+        else:
+            state[key] = (torch.ones if key.endswith(".scale") else torch.zeros)(value.shape, dtype=dtype)
+    return state
+
+
+def random_flux_vae_state(torch) -> dict:
+    """Flux's VAE (16 latent channels, no quant convs, ComfyUI's fixed channel sizes), seeded random weights."""
+    from comfy.ldm.models.autoencoder import AutoencodingEngine
+
+    ddconfig = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}  # fmt: skip
+    layout = AutoencodingEngine(
+        regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+        encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
+        decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig},
+    )
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in layout.state_dict().items():
+        if value.ndim >= 2:
+            state[key] = _seeded_random(value.shape, generator, torch)
+        elif key.endswith("norm.weight") or (key.endswith(".weight") and "norm" in key):
+            state[key] = torch.ones(value.shape)
+        else:
+            state[key] = torch.zeros(value.shape)
     return state
 
 
