@@ -165,8 +165,11 @@ class Trainer:
                 f"train.lora.target_preset {config.lora.target_preset!r} is not known for {backend.family}; "
                 f"choose one of {sorted(presets)}"
             )
-        self.frame_indices = select_frames(
-            config.decode.frame_selection, num_frames, config.decode.frame_selection_count
+        # An image is its one frame, whatever the frame selection (made for videos) asks for.
+        self.frame_indices = (
+            [0]
+            if self.still_image
+            else select_frames(config.decode.frame_selection, num_frames, config.decode.frame_selection_count)
         )
         # A critic is told the scored frames' true rate (video fps over their spacing), or that it sees an image.
         self.reward = reward.for_frames(self.frame_indices, still_image=self.still_image)

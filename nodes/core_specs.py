@@ -29,6 +29,7 @@ MODEL_FILE_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 SAMPLER_NAMES = ("euler", "uni_pc", "uni_pc_bh2")
 SCHEDULER_NAMES = ("simple", "normal", "beta", "sgm_uniform")
 CLIP_TYPES = ("wan",)
+DUAL_CLIP_TYPES = ("flux",)
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 
 
@@ -63,6 +64,17 @@ CORE_SPECS: dict[str, NodeSpec] = {
                 Combo("clip_name", _files("text_encoders"), "The text encoder file."),
                 Combo("type", CLIP_TYPES, "The model family."),
                 Combo("device", ("default", "cpu"), "Where the text encoder runs.", "default", optional=True),
+            ),
+            (OutputSpec("CLIP", "CLIP", ""),),
+        ),
+        _core(
+            "DualCLIPLoader",
+            "DualCLIPLoader",
+            (
+                Combo("clip_name1", _files("text_encoders"), "The first text encoder file (Flux: CLIP-L)."),
+                Combo("clip_name2", _files("text_encoders"), "The second text encoder file (Flux: T5-XXL)."),
+                Combo("type", DUAL_CLIP_TYPES, "The model family."),
+                Combo("device", ("default", "cpu"), "Where the text encoders run.", "default", optional=True),
             ),
             (OutputSpec("CLIP", "CLIP", ""),),
         ),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drf_core.config import CriticInputConfig, RewardConfig, VideoSpec
+from drf_core.config import CriticInputConfig, DecodeConfig, RewardConfig, VideoSpec
 from drf_core.critics.qwen_vision import preprocess_frames, read_vision_settings
 from drf_core.decompose import decompose
 from drf_core.errors import DRFInputError
@@ -71,7 +71,8 @@ def test_the_critic_sees_one_frame_as_an_image_like_the_official_processor(criti
 def test_a_one_frame_run_is_a_still_image_run(fresh, questions, tmp_path):
     backend, critic = fresh
     reward = DRFReward(critic, RewardConfig(), CriticInputConfig(height=28, width=28))
-    image_run = Trainer(backend, reward, [questions], small_train_config(video=VideoSpec(32, 32, 1)), tmp_path / "i")
+    config = small_train_config(video=VideoSpec(32, 32, 1), decode=DecodeConfig("uniform", 8))  # 8 of a video
+    image_run = Trainer(backend, reward, [questions], config, tmp_path / "i")
     assert image_run.still_image and image_run.frame_indices == [0]
     assert image_run.reward.critic_input.mode == "images"
     assert image_run.questions[TRAIN_PROMPT] == for_still_image(questions)

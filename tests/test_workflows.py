@@ -4,9 +4,9 @@ kind of broken file it claims to catch.
 
 The end-to-end runs use `nodes.local.run_prompt` (the same `run` functions ComfyUI's node classes call) on private
 copies of the `comfy_root` tree, with sizes and step counts shrunk by overriding the API prompt's inputs. Core
-ComfyUI nodes cannot run without ComfyUI: in workflows that load Wan with the core loaders, those loaders and Video
-Model from ComfyUI are replaced here by Load Video Model on the same tiny Wan (diffusers folder), so everything after
-the video model runs as in the file. test_comfyui_nodes.py runs the files unchanged in a real ComfyUI.
+ComfyUI nodes cannot run without ComfyUI: in workflows that load Wan (or Flux) with the core loaders, those loaders and
+Video Model from ComfyUI are replaced here by Load Video Model on the same tiny Wan (diffusers folder), so everything
+after the video model runs as in the file. test_comfyui_nodes.py runs the files unchanged in a real ComfyUI.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ TRAIN = "drf_train_wan_lora.json"
 CRITIQUE = "drf_critique_video.json"
 COMPARE = "drf_compare_base_vs_lora.json"
 SINGLE = "drf_single_prompt_finetune.json"
-EXAMPLES = (TRAIN, CRITIQUE, COMPARE, SINGLE)
+FLUX = "drf_flux_image_finetune.json"
+EXAMPLES = (TRAIN, CRITIQUE, COMPARE, SINGLE, FLUX)
 
 SMALL_VIDEO = {"width": 32, "height": 32, "num_frames": 5}
+REAL_VIDEO = {"width": 832, "height": 480, "num_frames": 33}
 FRAME_COUNT = 2
 # class_type -> inputs replaced before running on the CPU (every name must exist, else the run would be full size).
 SHRINK = {
@@ -58,7 +60,14 @@ SHRINK = {
     "DRFTrainingOptions": {"held_out_every": 1, "held_out_seeds": "7", "keep_best": False},
 }
 # Core loaders (and the DRF node that turns their outputs into a video model): replaced for in-process runs.
-COMFY_LOADERS = ("UNETLoader", "CLIPLoader", "VAELoader", "ModelSamplingSD3", "DRFVideoModelFromComfy")
+COMFY_LOADERS = (
+    "UNETLoader",
+    "CLIPLoader",
+    "DualCLIPLoader",
+    "VAELoader",
+    "ModelSamplingSD3",
+    "DRFVideoModelFromComfy",
+)
 LABEL_ROWS = 13  # Compare Side by Side draws its labels in rows 0..12
 GAP = 4  # white columns between the two videos
 TITLE_BAR = 30  # the editor draws a node's title above its pos
@@ -238,10 +247,13 @@ def test_layout_is_tidy_and_explained(name):
     if nodes_of(workflow, "DRFLoadVideoModel"):
         assert "Wan2.1-T2V-1.3B-Diffusers" in text and "models/diffusers" in text
     else:  # every file a core loader names, and where it goes
-        for node_type, folder in (("UNETLoader", "diffusion_models"), ("CLIPLoader", "text_encoders")):
-            assert f"`{nodes_of(workflow, node_type)[0]['widgets_values'][0]}`" in text, (name, node_type)
-            if node_type == "UNETLoader" and name != COMPARE:
-                assert f"models/{folder}" in text, name
+        text_encoders = nodes_of(workflow, "CLIPLoader") + nodes_of(workflow, "DualCLIPLoader")
+        files = [nodes_of(workflow, "UNETLoader")[0]["widgets_values"][0]]
+        files += [value for node in text_encoders for value in node["widgets_values"] if value.endswith(".safetensors")]
+        for file in files:
+            assert f"`{file}`" in text, (name, file)
+        if name != COMPARE:
+            assert "models/diffusion_models" in text and "models/text_encoders" in text, name
         assert f"`{nodes_of(workflow, 'VAELoader')[0]['widgets_values'][0]}`" in text
     if nodes_of(workflow, "DRFLoadVLMCritic"):
         assert "Qwen2.5-VL-7B-Instruct" in text and "models/vlm" in text and "models/LLM" in text
@@ -302,8 +314,8 @@ def widgets_by_name(node: dict, specs, tools) -> dict:
 
 
 def test_settings_are_for_a_real_gpu(tools, specs):
-    video = {"width": 832, "height": 480, "num_frames": 33}
     for name in EXAMPLES:
+        video = {"width": 1024, "height": 1024, "num_frames": 1} if name == FLUX else REAL_VIDEO
         workflow = read_workflow(name)
         for node in nodes_of(workflow, "DRFTrainLoRA"):
             widgets = widgets_by_name(node, specs, tools)
@@ -330,6 +342,8 @@ def test_workflows_load_wan_as_comfyuis_own_template_does_except_the_command_lin
     on_diffusers = []
     for name in EXAMPLES:
         workflow = read_workflow(name)
+        if name == FLUX:  # test_the_flux_workflow_loads_flux_as_comfyuis_own_template_does
+            continue
         if nodes_of(workflow, "DRFLoadVideoModel"):
             on_diffusers.append(name)
             assert not any(nodes_of(workflow, node_type) for node_type in template), name
@@ -339,6 +353,44 @@ def test_workflows_load_wan_as_comfyuis_own_template_does_except_the_command_lin
             widgets = widgets_by_name(node, specs, tools)
             assert {k: widgets[k] for k in expected} == expected, (name, node_type)
     assert on_diffusers == [TRAIN]  # the command line's run, on the diffusers folder
+
+
+def test_the_flux_workflow_loads_flux_as_comfyuis_own_template_does(tools, specs):
+    """The files and sampling of ComfyUI's Flux dev text-to-image template (flux_dev_full_text_to_image.json):
+    euler, simple, cfg 1.0 (guidance 3.5 is Flux's default for a prompt without FluxGuidance); one frame."""
+    workflow = read_workflow(FLUX)
+    template = {
+        "UNETLoader": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"},
+        "DualCLIPLoader": {"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"},
+        "VAELoader": {"vae_name": "ae.safetensors"},
+        "DRFVideoModelFromComfy": {"sampler_name": "euler", "scheduler": "simple"},
+    }
+    for node_type, expected in template.items():
+        (node,) = nodes_of(workflow, node_type)
+        widgets = widgets_by_name(node, specs, tools)
+        assert {k: widgets[k] for k in expected} == expected, node_type
+    assert not nodes_of(workflow, "ModelSamplingSD3") and not nodes_of(workflow, "DRFSampleVideo")
+    (train,) = nodes_of(workflow, "DRFTrainLoRA")
+    widgets = widgets_by_name(train, specs, tools)
+    assert widgets["guidance_scale"] == 1.0 and widgets["num_frames"] == 1
+
+
+def test_flux_workflow_trains_and_saves_a_lora(comfy_root, tmp_path, tools, local, pack_nodes, specs):
+    """Everything after the video model as in the file, at one frame (the core Flux loaders swapped for the
+    tiny Wan, which makes a one-frame video: the image path of the trainer)."""
+    root = fresh_root(comfy_root, tmp_path)
+
+    def one_frame(prompt):
+        (train,) = ids_of(prompt, "DRFTrainLoRA")
+        prompt[train]["inputs"]["num_frames"] = 1
+
+    prompt, results = run_workflow(FLUX, root, tools, local, pack_nodes, specs, edit=one_frame)
+    (train,) = ids_of(prompt, "DRFTrainLoRA")
+    metrics = results[train].outputs[3]
+    assert [row["step"] for row in metrics] == list(range(1, SHRINK["DRFTrainLoRA"]["steps"] + 1))
+    (lora_name,) = results[ids_of(prompt, "DRFSaveLoRA")[0]].outputs
+    assert lora_name == "drf/flux_drf_00001.safetensors"
+    assert (root / "models" / "loras" / lora_name).is_file()
 
 
 # --- check_workflow catches broken files --------------------------------------------------------------------

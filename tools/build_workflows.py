@@ -63,6 +63,15 @@ COMFY_DIFFUSION_MODEL = "wan2.1_t2v_1.3B_fp16.safetensors"
 COMFY_TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 COMFY_VAE = "wan_2.1_vae.safetensors"
 COMFY_SHIFT = 8.0
+# The files ComfyUI's own Flux dev text-to-image template loads, and its sampling (euler, simple, cfg 1,
+# guidance 3.5: Flux's default when the conditioning names none, which Video Model from ComfyUI's CLIP gives).
+FLUX_DIFFUSION_MODEL = "flux1-dev.safetensors"
+FLUX_TEXT_ENCODERS = ("clip_l.safetensors", "t5xxl_fp16.safetensors")
+FLUX_VAE = "ae.safetensors"
+FLUX_RUN_NAME = "flux_drf"
+FLUX_LORA_PREFIX = "drf/flux_drf"
+FLUX_PROMPT = "two red apples and a glass of water on a wooden table, soft morning light"
+IMAGE_SIZE = {"width": 1024, "height": 1024, "num_frames": 1}
 CRITIC_NAME = "Qwen2.5-VL-7B-Instruct"
 VIDEO_SIZE = {"width": 832, "height": 480, "num_frames": 33}
 DENOISING_STEPS = 20
@@ -223,6 +232,23 @@ def before_after(layout: ColumnLayout, video: int, lora: int, sampling: dict[str
     connect(tuned, "frames", compare, "right")
 
 
+def load_flux_models(layout: ColumnLayout) -> tuple[int, int]:
+    """Core Load Diffusion Model, DualCLIPLoader and Load VAE with the Flux dev template's files into Video
+    Model from ComfyUI (euler, simple), and Load VLM Critic: loaders in the current column, the rest in the next."""
+    unet = layout.add("UNETLoader", {"unet_name": FLUX_DIFFUSION_MODEL, "weight_dtype": "default"})
+    clip_l, t5 = FLUX_TEXT_ENCODERS
+    clip = layout.add("DualCLIPLoader", {"clip_name1": clip_l, "clip_name2": t5, "type": "flux", "device": "default"})
+    vae = layout.add("VAELoader", {"vae_name": FLUX_VAE})
+    layout.next_column()
+    video = layout.add("DRFVideoModelFromComfy", {"sampler_name": "euler", "scheduler": "simple"})
+    critic = layout.add("DRFLoadVLMCritic", {"model": CRITIC_NAME, "dtype": "auto", "device": "auto"})
+    connect = layout.builder.connect
+    connect(unet, "MODEL", video, "model")
+    connect(clip, "CLIP", video, "clip")
+    connect(vae, "VAE", video, "vae")
+    return video, critic
+
+
 # --- the workflows -----------------------------------------------------------------------------------------
 WorkflowRecipe = Callable[[ColumnLayout], None]
 WORKFLOWS: dict[str, WorkflowRecipe] = {}
@@ -344,6 +370,32 @@ def single_prompt_finetune(layout: ColumnLayout) -> None:
 
 
 # --- building and writing ----------------------------------------------------------------------------------
+@workflow("drf_flux_image_finetune.json")
+def flux_image_finetune(layout: ColumnLayout) -> None:
+    layout.note(
+        "## Fine-tune Flux dev on images (Diffusion-DRF)\n"
+        f"1. The files of ComfyUI's own Flux dev template: `{FLUX_DIFFUSION_MODEL}` in `models/diffusion_models/`, "
+        f"`{FLUX_TEXT_ENCODERS[0]}` and `{FLUX_TEXT_ENCODERS[1]}` in `models/text_encoders/`, `{FLUX_VAE}` in "
+        f"`models/vae/`. Add **{CRITIC_NAME}** in `models/vlm/` or `models/LLM/`, then press **R**.\n"
+        "2. Sampling is the template's: euler, simple, cfg 1.0, guidance 3.5. Each sample is one image: the "
+        "critic looks at a picture and questions about motion are left out.\n"
+        "3. Queue. **Train LoRA** shows each step's reward and the image it scored. **Interrupt** saves a "
+        "checkpoint; **queue again** to resume.\n"
+        f"4. **Save LoRA** writes `models/loras/{FLUX_LORA_PREFIX}_00001.safetensors`: core LoraLoaderModelOnly "
+        "applies it to the Flux MODEL."
+    )
+    video, critic = load_flux_models(layout)
+    layout.next_column()
+    questions, reward = questions_and_reward(layout, FLUX_PROMPT, critic)
+    layout.next_column()
+    widgets = {**TRAINING, **IMAGE_SIZE, "guidance_scale": 1.0, "run_name": FLUX_RUN_NAME, "steps": 200}
+    train = layout.add("DRFTrainLoRA", widgets, preview=True)
+    layout.next_column()
+    save = layout.add("DRFSaveLoRA", {"filename_prefix": FLUX_LORA_PREFIX, "format": "comfyui", "dtype": "fp32"})
+    connect_training(layout, video, critic, questions, reward, train)
+    layout.builder.connect(train, "lora", save, "lora")
+
+
 def node_specs() -> dict[str, Any]:
     """Node id -> `NodeSpec` of every node of the pack and of the ComfyUI core nodes the workflows use."""
     core = importlib.import_module(f"{import_pack().__name__}.core_specs").CORE_SPECS

@@ -62,6 +62,10 @@ def main() -> None:
             ("diffusion_models", "wan2.1_t2v_1.3B_fp16.safetensors"),
             ("text_encoders", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
             ("vae", "wan_2.1_vae.safetensors"),
+            ("diffusion_models", "flux1-dev.safetensors"),
+            ("text_encoders", "clip_l.safetensors"),
+            ("text_encoders", "t5xxl_fp16.safetensors"),
+            ("vae", "ae.safetensors"),
         ):
             (server.models_dir / folder).mkdir(parents=True, exist_ok=True)
             (server.models_dir / folder / name).touch()
