@@ -6,8 +6,10 @@ models under the real models' names (`models/diffusers/Wan2.1-T2V-1.3B-Diffusers
 own Wan 2.1 text-to-video template loads: the tiny Wan in ComfyUI's layout as
 `diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors`, and (`template_models`) a tiny UMT5 as
 `text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors` with the Wan 2.1 VAE (its fixed size, random weights) as
-`vae/wan_2.1_vae.safetensors`. ComfyUI builds UMT5-XXL at a fixed size, so the server also loads the test-only
-custom node `comfy_test_nodes/drf_tiny_umt5`, which makes core Load CLIP build it tiny.
+`vae/wan_2.1_vae.safetensors`, and the files of ComfyUI's Flux dev template (`FLUX_FILES`: the smallest Flux
+ComfyUI loads, Flux's VAE and CLIP-L at their fixed sizes, a tiny T5-XXL). ComfyUI builds UMT5-XXL and T5-XXL at
+fixed sizes, so the server also loads the test-only custom nodes `comfy_test_nodes/drf_tiny_umt5` and
+`drf_tiny_t5xxl`, which make core Load CLIP / DualCLIPLoader build them tiny.
 `shrink` makes a prompt run in seconds; `api_prompt` turns an
 example workflow into an API prompt; `drf_node` is one DRF node entry with the editor's defaults; `run_ok`
 queues a prompt and asserts it succeeded.
@@ -37,6 +39,13 @@ CRITIC_NAME = "Qwen2.5-VL-7B-Instruct"
 TINY_UNET = "wan2.1_t2v_1.3B_fp16.safetensors"  # the template's file name
 TEXT_ENCODER_FILE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE_FILE = "wan_2.1_vae.safetensors"
+# The Flux dev template's files (comfy_scripts/template_models.py writes them; T5-XXL tiny through drf_tiny_t5xxl).
+FLUX_FILES = (
+    "diffusion_models/flux1-dev.safetensors",
+    "vae/ae.safetensors",
+    "text_encoders/clip_l.safetensors",
+    "text_encoders/t5xxl_fp16.safetensors",
+)
 TEST_NODES = REPO_ROOT / "tests" / "comfy_test_nodes"
 SCRIPTS = REPO_ROOT / "tests" / "comfy_scripts"
 EXTRA_CRITIC = "Qwen-from-extra-model-paths"
@@ -99,8 +108,9 @@ def comfy_script_report(script: str, work: Path, *args: object, timeout: float =
 
 
 def template_models(out: Path) -> Path:
-    """Write the template-named tiny text encoder and VAE under `out` with ComfyUI's interpreter; returns `out`."""
-    run_comfy_script("template_models.py", "--out", out, pack=False, timeout=600)
+    """Write the template-named tiny text encoder and VAE, and the Flux dev template's files (`FLUX_FILES`),
+    under `out` with ComfyUI's interpreter; returns `out`."""
+    run_comfy_script("template_models.py", "--out", out, "--flux", "yes", pack=False, timeout=900)
     return out
 
 
@@ -134,8 +144,11 @@ def start_pack_server(
     write_tiny_wan_native(tiny_models.wan, models / "diffusion_models" / TINY_UNET)
     (models / "text_encoders" / TEXT_ENCODER_FILE).symlink_to(template_dir / "text_encoders" / TEXT_ENCODER_FILE)
     (models / "vae" / VAE_FILE).symlink_to(template_dir / "vae" / VAE_FILE)
+    for relative in FLUX_FILES:
+        (models / relative).symlink_to(template_dir / relative)
     comfy.custom_nodes_dir.mkdir(parents=True, exist_ok=True)
-    (comfy.custom_nodes_dir / "drf_tiny_umt5").symlink_to(TEST_NODES / "drf_tiny_umt5", target_is_directory=True)
+    for test_node in ("drf_tiny_umt5", "drf_tiny_t5xxl"):
+        (comfy.custom_nodes_dir / test_node).symlink_to(TEST_NODES / test_node, target_is_directory=True)
     return comfy.start()
 
 

@@ -6,6 +6,10 @@
   ComfyUI's detection fixes Flux's width (3072, 24 heads, text width 4096) and reads only the
   block counts from the keys, so this is the smallest Flux it loads (545 million parameters).
 - `random_flux_vae_state`: Flux's VAE (`ae.safetensors` layout, ComfyUI's fixed size), random weights.
+- `random_clip_l_state`: CLIP-L (`clip_l.safetensors` layout, ComfyUI's fixed size), random weights.
+- `tiny_t5xxl_state`: T5-XXL in the key layout of ComfyUI's `t5xxl_*.safetensors` at the size of
+  `comfy_test_nodes/drf_tiny_t5xxl/t5_config_tiny.json` (T5's full vocabulary, tiny attention and
+  feed-forward), which the test server builds instead of T5-XXL's fixed 4.7 billion parameters.
 - `tiny_umt5_state`: a UMT5 text encoder in the key layout of ComfyUI's `umt5_xxl_*.safetensors`
   (with its SentencePiece tokenizer inside, as ComfyUI's files carry it) at the size of
   `comfy_test_nodes/drf_tiny_umt5/umt5_config_tiny.json`, which the test server builds instead of
@@ -20,6 +24,7 @@ from pathlib import Path
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
 TINY_UMT5_CONFIG = TESTS_DIR / "comfy_test_nodes" / "drf_tiny_umt5" / "umt5_config_tiny.json"
+TINY_T5XXL_CONFIG = TESTS_DIR / "comfy_test_nodes" / "drf_tiny_t5xxl" / "t5_config_tiny.json"
 # Text the tokenizer is trained on: words of the example prompts and of everyday scenes.
 TOKENIZER_TEXT = """
 a red fox runs across a snowy field at sunrise
@@ -102,6 +107,49 @@ def random_flux_vae_state(torch) -> dict:
             state[key] = torch.ones(value.shape)
         else:
             state[key] = torch.zeros(value.shape)
+    return state
+
+
+def random_clip_l_state(torch) -> dict:
+    """CLIP-L's text model (ComfyUI's `sd1_clip_config.json` size), seeded random weights, fp16."""
+    import comfy.clip_model
+    import comfy.ops
+    import comfy.sd1_clip
+
+    config = json.loads((Path(comfy.sd1_clip.__file__).parent / "sd1_clip_config.json").read_text(encoding="utf-8"))
+    layout = comfy.clip_model.CLIPTextModel(config, torch.float32, "meta", comfy.ops.disable_weight_init)
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in layout.state_dict().items():
+        if "embedding" in key:
+            tensor = torch.randn(value.shape, generator=generator) * 0.02
+        elif value.ndim >= 2:
+            tensor = _seeded_random(value.shape, generator, torch)
+        elif "norm" in key and key.endswith("weight"):
+            tensor = torch.ones(value.shape)
+        else:
+            tensor = torch.zeros(value.shape)
+        state[key] = tensor.to(torch.float16)
+    return state
+
+
+def tiny_t5xxl_state(torch) -> dict:
+    """The tiny T5-XXL's state dict in ComfyUI's layout, seeded random weights, fp16."""
+    import comfy.ops
+    import comfy.text_encoders.t5
+
+    config = json.loads(TINY_T5XXL_CONFIG.read_text(encoding="utf-8"))
+    layout = comfy.text_encoders.t5.T5(config, torch.float32, "meta", comfy.ops.disable_weight_init)
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in layout.state_dict().items():
+        if key.endswith("layer_norm.weight"):
+            tensor = torch.ones(value.shape)
+        elif key.endswith("relative_attention_bias.weight") or key == "shared.weight":
+            tensor = torch.randn(value.shape, generator=generator)
+        else:
+            tensor = torch.randn(value.shape, generator=generator) / value.shape[-1] ** 0.5
+        state[key] = tensor.to(torch.float16)
     return state
 
 
