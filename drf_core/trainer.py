@@ -38,6 +38,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import __version__
+from . import offload as offloading
 from .checkpoint import (
     METRICS_FILE,
     capture_rng_state,
@@ -224,6 +225,12 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
+    def _cache_host(self) -> torch.device | None:
+        """Where a frame-by-frame decode keeps its causal caches (None: on the device)."""
+        if not self.config.decode.caches_on_host:
+            return None
+        return self.offload.host if self.offload is not None else offloading.HOST
+
     def _prompts_for(self, step: int, micro: int) -> list[str]:
         """Prompts cycle in order, so a run (and its resume) sees them deterministically."""
         per_micro = self.config.videos_per_step
@@ -390,7 +397,9 @@ class Trainer:
             )  # fmt: skip
             decode_args = (latents, self.frame_indices, c.decode.checkpoint_per_latent_frame)
             decode_args += (c.decode.checkpoint_residual_blocks, c.decode.segment_latent_frames)
-            if c.decode.checkpoint_decode and latents.requires_grad:  # reentrant: the forward keeps nothing
+            decode_args += (c.decode.frame_by_frame_backward, self._cache_host())
+            if c.decode.checkpoint_decode and not c.decode.frame_by_frame_backward and latents.requires_grad:
+                # reentrant: the forward keeps nothing
                 frames = checkpoint(self.backend.decode, *decode_args, use_reentrant=True)
             else:
                 frames = self.backend.decode(*decode_args)

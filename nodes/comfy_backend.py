@@ -54,10 +54,11 @@ from comfy.weight_adapter.lora import LoraDiff
 from torch.utils.checkpoint import checkpoint
 
 from ..drf_core.config import LoRAConfig, VideoSpec
+from ..drf_core.devices import autocast_off
 from ..drf_core.errors import DRFInputError
 from ..drf_core.lora import LORA_FORMATS, LoRAModuleWeights, LoRAWeights
 from ..drf_core.models.base import DenoisingScheduler, PromptEmbeddings, VideoBackend
-from ..drf_core.models.vae_blocks import checkpoint_residual_blocks
+from ..drf_core.models.vae_blocks import checkpoint_residual_blocks, decode_frame_by_frame
 from ..drf_core.models.wan import WanBackend, latent_frames_needed
 from .comfy_names import SOLVERS, WAN_EXPERTS
 from .comfy_solver import ComfyExpertChain, ComfySolverRun
@@ -364,15 +365,31 @@ class ComfyVideoBackend(VideoBackend):
         checkpoint_per_latent_frame: bool = False,
         checkpoint_residual_blocks: bool = False,
         segment_latent_frames: int = 0,
+        frame_by_frame_backward: bool = False,
+        cache_host: torch.device | None = None,
     ) -> torch.Tensor:
         """Core VAEDecode's computation with gradient: `process_output(decoder(latents))`, per latent frame.
 
         Only latent frames up to the last requested frame are decoded (the decoder is causal).
         `segment_latent_frames` is not applied to ComfyUI's VAE (logged): every latent frame's causal
-        cache is kept for backward, as with 0.
+        cache is kept for backward, as with 0; `frame_by_frame_backward` is
+        (`vae_blocks.decode_frame_by_frame`). Runs without autocast, as core VAE Decode does.
         """
-        if segment_latent_frames:
+        if segment_latent_frames and not frame_by_frame_backward:
             logger.warning("decode.segment_latent_frames applies to the diffusers VAE only; ComfyUI's decodes whole")
+        with autocast_off(self.vae.device):
+            return self._decode(latents, frame_indices, checkpoint_per_latent_frame, checkpoint_residual_blocks,
+                                frame_by_frame_backward, cache_host)  # fmt: skip
+
+    def _decode(
+        self,
+        latents: torch.Tensor,
+        frame_indices: Sequence[int] | None,
+        checkpoint_per_latent_frame: bool,
+        checkpoint_residual_blocks: bool,
+        frame_by_frame_backward: bool,
+        cache_host: torch.device | None,
+    ) -> torch.Tensor:
         vae = self.vae
         model_management.load_models_gpu(
             [vae.patcher], memory_required=vae.memory_used_decode(latents.shape, vae.vae_dtype)
@@ -383,17 +400,25 @@ class ComfyVideoBackend(VideoBackend):
         latent_frames = latent_frames_needed(latents.shape[2], frame_indices, WAN_TEMPORAL_SCALE)
         z = stage.conv2(latents[:, :, :latent_frames].to(vae.vae_dtype).to(vae.device))
         cache: list[Any] = [None] * count_conv3d(stage.decoder)
-        outputs = []
-        for i in range(latent_frames):
-            chunk = z[:, :, i : i + 1]
-            if checkpoint_per_latent_frame and torch.is_grad_enabled():
-                out, cache = checkpoint(
-                    _decoder_chunk, stage.decoder, chunk, cache, checkpoint_residual_blocks, use_reentrant=False
-                )
-            else:
-                out, cache = _decoder_chunk(stage.decoder, chunk, cache, checkpoint_residual_blocks)
-            outputs.append(out)
-        video = vae.process_output(torch.cat(outputs, dim=2).float())  # [B, 3, F, H, W] in 0..1
+        if frame_by_frame_backward and torch.is_grad_enabled():
+
+            def step(chunk: torch.Tensor, index: int, cache: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+                return _decoder_chunk(stage.decoder, chunk, cache, checkpoint_residual_blocks)
+
+            decoded = decode_frame_by_frame(step, z, cache, cache_host)
+        else:
+            outputs = []
+            for i in range(latent_frames):
+                chunk = z[:, :, i : i + 1]
+                if checkpoint_per_latent_frame and torch.is_grad_enabled():
+                    out, cache = checkpoint(
+                        _decoder_chunk, stage.decoder, chunk, cache, checkpoint_residual_blocks, use_reentrant=False
+                    )
+                else:
+                    out, cache = _decoder_chunk(stage.decoder, chunk, cache, checkpoint_residual_blocks)
+                outputs.append(out)
+            decoded = torch.cat(outputs, dim=2)
+        video = vae.process_output(decoded.float())  # [B, 3, F, H, W] in 0..1
         frames = video.permute(0, 2, 1, 3, 4)
         if frame_indices is not None:
             frames = frames[:, list(frame_indices)]

@@ -142,6 +142,8 @@ def test_offload_is_a_checked_setting():
         {"checkpoint_residual_blocks": True},
         {"segment_latent_frames": 2},
         {"segment_latent_frames": 2, "checkpoint_residual_blocks": True, "whole": True},
+        {"frame_by_frame_backward": True},
+        {"frame_by_frame_backward": True, "checkpoint_residual_blocks": True, "cache_host": torch.device("cpu")},
     ],
 )
 def test_decode_memory_savers_keep_frames_and_gradients(tiny_models, options):
@@ -156,7 +158,8 @@ def test_decode_memory_savers_keep_frames_and_gradients(tiny_models, options):
         whole = kwargs.pop("whole", False)
         x = latents.clone().requires_grad_()
         args = (x, [0, 7, 16], True, kwargs.get("checkpoint_residual_blocks", False))
-        args += (kwargs.get("segment_latent_frames", 0),)
+        args += (kwargs.get("segment_latent_frames", 0), kwargs.get("frame_by_frame_backward", False))
+        args += (kwargs.get("cache_host"),)
         frames = checkpoint(backend.decode, *args, use_reentrant=True) if whole else backend.decode(*args)
         weights = torch.linspace(0, 1, frames.numel()).view_as(frames) if weights is None else weights
         (frames * weights).sum().backward()
