@@ -58,6 +58,7 @@ from comfy.weight_adapter.lora import LoraDiff
 from torch.utils.checkpoint import checkpoint
 
 from ..drf_core.config import LoRAConfig, VideoSpec
+from ..drf_core.devices import autocast_off
 from ..drf_core.errors import DRFInputError
 from ..drf_core.lora import LORA_FORMATS, LoRAModuleWeights, LoRAWeights
 from ..drf_core.models.base import DenoisingScheduler, PromptEmbeddings, VideoBackend
@@ -404,10 +405,20 @@ class ComfyVideoBackend(VideoBackend):
         checkpoint_per_latent_frame: bool = False,
         checkpoint_residual_blocks: bool = False,
         segment_latent_frames: int = 0,
+        frame_by_frame_backward: bool = False,
+        cache_host: torch.device | None = None,
     ) -> torch.Tensor:
-        """Core VAEDecode's computation with gradient, as the family decodes (`ComfyFamily.decode`)."""
-        options = DecodeOptions(checkpoint_per_latent_frame, checkpoint_residual_blocks, segment_latent_frames)
-        return self.kind.decode(self.vae, latents, frame_indices, options)
+        """Core VAEDecode's computation with gradient, as the family decodes (`ComfyFamily.decode`); runs
+        without autocast, as core VAE Decode does."""
+        options = DecodeOptions(
+            checkpoint_per_latent_frame,
+            checkpoint_residual_blocks,
+            segment_latent_frames,
+            frame_by_frame_backward,
+            cache_host,
+        )
+        with autocast_off(self.vae.device):
+            return self.kind.decode(self.vae, latents, frame_indices, options)
 
     # --- LoRA life cycle -----------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 from ..drf_core.config import VideoSpec
 from ..drf_core.errors import DRFInputError
 from ..drf_core.models import FLUX_MODULE_NAMES
-from ..drf_core.models.vae_blocks import checkpoint_residual_blocks
+from ..drf_core.models.vae_blocks import checkpoint_residual_blocks, decode_frame_by_frame
 from ..drf_core.models.wan import WanBackend, latent_frames_needed
 from ..drf_core.registry import Registry
 
@@ -53,6 +53,8 @@ class DecodeOptions:
     checkpoint_per_latent_frame: bool = False
     checkpoint_residual_blocks: bool = False
     segment_latent_frames: int = 0
+    frame_by_frame_backward: bool = False
+    cache_host: torch.device | None = None
 
 
 class ComfyFamily(ABC):
@@ -155,24 +157,32 @@ class WanFamily(ComfyFamily):
     ) -> torch.Tensor:
         """`process_output(decoder(latents))`, per latent frame; only latent frames up to the last requested
         frame are decoded (the decoder is causal). `segment_latent_frames` is not applied to ComfyUI's VAE
-        (logged): every latent frame's causal cache is kept for backward, as with 0."""
-        if options.segment_latent_frames:
+        (logged): every latent frame's causal cache is kept for backward, as with 0; `frame_by_frame_backward`
+        is (`vae_blocks.decode_frame_by_frame`)."""
+        if options.segment_latent_frames and not options.frame_by_frame_backward:
             logger.warning("decode.segment_latent_frames applies to the diffusers VAE only; ComfyUI's decodes whole")
         stage = _loaded_stage(vae, latents)
         latent_frames = latent_frames_needed(latents.shape[2], frame_indices, WAN_TEMPORAL_SCALE)
         z = stage.conv2(latents[:, :, :latent_frames].to(vae.vae_dtype).to(vae.device))
         cache: list[Any] = [None] * count_conv3d(stage.decoder)
-        outputs = []
-        for i in range(latent_frames):
-            chunk = z[:, :, i : i + 1]
-            if options.checkpoint_per_latent_frame and torch.is_grad_enabled():
-                out, cache = checkpoint(
-                    _decoder_chunk, stage.decoder, chunk, cache, options.checkpoint_residual_blocks, use_reentrant=False
-                )
-            else:
-                out, cache = _decoder_chunk(stage.decoder, chunk, cache, options.checkpoint_residual_blocks)
-            outputs.append(out)
-        video = vae.process_output(torch.cat(outputs, dim=2).float())  # [B, 3, F, H, W] in 0..1
+        blocks = options.checkpoint_residual_blocks
+        if options.frame_by_frame_backward and torch.is_grad_enabled():
+
+            def step(chunk: torch.Tensor, index: int, cache: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+                return _decoder_chunk(stage.decoder, chunk, cache, blocks)
+
+            decoded = decode_frame_by_frame(step, z, cache, options.cache_host)
+        else:
+            outputs = []
+            for i in range(latent_frames):
+                chunk = z[:, :, i : i + 1]
+                if options.checkpoint_per_latent_frame and torch.is_grad_enabled():
+                    out, cache = checkpoint(_decoder_chunk, stage.decoder, chunk, cache, blocks, use_reentrant=False)
+                else:
+                    out, cache = _decoder_chunk(stage.decoder, chunk, cache, blocks)
+                outputs.append(out)
+            decoded = torch.cat(outputs, dim=2)
+        video = vae.process_output(decoded.float())  # [B, 3, F, H, W] in 0..1
         frames = video.permute(0, 2, 1, 3, 4)
         if frame_indices is not None:
             frames = frames[:, list(frame_indices)]
