@@ -224,8 +224,11 @@ def test_load_lora_refuses_a_lora_of_another_model_family(pack_nodes, local, ctx
         str(loras / "x.safetensors"),
         {"family": "sdxl"},
     )
-    with pytest.raises(errors.DRFInputError, match="unknown model family 'flux'"):
-        run(pack_nodes, local, ctx, "DRFLoadLoRA", lora_name="x.safetensors", family="flux")
+    with pytest.raises(errors.DRFInputError, match="unknown model family 'sdxl'"):
+        run(pack_nodes, local, ctx, "DRFLoadLoRA", lora_name="x.safetensors", family="sdxl")
+    for name in ("sdxl_kohya.safetensors", "sdxl.safetensors"):  # Flux is known, and refuses them too
+        with pytest.raises(errors.DRFInputError, match=f"{name}.*made for another model family"):
+            run(pack_nodes, local, ctx, "DRFLoadLoRA", lora_name=name, family="flux")
     for name in ("sdxl_kohya.safetensors", "sdxl.safetensors"):
         with pytest.raises(errors.DRFInputError, match=f"{name}.*made for another model family"):
             run(pack_nodes, local, ctx, "DRFLoadLoRA", lora_name=name)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..config import resolve_device, resolve_dtype
-from ..errors import ModelFolderError
+from ..errors import DRFInputError, ModelFolderError
 from ..registry import Registry
 from .base import DenoisingScheduler, PromptEmbeddings, VideoBackend
 from .diffusers_schedulers import SCHEDULERS
@@ -63,13 +63,18 @@ MODULE_NAME_MAPS.add(
 )
 
 
-def _same_name(name: str) -> str:
+def _flux_block_layer(name: str) -> str:
+    """A Flux transformer block's layer keeps its name; other names are refused (LoRAs train block layers)."""
+    if not name.startswith(("double_blocks.", "single_blocks.")):
+        raise DRFInputError(
+            f"{name!r} is not a layer of a Flux transformer block (double_blocks.N.* / single_blocks.N.*)"
+        )
     return name
 
 
 # Flux trains on ComfyUI's own objects only (`nodes/comfy_families.py`): its LoRA module names are
-# ComfyUI's (`double_blocks.0.img_attn.qkv`), so the map is the identity.
-FLUX_MODULE_NAMES = ModuleNameMap(_same_name, _same_name)
+# ComfyUI's (`double_blocks.0.img_attn.qkv`), the same both ways.
+FLUX_MODULE_NAMES = ModuleNameMap(_flux_block_layer, _flux_block_layer)
 MODULE_NAME_MAPS.add("flux", FLUX_MODULE_NAMES)
 
 _EXAMPLE_FOLDER = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
