@@ -148,9 +148,9 @@ def main() -> int:
             "tiles 2": {"frame_by_frame_backward": True, "cache_host": "cpu", "backward_tiles": 2},
         }
         report["frame_by_frame"] = {}
-        for name, options in savers.items():
+        for name, saver in savers.items():
             results = []
-            for kwargs in ({}, options):
+            for kwargs in ({}, saver):
                 x = wide.clone().requires_grad_()
                 frames = subset_backend.decode(x, frame_indices=[0, 4], **kwargs)
                 (frames * torch.linspace(0, 1, frames.numel()).view_as(frames)).sum().backward()
