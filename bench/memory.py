@@ -632,8 +632,9 @@ def _activation_groups(at_peak: dict[str, float]) -> dict[str, float]:
 def render_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     lines = [
         "| setting | traced peak GiB | card (1.07 x + 0.8) | peak during | weights: transformer / UMT5 / VAE / critic "
-        "| LoRA + AdamW | activations alive at the peak, by the phase that made them (GiB) |",
-        "|---|---|---|---|---|---|---|",
+        "| LoRA + AdamW | activations alive at the peak, by the phase that made them (GiB) "
+        "| host RAM for the decode's caches (GiB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, summary in rows:
         at_peak = summary["at_peak_gib"]
@@ -644,7 +645,8 @@ def render_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
             weights, activations = "not recorded", summary["note"]
         lines.append(
             f"| {name} | **{summary['peak_gib']:.2f}** | {summary['card_gib']:.1f} | {summary['peak_phase']} "
-            f"| {weights} | {at_peak.get('LoRA + optimizer state', 0.0):.2f} | {activations} |"
+            f"| {weights} | {at_peak.get('LoRA + optimizer state', 0.0):.2f} | {activations} "
+            f"| {summary.get('host_caches_peak_gib', 0.0):.2f} |"
         )
     return lines
 
