@@ -87,6 +87,7 @@ class MemorySettings:
     frame_by_frame_backward: bool = False  # decode.frame_by_frame_backward
     caches_on_host: bool = False  # decode.caches_on_host (the host is not counted, as with offload)
     backward_tiles: int = 1  # decode.backward_tiles
+    cache_interval: int = 1  # decode.cache_interval
     # drf_core.quantization.CRITIC_QUANTIZERS ("none", "int8", "int4"): stand-ins with bitsandbytes' exact
     # stored bytes (bitsandbytes cannot run on fake tensors; bench/memory_quant.py).
     critic_quantization: str = "none"
@@ -120,6 +121,7 @@ class MemorySettings:
                 frame_by_frame_backward=self.frame_by_frame_backward,
                 caches_on_host=self.caches_on_host,
                 backward_tiles=self.backward_tiles,
+                cache_interval=self.cache_interval,
             ),
             critic_input=dataclasses.replace(
                 CriticInputConfig(),
@@ -144,6 +146,7 @@ PRESET_FIELDS = {
     "decode.frame_by_frame_backward": ("frame_by_frame_backward",),
     "decode.caches_on_host": ("caches_on_host",),
     "decode.backward_tiles": ("backward_tiles",),
+    "decode.cache_interval": ("cache_interval",),
     "critic_input.max_questions_per_batch": ("questions_per_batch",),
     "critic_input.height": ("critic_size",),
     "critic_input.width": ("critic_size",),
@@ -799,6 +802,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--video-weight-storage", choices=VIDEO_WEIGHT_STORAGES, help="video base weights (overrides the preset)"
     )
+    parser.add_argument("--cache-interval", type=int, default=None, help="decode.cache_interval (overrides the preset)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (with --preset)")
     parser.add_argument("--steps", type=int, default=1, help="optimizer steps traced (default 1)")
     parser.add_argument("--jobs", type=int, default=1, help="rows traced at the same time (one process each)")
@@ -840,6 +844,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["critic_quantization"] = args.critic_quantization
     if args.video_weight_storage:
         overrides["video_weight_storage"] = args.video_weight_storage
+    if args.cache_interval is not None:
+        overrides["cache_interval"] = args.cache_interval
     if args.size:
         height, width, frames = (int(part) for part in args.size.lower().split("x"))
         overrides.update(height=height, width=width, num_frames=frames)

@@ -174,6 +174,10 @@ class DecodeConfig(_Serializable):
     # N x N spatial tiles (with enough overlap that each tile's pixels are exact), so backward
     # holds one tile's activations and caches instead of the whole frame's.
     backward_tiles: int = 1
+    # With frame_by_frame_backward: > 1 keeps only every n-th latent frame's starting cache; backward
+    # decodes the frames in between once more (without gradient) to get theirs back. About 1/n of
+    # the caches' memory (plus n - 1 regenerated at a time) for one more decode of the clip.
+    cache_interval: int = 1
 
     def validate(self, where: str = "decode") -> None:
         _check(
@@ -186,6 +190,11 @@ class DecodeConfig(_Serializable):
             self.backward_tiles >= 1,
             f"{where}.backward_tiles",
             f"must be 1 (whole frames) or more, got {self.backward_tiles}",
+        )
+        _check(
+            self.cache_interval >= 1,
+            f"{where}.cache_interval",
+            f"must be 1 (every latent frame) or more, got {self.cache_interval}",
         )
 
 

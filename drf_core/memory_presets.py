@@ -169,6 +169,7 @@ def memory_key(config: TrainConfig, models: dict[str, Any] | None = None) -> dic
         "frame_by_frame_backward": c.decode.frame_by_frame_backward,
         "caches_on_host": c.decode.caches_on_host,
         "backward_tiles": c.decode.backward_tiles,
+        "cache_interval": c.decode.cache_interval,
         "critic_input": [c.critic_input.mode, c.critic_input.height, c.critic_input.width],
         "max_questions_per_batch": c.critic_input.max_questions_per_batch,
         "lora": [c.lora.rank, c.lora.target_preset],

@@ -369,6 +369,7 @@ class ComfyVideoBackend(VideoBackend):
         frame_by_frame_backward: bool = False,
         cache_host: torch.device | None = None,
         backward_tiles: int = 1,
+        cache_interval: int = 1,
     ) -> torch.Tensor:
         """Core VAEDecode's computation with gradient: `process_output(decoder(latents))`, per latent frame.
 
@@ -382,7 +383,7 @@ class ComfyVideoBackend(VideoBackend):
             logger.warning("decode.segment_latent_frames applies to the diffusers VAE only; ComfyUI's decodes whole")
         with autocast_off(self.vae.device):
             return self._decode(latents, frame_indices, checkpoint_per_latent_frame, checkpoint_residual_blocks,
-                                frame_by_frame_backward, cache_host, backward_tiles)  # fmt: skip
+                                frame_by_frame_backward, cache_host, backward_tiles, cache_interval)  # fmt: skip
 
     def _decode(
         self,
@@ -393,6 +394,7 @@ class ComfyVideoBackend(VideoBackend):
         frame_by_frame_backward: bool,
         cache_host: torch.device | None,
         backward_tiles: int,
+        cache_interval: int,
     ) -> torch.Tensor:
         vae = self.vae
         model_management.load_models_gpu(
@@ -410,7 +412,7 @@ class ComfyVideoBackend(VideoBackend):
                 return _decoder_chunk(stage.decoder, chunk, cache, checkpoint_residual_blocks)
 
             split = split_decoder(stage.decoder) if backward_tiles > 1 else None
-            decoded = decode_frame_by_frame(step, z, cache, cache_host, split, backward_tiles)
+            decoded = decode_frame_by_frame(step, z, cache, cache_host, split, backward_tiles, cache_interval)
         else:
             outputs = []
             for i in range(latent_frames):

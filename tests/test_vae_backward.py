@@ -58,18 +58,25 @@ def _same_entry(mine, theirs) -> bool:
     return type(mine) is type(theirs) and mine == theirs
 
 
-def test_frame_by_frame_backward_equals_autograd(backend, latents):
+@pytest.mark.parametrize("interval", [1, 2, 3])
+def test_frame_by_frame_backward_equals_autograd(backend, latents, interval):
+    """Whatever share of the starting caches the forward keeps (3 latent frames: all, 2, the first)."""
     plain_frames, plain_grad = _decode_with_grad(backend, latents)
-    frames, grad = _decode_with_grad(backend, latents, frame_by_frame_backward=True, cache_host=torch.device("cpu"))
+    frames, grad = _decode_with_grad(
+        backend, latents, frame_by_frame_backward=True, cache_host=torch.device("cpu"), cache_interval=interval
+    )
     assert torch.equal(frames, plain_frames)
     assert torch.allclose(grad, plain_grad, rtol=1e-5, atol=1e-6 * float(plain_grad.abs().max()))
     assert plain_grad[:, :, 0].abs().sum() > 0  # through the causal caches to the first latent frame
 
 
-@pytest.mark.parametrize("tiles", [2, 3])
-def test_tiled_backward_equals_the_whole_frames(backend, latents, tiles):
+@pytest.mark.parametrize("tiles, interval", [(2, 1), (3, 1), (2, 2)])
+def test_tiled_backward_equals_the_whole_frames(backend, latents, tiles, interval):
+    """Also with only every other latent frame's cache kept (the one in between decoded again)."""
     plain_frames, plain_grad = _decode_with_grad(backend, latents)
-    frames, grad = _decode_with_grad(backend, latents, frame_by_frame_backward=True, backward_tiles=tiles)
+    frames, grad = _decode_with_grad(
+        backend, latents, frame_by_frame_backward=True, backward_tiles=tiles, cache_interval=interval
+    )
     assert torch.equal(frames, plain_frames)  # the forward is never tiled
     assert torch.allclose(grad, plain_grad, rtol=1e-5, atol=1e-6 * float(plain_grad.abs().max()))
 
@@ -111,3 +118,5 @@ def test_a_decoder_without_a_known_split_runs_its_backward_whole(caplog):
     assert torch.allclose(grad, plain_grad)
     assert "runs untiled" in caplog.text
     assert split_decoder(conv) is None
+    with pytest.raises(ValueError, match="cache_interval must be at least 1"):
+        decode_frame_by_frame(step, z, [None], cache_interval=0)

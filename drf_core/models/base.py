@@ -125,6 +125,7 @@ class VideoBackend(ABC):
         frame_by_frame_backward: bool = False,
         cache_host: torch.device | None = None,
         backward_tiles: int = 1,
+        cache_interval: int = 1,
     ) -> torch.Tensor:
         """Frames `[B, F, 3, H, W]` float32 in 0..1, differentiable w.r.t. `latents`.
 
@@ -135,7 +136,7 @@ class VideoBackend(ABC):
         `frame_by_frame_backward` keeps only each latent frame's starting cache (on `cache_host`
         when given) and decodes frame by frame again in backward (`vae_backward.decode_frame_by_frame`),
         in `backward_tiles` x `backward_tiles` spatial tiles when > 1 (same values, same gradients up to
-        summation order).
+        summation order), keeping every `cache_interval`-th frame's cache (the others decoded again).
         """
 
     def offload_groups(self) -> dict[str, tuple[list[torch.nn.Module], torch.device]]:

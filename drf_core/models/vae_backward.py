@@ -77,16 +77,22 @@ def decode_frame_by_frame(
     host: torch.device | str | None = None,
     split: DecoderSplit | None = None,
     tiles: int = 1,
+    cache_interval: int = 1,
 ) -> torch.Tensor:
     """Every latent frame of `z` through `step`, with the frame-by-frame (and tiled) backward above.
 
     `cache` is the empty cache the first frame starts from; `host` keeps the caches (None: on `z`'s
-    device); `split` and `tiles` > 1 tile the backward. The values are `step`'s own.
+    device); `split` and `tiles` > 1 tile the backward. `cache_interval` > 1 keeps only every n-th
+    frame's starting cache: backward decodes the frames in between once more without gradient to
+    get theirs back (at most n - 1 of those are kept at a time), trading one more decode of the
+    clip for about 1/n of the kept caches' memory. The values are `step`'s own.
     """
+    if cache_interval < 1:
+        raise ValueError(f"cache_interval must be at least 1, got {cache_interval}")
     host = torch.device(host) if host is not None else None
     if tiles > 1 and split is None:
         logger.info("decode.backward_tiles: no known split for this VAE's decoder; its backward runs untiled")
-    plan = _Plan(step, host, split if tiles > 1 else None, tiles)
+    plan = _Plan(step, host, split if tiles > 1 else None, tiles, cache_interval)
     return _FrameByFrameDecode.apply(plan, list(cache), z)
 
 
@@ -96,6 +102,7 @@ class _Plan:
     host: torch.device | None
     split: DecoderSplit | None
     tiles: int
+    interval: int  # the forward keeps every `interval`-th latent frame's starting cache
 
 
 def _is_float(entry: Any) -> bool:
@@ -111,10 +118,11 @@ def _moved(cache: list[Any], device: torch.device | None) -> list[Any]:
 class _FrameByFrameDecode(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, plan: _Plan, cache: list[Any], z: torch.Tensor) -> torch.Tensor:
-        starts: list[list[Any]] = []
+        starts: dict[int, list[Any]] = {}
         outputs, lengths = [], []
         for index in range(z.shape[2]):
-            starts.append(_moved(cache, plan.host))
+            if index % plan.interval == 0:
+                starts[index] = _moved(cache, plan.host)
             out, cache = plan.step(z[:, :, index : index + 1], index, cache)
             outputs.append(out)
             lengths.append(out.shape[2])
@@ -126,11 +134,14 @@ class _FrameByFrameDecode(torch.autograd.Function):
     def backward(ctx: Any, grad_video: torch.Tensor) -> tuple[None, None, torch.Tensor]:
         (z,) = ctx.saved_tensors
         plan: _Plan = ctx.plan
+        starts: dict[int, list[Any]] = ctx.starts
         grad_z = torch.zeros_like(z)
         ends = list(itertools.accumulate(ctx.lengths))
         grad_after: dict[int, torch.Tensor] = {}  # cache slot -> gradient of the cache after this frame
         for index in reversed(range(z.shape[2])):
-            start = ctx.starts.pop()
+            if index not in starts:
+                _regenerate_starts(plan, z, starts, index)
+            start = starts.pop(index)
             frame = z[:, :, index : index + 1].detach().requires_grad_()
             frame_grad = grad_video[:, :, ends[index] - ctx.lengths[index] : ends[index]]
             backward_frame = _tiled_frame if plan.split is not None else _whole_frame
@@ -138,6 +149,17 @@ class _FrameByFrameDecode(torch.autograd.Function):
             if found is not None:
                 grad_z[:, :, index : index + 1] = found
         return None, None, grad_z
+
+
+def _regenerate_starts(plan: _Plan, z: torch.Tensor, starts: dict[int, list[Any]], index: int) -> None:
+    """The starting caches of the latent frames after the last kept one up to `index`, decoded again
+    (without gradient) from that kept cache: the same values the forward had."""
+    first = index - index % plan.interval
+    cache = _moved(starts[first], z.device)
+    with torch.no_grad():
+        for frame in range(first, index):
+            _, cache = plan.step(z[:, :, frame : frame + 1], frame, cache)
+            starts[frame + 1] = _moved(cache, plan.host)
 
 
 def _leaves(cache: list[Any], slots: range, device: torch.device) -> dict[int, torch.Tensor]:

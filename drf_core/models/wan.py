@@ -495,6 +495,7 @@ class WanBackend(PeftLoRA, VideoBackend):
         frame_by_frame_backward: bool = False,
         cache_host: torch.device | None = None,
         backward_tiles: int = 1,
+        cache_interval: int = 1,
     ) -> torch.Tensor:
         """`AutoencoderKLWan._decode` frame by frame + `postprocess_video(output_type="pt")`.
 
@@ -515,7 +516,7 @@ class WanBackend(PeftLoRA, VideoBackend):
         with autocast_off(device):  # the VAE's own dtype, as the pipeline decodes
             return self._decode(latents.to(device, dtype=vae.dtype), frame_indices, checkpoint_per_latent_frame,
                                 checkpoint_residual_blocks, segment_latent_frames, frame_by_frame_backward,
-                                cache_host, backward_tiles)  # fmt: skip
+                                cache_host, backward_tiles, cache_interval)  # fmt: skip
 
     def _decode(
         self,
@@ -527,6 +528,7 @@ class WanBackend(PeftLoRA, VideoBackend):
         frame_by_frame_backward: bool,
         cache_host: torch.device | None,
         backward_tiles: int,
+        cache_interval: int,
     ) -> torch.Tensor:
         from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
@@ -548,7 +550,7 @@ class WanBackend(PeftLoRA, VideoBackend):
                 return _run_decoder_chunk(vae.decoder, frame, cache, index == 0, checkpoint_residual_blocks)
 
             split = split_decoder(vae.decoder) if backward_tiles > 1 else None
-            out = decode_frame_by_frame(step, x, cache, cache_host, split, backward_tiles)
+            out = decode_frame_by_frame(step, x, cache, cache_host, split, backward_tiles, cache_interval)
         else:
             chunks = []
             step = segment_latent_frames if segment_latent_frames > 0 and torch.is_grad_enabled() else needed
