@@ -86,6 +86,8 @@ class MemorySettings:
     segment_latent_frames: int = 0  # decode.segment_latent_frames
     frame_by_frame_backward: bool = False  # decode.frame_by_frame_backward
     caches_on_host: bool = False  # decode.caches_on_host (the host is not counted, as with offload)
+    backward_tiles: int = 1  # decode.backward_tiles
+    cache_interval: int = 1  # decode.cache_interval
     # drf_core.quantization.CRITIC_QUANTIZERS ("none", "int8", "int4"): stand-ins with bitsandbytes' exact
     # stored bytes (bitsandbytes cannot run on fake tensors; bench/memory_quant.py).
     critic_quantization: str = "none"
@@ -118,6 +120,8 @@ class MemorySettings:
                 segment_latent_frames=self.segment_latent_frames,
                 frame_by_frame_backward=self.frame_by_frame_backward,
                 caches_on_host=self.caches_on_host,
+                backward_tiles=self.backward_tiles,
+                cache_interval=self.cache_interval,
             ),
             critic_input=dataclasses.replace(
                 CriticInputConfig(),
@@ -141,6 +145,8 @@ PRESET_FIELDS = {
     "decode.segment_latent_frames": ("segment_latent_frames",),
     "decode.frame_by_frame_backward": ("frame_by_frame_backward",),
     "decode.caches_on_host": ("caches_on_host",),
+    "decode.backward_tiles": ("backward_tiles",),
+    "decode.cache_interval": ("cache_interval",),
     "critic_input.max_questions_per_batch": ("questions_per_batch",),
     "critic_input.height": ("critic_size",),
     "critic_input.width": ("critic_size",),
@@ -196,6 +202,34 @@ def _in_phase(tracker: LiveBytes, name: str, fn: Any) -> Any:
         label = f"backward: {name} (recompute)" if tracker.current_phase.startswith("backward") else name
         with tracker.phase(label):
             return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _stage_phase(tracker: LiveBytes, name: str, fn: Any) -> Any:
+    """An autograd entry point (`backward`, `grad`) outside any backward phase starts phase `name`;
+    inside one (a stage held by `_held_phase`, the VAE's frame-by-frame backward) it belongs to it."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if tracker.current_phase.startswith("backward"):
+            return fn(*args, **kwargs)
+        with tracker.phase(name):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+_HELD_PHASES = {"VAE": "backward: VAE decode", "video model": "backward: sampling"}
+
+
+def _held_phase(tracker: LiveBytes, hold: Any) -> Any:
+    """`PhaseOffload.hold(group)`: the backward stage that reads that group's weights."""
+
+    @contextlib.contextmanager
+    def wrapped(self: Any, *names: str) -> Iterator[None]:
+        label = " + ".join(_HELD_PHASES.get(name, f"backward: {name}") for name in names)
+        with hold(self, *names), tracker.phase(label):
+            yield
 
     return wrapped
 
@@ -272,6 +306,7 @@ class TraceResult:
     step_starts: list[int]
     seconds: float
     ops: dict[str, int]
+    host_peak_bytes: int = 0  # tensors the step kept in host RAM (the decode's causal caches)
 
 
 def trace_training(
@@ -341,11 +376,13 @@ def trace_training(
         for method in ("score", "score_yes_no", "score_answers"):
             stack.enter_context(_patched(critic, method, _in_phase(tracker, "critic", getattr(critic, method))))
         stack.enter_context(
-            _patched(torch.autograd, "backward", _in_phase(tracker, "backward", torch.autograd.backward))
+            _patched(torch.autograd, "backward", _stage_phase(tracker, "backward", torch.autograd.backward))
         )
-        stack.enter_context(  # phase offload's first backward stage: through the critic to the frames
-            _patched(torch.autograd, "grad", _in_phase(tracker, "backward: critic", torch.autograd.grad))
+        # Phase offload's backward stages: the critic (to the frames), the VAE (to the latents), the video model.
+        stack.enter_context(
+            _patched(torch.autograd, "grad", _stage_phase(tracker, "backward: critic", torch.autograd.grad))
         )
+        stack.enter_context(_patched(offload.PhaseOffload, "hold", _held_phase(tracker, offload.PhaseOffload.hold)))
         stack.enter_context(
             _patched(
                 torch.nn.utils, "clip_grad_norm_", _in_phase(tracker, "optimizer step", torch.nn.utils.clip_grad_norm_)
@@ -368,6 +405,7 @@ def trace_training(
         step_starts=step_starts[:-1],
         seconds=time.perf_counter() - started,
         ops=dict(tracker.ops),
+        host_peak_bytes=tracker.host_peak,
     )
 
 
@@ -464,6 +502,7 @@ def summarize(settings: MemorySettings, result: TraceResult, build_seconds: floa
         "peak_phase": result.peak_phase,
         "at_peak_gib": {k: round(v / GIB, 3) for k, v in sorted(result.peak_labels.items(), key=lambda kv: -kv[1])},
         "phase_peaks_gib": {k: round(v / GIB, 3) for k, v in result.phase_peaks.items()},
+        "host_caches_peak_gib": round(result.host_peak_bytes / GIB, 3),
         "resident_gib": {k: round(v / GIB, 3) for k, v in result.resident.items()},
         "settings": dataclasses.asdict(settings),
         "trace_seconds": round(result.seconds + build_seconds, 1),
@@ -552,11 +591,11 @@ def validate_tiny(steps: int = 2) -> dict[str, Any]:
 SWEEP: list[tuple[str, str, dict[str, Any]]] = [
     ("preset 24GB, 7B critic", "24GB", {}),
     ("preset 16GB, 3B critic", "16GB", {"critic": "3B"}),
+    ("preset 24GB, 7B, K=4", "24GB", {"grad_steps": 4}),
+    ("preset 24GB, 7B, 1 frame scored", "24GB", {"frames_scored": 1}),
+    ("preset 24GB, 7B, 9 frames scored", "24GB", {"frames_scored": 9}),
     ("48GB+ (the defaults), 7B critic", "48GB+", {}),
     ("48GB+, 3B critic", "48GB+", {"critic": "3B"}),
-    ("48GB+, 7B, K=4", "48GB+", {"grad_steps": 4}),
-    ("48GB+, 7B, 1 frame scored", "48GB+", {"frames_scored": 1}),
-    ("48GB+, 7B, 9 frames scored", "48GB+", {"frames_scored": 9}),
     ("critic int8 (weight bytes exact, see note)", "48GB+", {"critic_quantization": "int8"}),
     ("critic int4 / NF4 (weight bytes exact, see note)", "48GB+", {"critic_quantization": "int4"}),
     ("video weights fp8", "48GB+", {"video_weight_storage": "fp8_e4m3fn"}),
@@ -596,8 +635,9 @@ def _activation_groups(at_peak: dict[str, float]) -> dict[str, float]:
 def render_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
     lines = [
         "| setting | traced peak GiB | card (1.07 x + 0.8) | peak during | weights: transformer / UMT5 / VAE / critic "
-        "| LoRA + AdamW | activations alive at the peak, by the phase that made them (GiB) |",
-        "|---|---|---|---|---|---|---|",
+        "| LoRA + AdamW | activations alive at the peak, by the phase that made them (GiB) "
+        "| host RAM for the decode's caches (GiB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, summary in rows:
         at_peak = summary["at_peak_gib"]
@@ -608,7 +648,8 @@ def render_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
             weights, activations = "not recorded", summary["note"]
         lines.append(
             f"| {name} | **{summary['peak_gib']:.2f}** | {summary['card_gib']:.1f} | {summary['peak_phase']} "
-            f"| {weights} | {at_peak.get('LoRA + optimizer state', 0.0):.2f} | {activations} |"
+            f"| {weights} | {at_peak.get('LoRA + optimizer state', 0.0):.2f} | {activations} "
+            f"| {summary.get('host_caches_peak_gib', 0.0):.2f} |"
         )
     return lines
 
@@ -761,6 +802,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--video-weight-storage", choices=VIDEO_WEIGHT_STORAGES, help="video base weights (overrides the preset)"
     )
+    parser.add_argument("--cache-interval", type=int, default=None, help="decode.cache_interval (overrides the preset)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (with --preset)")
     parser.add_argument("--steps", type=int, default=1, help="optimizer steps traced (default 1)")
     parser.add_argument("--jobs", type=int, default=1, help="rows traced at the same time (one process each)")
@@ -802,6 +844,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["critic_quantization"] = args.critic_quantization
     if args.video_weight_storage:
         overrides["video_weight_storage"] = args.video_weight_storage
+    if args.cache_interval is not None:
+        overrides["cache_interval"] = args.cache_interval
     if args.size:
         height, width, frames = (int(part) for part in args.size.lower().split("x"))
         overrides.update(height=height, width=width, num_frames=frames)

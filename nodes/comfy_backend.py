@@ -407,6 +407,8 @@ class ComfyVideoBackend(VideoBackend):
         segment_latent_frames: int = 0,
         frame_by_frame_backward: bool = False,
         cache_host: torch.device | None = None,
+        backward_tiles: int = 1,
+        cache_interval: int = 1,
     ) -> torch.Tensor:
         """Core VAEDecode's computation with gradient, as the family decodes (`ComfyFamily.decode`); runs
         without autocast, as core VAE Decode does."""
@@ -416,6 +418,8 @@ class ComfyVideoBackend(VideoBackend):
             segment_latent_frames,
             frame_by_frame_backward,
             cache_host,
+            backward_tiles,
+            cache_interval,
         )
         with autocast_off(self.vae.device):
             return self.kind.decode(self.vae, latents, frame_indices, options)

@@ -37,7 +37,8 @@ from torch.utils.checkpoint import checkpoint
 from ..drf_core.config import VideoSpec
 from ..drf_core.errors import DRFInputError
 from ..drf_core.models import FLUX_MODULE_NAMES
-from ..drf_core.models.vae_blocks import checkpoint_residual_blocks, decode_frame_by_frame
+from ..drf_core.models.vae_backward import decode_frame_by_frame, split_decoder
+from ..drf_core.models.vae_blocks import checkpoint_residual_blocks
 from ..drf_core.models.wan import WanBackend, latent_frames_needed
 from ..drf_core.registry import Registry
 
@@ -55,6 +56,8 @@ class DecodeOptions:
     segment_latent_frames: int = 0
     frame_by_frame_backward: bool = False
     cache_host: torch.device | None = None
+    backward_tiles: int = 1
+    cache_interval: int = 1
 
 
 class ComfyFamily(ABC):
@@ -158,7 +161,8 @@ class WanFamily(ComfyFamily):
         """`process_output(decoder(latents))`, per latent frame; only latent frames up to the last requested
         frame are decoded (the decoder is causal). `segment_latent_frames` is not applied to ComfyUI's VAE
         (logged): every latent frame's causal cache is kept for backward, as with 0; `frame_by_frame_backward`
-        is (`vae_blocks.decode_frame_by_frame`)."""
+        is (`vae_backward.decode_frame_by_frame`, tiled with `backward_tiles`, every `cache_interval`-th cache
+        kept)."""
         if options.segment_latent_frames and not options.frame_by_frame_backward:
             logger.warning("decode.segment_latent_frames applies to the diffusers VAE only; ComfyUI's decodes whole")
         stage = _loaded_stage(vae, latents)
@@ -171,7 +175,10 @@ class WanFamily(ComfyFamily):
             def step(chunk: torch.Tensor, index: int, cache: list[Any]) -> tuple[torch.Tensor, list[Any]]:
                 return _decoder_chunk(stage.decoder, chunk, cache, blocks)
 
-            decoded = decode_frame_by_frame(step, z, cache, options.cache_host)
+            split = split_decoder(stage.decoder) if options.backward_tiles > 1 else None
+            decoded = decode_frame_by_frame(
+                step, z, cache, options.cache_host, split, options.backward_tiles, options.cache_interval
+            )
         else:
             outputs = []
             for i in range(latent_frames):
