@@ -163,12 +163,13 @@ def main() -> int:
                 "first_latent_frame_grad": plain_grad[:, :, 0].abs().sum().item(),
             }
         # ComfyUI's decoder cut into trunk and tail computes what the decoder computes
+        from comfy.ldm.wan.vae import count_conv3d
         from drf_pack.drf_core.models.vae_backward import split_decoder
 
         stage = subset_backend.vae.first_stage_model
         split = split_decoder(stage.decoder)
         z = stage.conv2(wide.to(subset_backend.vae.vae_dtype))
-        whole_cache = [None] * comfy_backend.count_conv3d(stage.decoder)
+        whole_cache = [None] * count_conv3d(stage.decoder)
         parts_cache = list(whole_cache)
         diffs = []
         with torch.no_grad():
