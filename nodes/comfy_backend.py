@@ -35,7 +35,6 @@ Imported only inside ComfyUI (it imports `comfy`); `_comfy.py` stays the bridge 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -48,7 +47,6 @@ import comfy.model_management as model_management
 import comfy.sample
 import comfy.utils
 import torch
-from comfy.ldm.wan.vae import count_conv3d
 from comfy.weight_adapter import adapter_maps
 from comfy.weight_adapter.lora import LoraDiff
 from torch.utils.checkpoint import checkpoint
@@ -57,15 +55,14 @@ from ..drf_core.config import LoRAConfig, VideoSpec
 from ..drf_core.errors import DRFInputError
 from ..drf_core.lora import LORA_FORMATS, LoRAModuleWeights, LoRAWeights
 from ..drf_core.models.base import DenoisingScheduler, PromptEmbeddings, VideoBackend
-from ..drf_core.models.vae_blocks import checkpoint_residual_blocks
 from ..drf_core.models.wan import WanBackend, latent_frames_needed
 from .comfy_names import SOLVERS, WAN_EXPERTS
 from .comfy_solver import ComfyExpertChain, ComfySolverRun
+from .comfy_wan_vae import check_vae_matches_model, wan_vae_layout
 
 logger = logging.getLogger(__name__)
 
 MODEL_PREFIX = "diffusion_model."
-WAN_TEMPORAL_SCALE = 4  # pixel frames per latent frame after the first (Wan 2.1 VAE)
 # The pack's scheduler names (SamplerConfig.scheduler) -> ComfyUI (sampler, scheduler); "default"
 # is the pair chosen on the Video Model from ComfyUI node.
 DRF_SCHEDULER_NAMES = {"unipc": ("uni_pc", "simple"), "flow_euler": ("euler", "simple")}
@@ -185,6 +182,8 @@ class _Adapter:
 
 def _family_of(model: Any) -> str:
     base = model.model
+    if type(base) is comfy.model_base.WAN22 and _is_wan22_ti2v_5b(base):
+        return "wan"  # TI2V-5B: text-to-video when sampled from an empty latent (no start image)
     if type(base) is comfy.model_base.WAN21:
         if getattr(base, "image_to_video", False):
             raise DRFInputError(
@@ -194,8 +193,15 @@ def _family_of(model: Any) -> str:
         return "wan"
     raise DRFInputError(
         f"this MODEL is a {type(base).__name__} model; training on ComfyUI models supports Wan 2.1 / 2.2 text-to-video "
-        "(WAN21) so far: load one with Load Diffusion Model"
+        "(WAN21, Wan 2.2 TI2V-5B) so far: load one with Load Diffusion Model"
     )
+
+
+def _is_wan22_ti2v_5b(base: Any) -> bool:
+    """ComfyUI's WAN22 class is TI2V-5B: its denoiser reads and writes the Wan 2.2 VAE's latents and
+    nothing else (no extra input channels for a start image or a mask)."""
+    embedding = base.diffusion_model.patch_embedding.weight
+    return embedding.shape[1] == base.latent_format.latent_channels
 
 
 class ComfyVideoBackend(VideoBackend):
@@ -234,6 +240,12 @@ class ComfyVideoBackend(VideoBackend):
         self.low_noise_from = low_noise_from
         self.base = model if self.experts else model.clone()
         self.vae = vae
+        self.vae_layout = wan_vae_layout(vae)
+        for patcher in self.experts.values() or [model]:
+            check_vae_matches_model(
+                self.vae_layout, patcher.model.latent_format.latent_channels, type(patcher.model).__name__
+            )
+        self.frame_rate = self.vae_layout.frame_rate
         self.prompts = prompts
         self.sampler_name = sampler_name
         self.scheduler_name = scheduler_name
@@ -281,21 +293,15 @@ class ComfyVideoBackend(VideoBackend):
     # --- sizes and noise -----------------------------------------------------------------------
 
     def num_frames_out(self, spec: VideoSpec) -> int:
-        """Core EmptyHunyuanLatentVideo's sizes: width and height in steps of 16, `4n+1` frames."""
-        bad = [(n, v) for n, v in (("height", spec.height), ("width", spec.width)) if v % 16]
-        if bad:
-            raise DRFInputError(
-                f"Wan needs height and width that are multiples of 16, got {spec.height}x{spec.width}; "
-                + "; ".join(f"{n} {v}: use {max(16, v // 16 * 16)}" for n, v in bad)
-            )
-        return (spec.num_frames - 1) // 4 * 4 + 1
+        """The VAE's latent node's sizes (`comfy_wan_vae.WanVaeLayout`): width and height in its steps (16 for
+        the Wan 2.1 VAE, 32 for the Wan 2.2 VAE), `4n+1` frames."""
+        return self.vae_layout.num_frames_out(spec)
 
     def init_noise(self, spec: VideoSpec, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
-        """Core KSampler's noise for an empty video latent: `torch.randn` on the CPU from `generator`
-        (seeded with the node's seed, this is `comfy.sample.prepare_noise`)."""
-        latent_format = self.base.get_model_object("latent_format")
-        frames = (self.num_frames_out(spec) - 1) // 4 + 1
-        shape = (batch_size, latent_format.latent_channels, frames, spec.height // 8, spec.width // 8)
+        """Core KSampler's noise for the VAE's empty video latent (EmptyHunyuanLatentVideo or
+        Wan22ImageToVideoLatent): `torch.randn` on the CPU from `generator` (seeded with the node's seed,
+        this is `comfy.sample.prepare_noise`)."""
+        shape = self.vae_layout.latent_shape(spec, batch_size)
         return torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
 
     # --- denoising -----------------------------------------------------------------------------
@@ -365,7 +371,8 @@ class ComfyVideoBackend(VideoBackend):
         checkpoint_residual_blocks: bool = False,
         segment_latent_frames: int = 0,
     ) -> torch.Tensor:
-        """Core VAEDecode's computation with gradient: `process_output(decoder(latents))`, per latent frame.
+        """Core VAEDecode's computation with gradient: the VAE's `decode` (`decoder` per latent frame, then
+        `unpatchify` for the Wan 2.2 VAE: `comfy_wan_vae`) and `process_output`.
 
         Only latent frames up to the last requested frame are decoded (the decoder is causal).
         `segment_latent_frames` is not applied to ComfyUI's VAE (logged): every latent frame's causal
@@ -380,20 +387,22 @@ class ComfyVideoBackend(VideoBackend):
         stage = vae.first_stage_model
         make_autograd_safe(stage)
         stage.requires_grad_(False)
-        latent_frames = latent_frames_needed(latents.shape[2], frame_indices, WAN_TEMPORAL_SCALE)
+        layout = self.vae_layout
+        latent_frames = latent_frames_needed(latents.shape[2], frame_indices, layout.temporal_scale)
         z = stage.conv2(latents[:, :, :latent_frames].to(vae.vae_dtype).to(vae.device))
-        cache: list[Any] = [None] * count_conv3d(stage.decoder)
+        cache = layout.new_cache(stage.decoder)
         outputs = []
         for i in range(latent_frames):
             chunk = z[:, :, i : i + 1]
             if checkpoint_per_latent_frame and torch.is_grad_enabled():
                 out, cache = checkpoint(
-                    _decoder_chunk, stage.decoder, chunk, cache, checkpoint_residual_blocks, use_reentrant=False
-                )
+                    layout.decode_chunk, stage.decoder, chunk, cache, i == 0, checkpoint_residual_blocks,
+                    use_reentrant=False,
+                )  # fmt: skip
             else:
-                out, cache = _decoder_chunk(stage.decoder, chunk, cache, checkpoint_residual_blocks)
+                out, cache = layout.decode_chunk(stage.decoder, chunk, cache, i == 0, checkpoint_residual_blocks)
             outputs.append(out)
-        video = vae.process_output(torch.cat(outputs, dim=2).float())  # [B, 3, F, H, W] in 0..1
+        video = vae.process_output(layout.finish(torch.cat(outputs, dim=2)).float())  # [B, 3, F, H, W] in 0..1
         frames = video.permute(0, 2, 1, 3, 4)
         if frame_indices is not None:
             frames = frames[:, list(frame_indices)]
@@ -574,6 +583,8 @@ class ComfyVideoBackend(VideoBackend):
             "sampler": self.sampler_name,
             "scheduler": self.scheduler_name,
             "shift": float(getattr(sampling, "shift", float("nan"))),
+            "vae": self.vae_layout.name,
+            "frame_rate": self.frame_rate,
             "text_from": "CLIP" if self.prompts.clip is not None else "CONDITIONING",
             **({"trained_expert": self.trained_expert, "low_noise_from": self.low_noise_from} if self.experts else {}),
         }
@@ -610,19 +621,6 @@ def _checkpointed(forward: Any) -> Any:
         return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
     return run
-
-
-def _decoder_chunk(
-    decoder: torch.nn.Module, chunk: torch.Tensor, cache: list[Any], checkpoint_blocks: bool = False
-) -> tuple[torch.Tensor, list[Any]]:
-    """One causal decoder call as a pure function: the cache goes in, a new cache comes out.
-
-    With `checkpoint_blocks`, the residual blocks are checkpointed too (`drf_core.models.vae_blocks`).
-    """
-    new_cache = list(cache)
-    with checkpoint_residual_blocks(decoder) if checkpoint_blocks else contextlib.nullcontext():
-        out = decoder(chunk, feat_cache=new_cache, feat_idx=[0])
-    return out, new_cache
 
 
 @dataclass(frozen=True)
