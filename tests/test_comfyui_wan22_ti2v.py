@@ -71,3 +71,10 @@ def test_the_trained_lora_through_core_lora_loader_equals_sample_video(report):
 def test_the_wan21_vae_is_refused_with_the_one_to_connect(report):
     message = report["wrong_vae_error"]
     assert message and "48 latent channels" in message and "wan2.2_vae.safetensors" in message
+
+
+def test_training_warns_when_the_critic_is_told_another_frame_rate(report):
+    warned = report["frame_rate_warnings"]
+    assert len(warned["video_fps 16 (the default)"]) == 1
+    assert "makes 24 fps videos; set video_fps to 24" in warned["video_fps 16 (the default)"][0]
+    assert warned["video_fps 24"] == []

@@ -15,12 +15,14 @@ node Wan22ImageToVideoLatent (no start image). Reports, with timings:
 4. a LoRA trained with the pack's trainer, saved in ComfyUI's layout, applied by core
    LoraLoaderModelOnly: core KSampler + VAEDecode equal Sample Video (the node) with the LoRA, and
    differ from the base model's;
+   training with the critic told 16 fps (the default) warns that this model makes 24 fps videos;
 5. the Wan 2.1 VAE with this MODEL is refused.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -49,6 +51,22 @@ def template_settings() -> dict:
     }  # fmt: skip
 
 
+class _Warnings(logging.Handler):
+    """The warnings one logger emits (`take` returns and forgets them)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        logging.getLogger(name).addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def take(self) -> list[str]:
+        messages, self.messages = self.messages, []
+        return messages
+
+
 def main() -> int:
     options = start("--model", "--out-dir")
     out_dir = Path(options.out_dir)
@@ -63,6 +81,7 @@ def main() -> int:
     from comfy_models import WAN22_VAE_SIZE, random_wan_vae_state
     from drf_pack.drf_core import api
     from drf_pack.drf_core.config import (
+        CriticInputConfig,
         DecodeConfig,
         LoRAConfig,
         OptimizerConfig,
@@ -199,12 +218,16 @@ def main() -> int:
         optimizer=OptimizerConfig(learning_rate=5e-2), checkpoint_interval=0,
     )  # fmt: skip
     wire = video_model()
+    warnings = _Warnings("drf_pack.drf_core.api")
     start_time = time.perf_counter()
     with torch.inference_mode(False):
         trained = api.train_lora(
             wire.get(), Brightness(), [decompose(POSITIVE_TEXT)], config, out_dir / "run", resume=False
         )
     seconds["train_one_step"] = time.perf_counter() - start_time
+    report["frame_rate_warnings"] = {"video_fps 16 (the default)": warnings.take()}
+    api._check_frame_rate(wire.get(), CriticInputConfig(video_fps=24.0))
+    report["frame_rate_warnings"]["video_fps 24"] = warnings.take()
     loras = out_dir / "loras"
     loras.mkdir(exist_ok=True)
     folder_paths.add_model_folder_path("loras", str(loras))
