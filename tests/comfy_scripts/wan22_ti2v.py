@@ -11,7 +11,8 @@ node Wan22ImageToVideoLatent (no start image). Reports, with timings:
 
 1. sampling with gradients off equals core KSampler + VAEDecode on the template's settings;
 2. decoding some frames equals those frames of the whole decode;
-3. a training step puts finite gradient on every adapter and none on model or VAE weights;
+3. a training step (decoding two latent frames, each checkpointed) puts finite gradient on every
+   adapter and none on model or VAE weights;
 4. a LoRA trained with the pack's trainer, saved in ComfyUI's layout, applied by core
    LoraLoaderModelOnly: core KSampler + VAEDecode equal Sample Video (the node) with the LoRA, and
    differ from the base model's;
@@ -190,8 +191,8 @@ def main() -> int:
             backend, embeddings, noise, SamplerConfig(num_inference_steps=steps, guidance_scale=cfg), 1
         )
         start_time = time.perf_counter()
-        backend.decode(latents, frame_indices=[0], checkpoint_per_latent_frame=True).mean().backward()
-        seconds["decode_first_frame_with_backward"] = time.perf_counter() - start_time
+        backend.decode(latents, frame_indices=[0, 4], checkpoint_per_latent_frame=True).mean().backward()
+        seconds["decode_2_latent_frames_with_backward"] = time.perf_counter() - start_time
         downs = [p.grad for n, p in named.items() if n.endswith("lora_down.weight")]
         report["gradients"] = {
             "adapters": len(downs),
