@@ -92,7 +92,7 @@ def fit_memory(config: TrainConfig, backend: VideoBackend, reward: RewardFunctio
     return config
 
 
-def _check_frame_rate(backend: VideoBackend, critic_input: CriticInputConfig) -> None:
+def warn_on_frame_rate(backend: VideoBackend, critic_input: CriticInputConfig) -> None:
     """The critic is told `critic_input.video_fps` over the frames' spacing; a rate other than the model's
     (e.g. the default 16 with Wan 2.2 TI2V-5B's 24 fps videos) is warned about with the fix."""
     if backend.frame_rate is None or critic_input.fps > 0 or critic_input.video_fps == backend.frame_rate:
@@ -129,7 +129,7 @@ def train_lora(
     process's `distributed` group in a data-parallel launch (default: one process).
     """
     config = fit_memory(config, backend, reward)
-    _check_frame_rate(backend, config.critic_input)
+    warn_on_frame_rate(backend, config.critic_input)
     backend.remove_lora(ADAPTER_NAME)
     trainer = Trainer(
         backend,

@@ -227,7 +227,7 @@ def main() -> int:
         )
     seconds["train_one_step"] = time.perf_counter() - start_time
     report["frame_rate_warnings"] = {"video_fps 16 (the default)": warnings.take()}
-    api._check_frame_rate(wire.get(), CriticInputConfig(video_fps=24.0))
+    api.warn_on_frame_rate(wire.get(), CriticInputConfig(video_fps=24.0))
     report["frame_rate_warnings"]["video_fps 24"] = warnings.take()
     loras = out_dir / "loras"
     loras.mkdir(exist_ok=True)
