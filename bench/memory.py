@@ -84,6 +84,8 @@ class MemorySettings:
     checkpoint_residual_blocks: bool = False  # decode.checkpoint_residual_blocks
     checkpoint_decode: bool = False  # decode.checkpoint_decode
     segment_latent_frames: int = 0  # decode.segment_latent_frames
+    frame_by_frame_backward: bool = False  # decode.frame_by_frame_backward
+    caches_on_host: bool = False  # decode.caches_on_host (the host is not counted, as with offload)
     # drf_core.quantization.CRITIC_QUANTIZERS ("none", "int8", "int4"): stand-ins with bitsandbytes' exact
     # stored bytes (bitsandbytes cannot run on fake tensors; bench/memory_quant.py).
     critic_quantization: str = "none"
@@ -114,6 +116,8 @@ class MemorySettings:
                 checkpoint_residual_blocks=self.checkpoint_residual_blocks,
                 checkpoint_decode=self.checkpoint_decode,
                 segment_latent_frames=self.segment_latent_frames,
+                frame_by_frame_backward=self.frame_by_frame_backward,
+                caches_on_host=self.caches_on_host,
             ),
             critic_input=dataclasses.replace(
                 CriticInputConfig(),
@@ -135,6 +139,8 @@ PRESET_FIELDS = {
     "decode.checkpoint_residual_blocks": ("checkpoint_residual_blocks",),
     "decode.checkpoint_decode": ("checkpoint_decode",),
     "decode.segment_latent_frames": ("segment_latent_frames",),
+    "decode.frame_by_frame_backward": ("frame_by_frame_backward",),
+    "decode.caches_on_host": ("caches_on_host",),
     "critic_input.max_questions_per_batch": ("questions_per_batch",),
     "critic_input.height": ("critic_size",),
     "critic_input.width": ("critic_size",),

@@ -111,6 +111,8 @@ class LiveBytes(TorchDispatchMode):
 
     # --- bookkeeping ---------------------------------------------------------------------------
     def track(self, tensor: torch.Tensor, label: str | None = None) -> None:
+        if tensor.device.type == "meta":  # the host in traces (phase offload, caches kept on the host)
+            return
         try:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):  # sparse / nested tensors: none here

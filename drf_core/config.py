@@ -162,6 +162,14 @@ class DecodeConfig(_Serializable):
     # > 0: decode in segments of this many latent frames, each keeping only its input for backward,
     # which then holds one segment's causal caches at a time (each segment is decoded once more).
     segment_latent_frames: int = 0
+    # Backward decodes one latent frame at a time, from the last, each from the causal cache it
+    # started from (kept by the forward, which keeps nothing else): the least memory an exact
+    # backward through the decode can take. Replaces checkpoint_decode and segments (the decode
+    # then runs once without gradient, and once more, frame by frame, in backward).
+    frame_by_frame_backward: bool = False
+    # With frame_by_frame_backward: keep those caches in host RAM (about 2 GB per latent frame
+    # for Wan 2.1 at 480x832) instead of on the GPU.
+    caches_on_host: bool = False
 
     def validate(self, where: str = "decode") -> None:
         _check(

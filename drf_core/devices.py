@@ -8,6 +8,7 @@ models or training.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -38,6 +39,22 @@ def device_names() -> list[str]:
     if mps_available():
         names.append("mps")
     return names
+
+
+def autocast_off(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """A block that computes in its tensors' own dtypes even inside a training step's autocast.
+
+    The VAE decodes this way, as the pipelines and ComfyUI's VAE Decode do (they never autocast):
+    under bf16 autocast the Wan VAE's RMS norms would run in float32 and every residual block would
+    keep float32 activations for backward, twice the bf16 memory, for a result that differs from
+    the reference decode. Outside autocast (or on a device autocast does not know) it does nothing.
+    """
+    kind = torch.device(device).type
+    try:
+        active = torch.is_autocast_enabled(kind)
+    except RuntimeError:  # a device type autocast does not support (e.g. meta)
+        return contextlib.nullcontext()
+    return torch.autocast(kind, enabled=False) if active else contextlib.nullcontext()
 
 
 def reset_peak_memory(device: torch.device) -> None:

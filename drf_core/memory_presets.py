@@ -55,15 +55,16 @@ _FIT_24 = {
     "offload": "phase",
     "release_text_encoder": True,
     "decode.checkpoint_residual_blocks": True,
-    "decode.checkpoint_decode": True,
-    "decode.segment_latent_frames": 3,
+    "decode.frame_by_frame_backward": True,
+    "decode.caches_on_host": True,
     "critic_input.max_questions_per_batch": 1,
 }
 MEMORY_PRESETS.add(
     "24GB",
     MemoryPreset(
-        "phase offload, text encoder released after encoding, the VAE decode recomputed in backward in "
-        "segments of 3 latent frames with its residual blocks checkpointed, one question per critic call",
+        "phase offload, text encoder released after encoding, the VAE decode recomputed in backward one "
+        "latent frame at a time from causal caches kept in host RAM, its residual blocks, norms and "
+        "upsamplers checkpointed, one question per critic call",
         24.0,
         dict(_FIT_24),
     ),
@@ -164,6 +165,8 @@ def memory_key(config: TrainConfig, models: dict[str, Any] | None = None) -> dic
         "checkpoint_residual_blocks": c.decode.checkpoint_residual_blocks,
         "checkpoint_decode": c.decode.checkpoint_decode,
         "segment_latent_frames": c.decode.segment_latent_frames,
+        "frame_by_frame_backward": c.decode.frame_by_frame_backward,
+        "caches_on_host": c.decode.caches_on_host,
         "critic_input": [c.critic_input.mode, c.critic_input.height, c.critic_input.width],
         "max_questions_per_batch": c.critic_input.max_questions_per_batch,
         "lora": [c.lora.rank, c.lora.target_preset],

@@ -15,8 +15,8 @@ moves with them, so a move is value-preserving.
 
 Backward needs care: it runs through the critic, the VAE decode and the last K denoiser steps, and
 autograd keeps references to the weights it saved, which must be on the device when backward
-reads them. The trainer therefore runs backward in two stages (critic first, to the frames; then
-the frames through the VAE and the video model) and holds the groups on the autograd path with
+reads them. The trainer therefore runs backward in three stages (the critic, to the frames; the
+VAE, to the latents; the video model, to the LoRA) and holds the one group each stage reads with
 `hold(...)`, during which the hooks move nothing (checkpoint recomputation calls the VAE again).
 
 Once phase offload has run on a set of loaded models it stays on for them (`phase_offload`
@@ -45,8 +45,6 @@ HOST = torch.device("cpu")
 # A module whose device a host's memory manager decides (ComfyUI's, for the models the pack loads
 # there) carries this attribute set to True; phase offload leaves it alone, so the two never fight.
 HOST_MANAGED_ATTRIBUTE = "_drf_host_managed"
-# What backward reads weights of, after the critic's own part (see the module docstring).
-BACKWARD_GROUPS = (VIDEO_MODEL, VAE)
 
 GroupSource = Callable[[], dict[str, tuple[list[torch.nn.Module], torch.device]]]
 

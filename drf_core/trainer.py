@@ -38,6 +38,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import __version__
+from . import offload as offloading
 from .checkpoint import (
     METRICS_FILE,
     capture_rng_state,
@@ -58,7 +59,7 @@ from .io import write_text_atomic
 from .lora import LoRAWeights
 from .models.base import VideoBackend
 from .monitor import Monitor, training_movers, yes_no_answers
-from .offload import BACKWARD_GROUPS, VIDEO_MODEL, PhaseOffload, active_offload, phase_offload
+from .offload import VAE, VIDEO_MODEL, PhaseOffload, active_offload, phase_offload
 from .questions import QuestionSet
 from .regularize import DriftPenalty
 from .reward import RewardFunction
@@ -172,8 +173,10 @@ class Trainer:
         )
         self._drift: torch.Tensor | None = None
         self.offload: PhaseOffload | None = None
-        # With phase offload: (decoded frames, the detached copy the critic scored), for `_backward`.
+        # With phase offload, for `_backward`: (decoded frames, the detached copy the critic scored) and
+        # (sampled latents, the detached copy the VAE decoded).
         self._scored_frames: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._decoded_latents: tuple[torch.Tensor, torch.Tensor] | None = None
         self.device = backend.device
         self.generator = torch.Generator(device="cpu")
         self.step = 0
@@ -223,6 +226,12 @@ class Trainer:
         if not use_bf16:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _cache_host(self) -> torch.device | None:
+        """Where a frame-by-frame decode keeps its causal caches (None: on the device)."""
+        if not self.config.decode.caches_on_host:
+            return None
+        return self.offload.host if self.offload is not None else offloading.HOST
 
     def _prompts_for(self, step: int, micro: int) -> list[str]:
         """Prompts cycle in order, so a run (and its resume) sees them deterministically."""
@@ -388,14 +397,20 @@ class Trainer:
                 self.backend, embeddings, inputs.noise, c.sampler, inputs.grad_steps, should_stop=self.should_stop,
                 grad_step_hook=drift,
             )  # fmt: skip
-            decode_args = (latents, self.frame_indices, c.decode.checkpoint_per_latent_frame)
+            decoded = latents
+            if self.offload is not None and latents.requires_grad:  # backward in stages (`_backward`)
+                decoded = latents.detach().requires_grad_()
+                self._decoded_latents = (latents, decoded)
+            decode_args = (decoded, self.frame_indices, c.decode.checkpoint_per_latent_frame)
             decode_args += (c.decode.checkpoint_residual_blocks, c.decode.segment_latent_frames)
-            if c.decode.checkpoint_decode and latents.requires_grad:  # reentrant: the forward keeps nothing
+            decode_args += (c.decode.frame_by_frame_backward, self._cache_host())
+            if c.decode.checkpoint_decode and not c.decode.frame_by_frame_backward and latents.requires_grad:
+                # reentrant: the forward keeps nothing
                 frames = checkpoint(self.backend.decode, *decode_args, use_reentrant=True)
             else:
                 frames = self.backend.decode(*decode_args)
             scored = frames
-            if self.offload is not None and frames.requires_grad:  # backward in two stages (`_backward`)
+            if self.offload is not None and frames.requires_grad:  # backward in stages (`_backward`)
                 scored = frames.detach().requires_grad_()
                 self._scored_frames = (frames, scored)
             results = [self.reward(scored[i], self.questions[p]) for i, p in enumerate(prompts)]
@@ -422,7 +437,7 @@ class Trainer:
             if not self.parallel.owns(micro.index):
                 continue
             self._drift = None
-            self._scored_frames = None
+            self._scored_frames = self._decoded_latents = None
             totals, per_aspect, preview = self._micro_batch(micro)
             loss = -totals.mean()
             drift_term = None
@@ -444,7 +459,7 @@ class Trainer:
             drift = float(self._drift.detach()) if self._drift is not None else None
             outcomes.append(_MicroOutcome(micro.index, totals.detach().tolist(), per_aspect, drift, self._answers))
             self.last_preview = preview
-        self._scored_frames = None
+        self._scored_frames = self._decoded_latents = None
         if self.offload is not None:  # the LoRA's parameters live in the video model
             self.offload.use(VIDEO_MODEL)
         finite = self.parallel.all_finite(finite)
@@ -498,25 +513,30 @@ class Trainer:
         return row
 
     def _backward(self, loss: torch.Tensor, drift_term: torch.Tensor | None) -> None:
-        """`loss.backward()`; with phase offload, in two stages so each finds its weights on the device.
+        """`loss.backward()`; with phase offload, in three stages so each finds its weights on the device.
 
         Stage 1 runs through the critic alone (it scored a detached copy of the frames) and gives
-        d loss / d frames; then the critic may leave, and stage 2 sends that gradient (and the drift
-        term's) through the VAE decode and the denoiser steps, with those two held on the device.
-        The gradients are the same numbers as one backward: the same ops, split at the frames.
+        d loss / d frames; then the critic may leave. Stage 2 sends that gradient through the VAE
+        decode (it decoded a detached copy of the latents) with the VAE alone on the device, giving
+        d loss / d latents. Stage 3 sends that (and the drift term's gradient) through the denoiser
+        steps with the video model alone on the device. The gradients are the same numbers as one
+        backward: the same ops, split at the frames and at the latents.
         """
-        if self._scored_frames is None or self.offload is None:
+        if self._scored_frames is None or self._decoded_latents is None or self.offload is None:
             loss.backward()
             return
-        frames, scored = self._scored_frames
-        self._scored_frames = None
+        (frames, scored), (latents, decoded) = self._scored_frames, self._decoded_latents
+        self._scored_frames = self._decoded_latents = None
         (frame_grad,) = torch.autograd.grad(loss, scored)
         del scored
-        outputs, grads = [frames], [frame_grad]
+        with self.offload.hold(VAE):
+            (latent_grad,) = torch.autograd.grad(frames, decoded, frame_grad)
+        del frames, decoded, frame_grad
+        outputs, grads = [latents], [latent_grad]
         if drift_term is not None:  # d loss / d drift_term = 1 / micro_batches
             outputs.append(drift_term)
             grads.append(torch.full_like(drift_term, 1.0 / self.micro_batches))
-        with self.offload.hold(*BACKWARD_GROUPS):
+        with self.offload.hold(VIDEO_MODEL):
             torch.autograd.backward(outputs, grads)
 
     def _start_offload(self) -> PhaseOffload | None:

@@ -52,9 +52,11 @@ from comfy.weight_adapter.lora import LoraDiff
 from torch.utils.checkpoint import checkpoint
 
 from ..drf_core.config import LoRAConfig, VideoSpec
+from ..drf_core.devices import autocast_off
 from ..drf_core.errors import DRFInputError
 from ..drf_core.lora import LORA_FORMATS, LoRAModuleWeights, LoRAWeights
 from ..drf_core.models.base import DenoisingScheduler, PromptEmbeddings, VideoBackend
+from ..drf_core.models.vae_blocks import decode_frame_by_frame
 from ..drf_core.models.wan import WanBackend, latent_frames_needed
 from .comfy_names import SOLVERS, WAN_EXPERTS
 from .comfy_solver import ComfyExpertChain, ComfySolverRun
@@ -370,16 +372,32 @@ class ComfyVideoBackend(VideoBackend):
         checkpoint_per_latent_frame: bool = False,
         checkpoint_residual_blocks: bool = False,
         segment_latent_frames: int = 0,
+        frame_by_frame_backward: bool = False,
+        cache_host: torch.device | None = None,
     ) -> torch.Tensor:
         """Core VAEDecode's computation with gradient: the VAE's `decode` (`decoder` per latent frame, then
         `unpatchify` for the Wan 2.2 VAE: `comfy_wan_vae`) and `process_output`.
 
         Only latent frames up to the last requested frame are decoded (the decoder is causal).
         `segment_latent_frames` is not applied to ComfyUI's VAE (logged): every latent frame's causal
-        cache is kept for backward, as with 0.
+        cache is kept for backward, as with 0; `frame_by_frame_backward` is
+        (`vae_blocks.decode_frame_by_frame`). Runs without autocast, as core VAE Decode does.
         """
-        if segment_latent_frames:
+        if segment_latent_frames and not frame_by_frame_backward:
             logger.warning("decode.segment_latent_frames applies to the diffusers VAE only; ComfyUI's decodes whole")
+        with autocast_off(self.vae.device):
+            return self._decode(latents, frame_indices, checkpoint_per_latent_frame, checkpoint_residual_blocks,
+                                frame_by_frame_backward, cache_host)  # fmt: skip
+
+    def _decode(
+        self,
+        latents: torch.Tensor,
+        frame_indices: Sequence[int] | None,
+        checkpoint_per_latent_frame: bool,
+        checkpoint_residual_blocks: bool,
+        frame_by_frame_backward: bool,
+        cache_host: torch.device | None,
+    ) -> torch.Tensor:
         vae = self.vae
         model_management.load_models_gpu(
             [vae.patcher], memory_required=vae.memory_used_decode(latents.shape, vae.vae_dtype)
@@ -391,18 +409,26 @@ class ComfyVideoBackend(VideoBackend):
         latent_frames = latent_frames_needed(latents.shape[2], frame_indices, layout.temporal_scale)
         z = stage.conv2(latents[:, :, :latent_frames].to(vae.vae_dtype).to(vae.device))
         cache = layout.new_cache(stage.decoder)
-        outputs = []
-        for i in range(latent_frames):
-            chunk = z[:, :, i : i + 1]
-            if checkpoint_per_latent_frame and torch.is_grad_enabled():
-                out, cache = checkpoint(
-                    layout.decode_chunk, stage.decoder, chunk, cache, i == 0, checkpoint_residual_blocks,
-                    use_reentrant=False,
-                )  # fmt: skip
-            else:
-                out, cache = layout.decode_chunk(stage.decoder, chunk, cache, i == 0, checkpoint_residual_blocks)
-            outputs.append(out)
-        video = vae.process_output(layout.finish(torch.cat(outputs, dim=2)).float())  # [B, 3, F, H, W] in 0..1
+        if frame_by_frame_backward and torch.is_grad_enabled():
+
+            def step(chunk: torch.Tensor, index: int, cache: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+                return layout.decode_chunk(stage.decoder, chunk, cache, index == 0, checkpoint_residual_blocks)
+
+            decoded = decode_frame_by_frame(step, z, cache, cache_host)
+        else:
+            outputs = []
+            for i in range(latent_frames):
+                chunk = z[:, :, i : i + 1]
+                if checkpoint_per_latent_frame and torch.is_grad_enabled():
+                    out, cache = checkpoint(
+                        layout.decode_chunk, stage.decoder, chunk, cache, i == 0, checkpoint_residual_blocks,
+                        use_reentrant=False,
+                    )  # fmt: skip
+                else:
+                    out, cache = layout.decode_chunk(stage.decoder, chunk, cache, i == 0, checkpoint_residual_blocks)
+                outputs.append(out)
+            decoded = torch.cat(outputs, dim=2)
+        video = vae.process_output(layout.finish(decoded).float())  # [B, 3, F, H, W] in 0..1
         frames = video.permute(0, 2, 1, 3, 4)
         if frame_indices is not None:
             frames = frames[:, list(frame_indices)]

@@ -45,6 +45,15 @@ def test_decoding_some_frames_equals_those_frames_of_the_whole_decode(report):
     assert report["frame_subset_max_abs_diff"] == 0.0
 
 
+def test_the_frame_by_frame_backward_keeps_frames_and_gradient(report):
+    """decode.frame_by_frame_backward on ComfyUI's Wan VAE: the same frames, the same gradient (up to float32
+    summation order), and the gradient reaches the first latent frame through the causal caches."""
+    result = report["frame_by_frame"]
+    assert result["frames_max_abs_diff"] == 0.0
+    assert result["grad_max_abs_diff"] <= 1e-5 * result["grad_scale"]
+    assert result["first_latent_frame_grad"] > 0
+
+
 def test_inference_tensors_fail_without_the_fix(report):
     assert "Inference tensors cannot be saved for backward" in report["without_fix_error"]
 

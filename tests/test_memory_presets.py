@@ -35,7 +35,7 @@ def test_presets_set_their_settings_and_custom_changes_nothing():
     assert apply_train_preset(base, "custom") == base
     fitted = apply_train_preset(base, "24GB")
     assert fitted.memory == "24GB" and fitted.offload == "phase" and fitted.release_text_encoder
-    assert fitted.decode.checkpoint_residual_blocks and fitted.decode.checkpoint_decode
+    assert fitted.decode.checkpoint_residual_blocks and fitted.decode.frame_by_frame_backward
     assert fitted.critic_input.max_questions_per_batch == 1
     assert apply_train_preset(base, "16GB").critic_input.height == 336
     assert dataclasses.replace(apply_train_preset(base, "48GB+"), memory="custom") == base

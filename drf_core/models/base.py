@@ -124,13 +124,17 @@ class VideoBackend(ABC):
         checkpoint_per_latent_frame: bool = False,
         checkpoint_residual_blocks: bool = False,
         segment_latent_frames: int = 0,
+        frame_by_frame_backward: bool = False,
+        cache_host: torch.device | None = None,
     ) -> torch.Tensor:
         """Frames `[B, F, 3, H, W]` float32 in 0..1, differentiable w.r.t. `latents`.
 
         With `frame_indices`, only those output frames are returned, and latent frames after the
         last one needed are not decoded at all. `checkpoint_residual_blocks` also checkpoints the
         decoder's residual blocks (`models/vae_blocks.py`): less memory in backward, same values;
-        `segment_latent_frames` > 0 keeps only each segment's input for backward (same values).
+        `segment_latent_frames` > 0 keeps only each segment's input for backward (same values);
+        `frame_by_frame_backward` keeps only each latent frame's starting cache (on `cache_host`
+        when given) and decodes frame by frame again in backward (`vae_blocks.decode_frame_by_frame`).
         """
 
     def offload_groups(self) -> dict[str, tuple[list[torch.nn.Module], torch.device]]:

@@ -16,13 +16,16 @@ cached causal convolutions, `forward(x, feat_cache, feat_idx)`). Knows nothing e
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 RESIDUAL_BLOCK_CLASSES = ("WanResidualBlock", "ResidualBlock")
+# Layers that are a function of their one input (no cache): diffusers' and ComfyUI's names.
+PURE_LAYER_CLASSES = ("WanRMS_norm", "RMS_norm", "WanUpsample", "Upsample")
 
 
 def _cached_slots(block: torch.nn.Module) -> int:
@@ -34,7 +37,8 @@ def _checkpointed_forward(block: torch.nn.Module, original: Any, slots: int) -> 
     def pure(x: torch.Tensor, *entries: Any) -> tuple[Any, ...]:
         local = list(entries)
         index = [0]
-        out = original(x, feat_cache=local, feat_idx=index)
+        with _recomputed_pure_layers(block):  # in the forward and in its recomputation alike
+            out = original(x, feat_cache=local, feat_idx=index)
         if index[0] != slots:
             raise RuntimeError(
                 f"{type(block).__name__} used {index[0]} cache slots, expected {slots}; this VAE's residual blocks "
@@ -56,20 +60,178 @@ def _checkpointed_forward(block: torch.nn.Module, original: Any, slots: int) -> 
     return forward
 
 
+class _RecomputedLayer(torch.autograd.Function):
+    """`layer(x)` for a frozen layer that acts on each frame on its own, one frame at a time,
+    saving only `x` and recomputing the layer frame by frame in backward.
+
+    The layers this wraps (RMS norms over channels, nearest upsampling) compute every output
+    element from its own frame only, so frame by frame is the same computation; their float32
+    temporaries then exist for one frame at a time, in the forward and in backward. Frames are
+    dim 2 of a video tensor `[B, C, T, H, W]` and dim 0 of a `[B*T, C, H, W]` batch of frames.
+
+    An autograd function rather than `torch.utils.checkpoint`: it nests inside a residual block's
+    non-reentrant checkpoint (whose recomputation then sees the same saved tensors) and works
+    under `torch.autograd.grad`, which reentrant checkpoints refuse.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, layer: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.layer = layer
+        ctx.save_for_backward(x)
+        return torch.cat([layer(frame) for frame in _frames(x)], _frame_dim(x))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        (x,) = ctx.saved_tensors
+        grads = []
+        for frame, frame_grad in zip(_frames(x), _frames(grad), strict=True):
+            frame = frame.detach().requires_grad_()
+            with torch.enable_grad():
+                out = ctx.layer(frame)
+            grads.append(torch.autograd.grad(out, frame, frame_grad)[0])
+        return None, torch.cat(grads, _frame_dim(x))
+
+
+def _frame_dim(x: torch.Tensor) -> int:
+    return 2 if x.dim() == 5 else 0
+
+
+def _frames(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return x.split(1, _frame_dim(x))
+
+
+def _checkpointed_layer(original: Any) -> Any:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return original(x)
+        return _RecomputedLayer.apply(original, x)
+
+    return forward
+
+
 @contextlib.contextmanager
 def checkpoint_residual_blocks(decoder: torch.nn.Module) -> Iterator[int]:
-    """Inside the block, every residual block of `decoder` is checkpointed (while grad is on).
+    """Inside the block, every residual block of `decoder` is checkpointed (while grad is on), and
+    so is every RMS norm and upsampling layer, inside the blocks and out.
 
-    Yields how many blocks were wrapped; their own `forward` comes back on exit.
+    The norms and upsamplers compute in float32 on a bf16 decoder (diffusers' Wan VAE upcasts
+    both); checkpointed, they keep only their bf16 input for backward, so those float32 copies
+    live only while their own layer runs backward, not for a whole residual block's or latent
+    frame's backward.
+    Yields how many residual blocks were wrapped; every wrapped module's own `forward` comes back on exit.
     """
+    inside_blocks = {
+        id(inner)
+        for module in decoder.modules()
+        if type(module).__name__ in RESIDUAL_BLOCK_CLASSES
+        for inner in module.modules()
+    }
     wrapped: list[torch.nn.Module] = []
     try:
         for module in decoder.modules():
-            if type(module).__name__ not in RESIDUAL_BLOCK_CLASSES or "forward" in vars(module):
-                continue
-            module.forward = _checkpointed_forward(module, module.forward, _cached_slots(module))
-            wrapped.append(module)
-        yield len(wrapped)
+            if type(module).__name__ in RESIDUAL_BLOCK_CLASSES and "forward" not in vars(module):
+                module.forward = _checkpointed_forward(module, module.forward, _cached_slots(module))
+                wrapped.append(module)
+        with _recomputed_pure_layers(decoder, skip=inside_blocks):  # a block wraps its own when it runs
+            yield len(wrapped)
     finally:
         for module in wrapped:
             del module.forward
+
+
+@contextlib.contextmanager
+def _recomputed_pure_layers(root: torch.nn.Module, skip: set[int] = frozenset()) -> Iterator[None]:
+    """Inside the block, the RMS norms and upsamplers under `root` (but those in `skip`) save only their input."""
+    wrapped = []
+    try:
+        for module in root.modules():
+            if type(module).__name__ in PURE_LAYER_CLASSES and id(module) not in skip and "forward" not in vars(module):
+                module.forward = _checkpointed_layer(module.forward)
+                wrapped.append(module)
+        yield
+    finally:
+        for module in wrapped:
+            del module.forward
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame-by-frame backward
+# ----------------------------------------------------------------------------------------------
+
+# One causal decoder call: (latent frame [B, C, 1, h, w], its index, the cache before it) ->
+# (its pixel frames, the cache after it). Must not change the list it is given.
+DecoderStep = Callable[[torch.Tensor, int, list[Any]], tuple[torch.Tensor, list[Any]]]
+
+
+def decode_frame_by_frame(
+    step: DecoderStep, z: torch.Tensor, cache: list[Any], host: torch.device | None = None
+) -> torch.Tensor:
+    """The causal decode of every latent frame of `z` with the least memory backward can have.
+
+    Forward decodes without keeping any activation: it keeps `z` and, for every latent frame, the
+    causal cache it starts from (on `host` when given, e.g. the CPU; these caches are the only state
+    the decoder carries from one latent frame to the next). Backward decodes the latent frames
+    again, one at a time from the last, each from its kept cache, and hands the gradient of the
+    cache it starts from on to the frame before. So backward holds one latent frame's activations
+    and two caches' gradients at a time, whatever the clip length. The values and gradients are the
+    decoder's own (each frame is recomputed from exactly the inputs the forward gave it).
+    """
+    return _FrameByFrameDecode.apply(step, host, list(cache), z)
+
+
+def _stash(cache: list[Any], host: torch.device | None) -> list[Any]:
+    if host is None:
+        return list(cache)
+    return [entry.to(host) if isinstance(entry, torch.Tensor) else entry for entry in cache]
+
+
+def _unstash(cache: list[Any], device: torch.device) -> list[Any]:
+    return [entry.to(device) if isinstance(entry, torch.Tensor) else entry for entry in cache]
+
+
+class _FrameByFrameDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, step: DecoderStep, host: torch.device | None, cache: list[Any], z: torch.Tensor
+    ) -> torch.Tensor:
+        starts: list[list[Any]] = []
+        outputs, lengths = [], []
+        for index in range(z.shape[2]):
+            starts.append(_stash(cache, host))
+            out, cache = step(z[:, :, index : index + 1], index, cache)
+            outputs.append(out)
+            lengths.append(out.shape[2])
+        ctx.step, ctx.starts, ctx.lengths = step, starts, lengths
+        ctx.save_for_backward(z)
+        return torch.cat(outputs, 2)
+
+    @staticmethod
+    def backward(ctx: Any, grad_video: torch.Tensor) -> tuple[None, None, None, torch.Tensor]:
+        (z,) = ctx.saved_tensors
+        grad_z = torch.zeros_like(z)
+        ends = list(itertools.accumulate(ctx.lengths))
+        grad_after: dict[int, torch.Tensor] = {}  # cache slot -> gradient of the cache after this frame
+        for index in reversed(range(z.shape[2])):
+            start_cache = _unstash(ctx.starts.pop(), z.device)
+            leaves = {
+                slot: entry.detach().requires_grad_() for slot, entry in enumerate(start_cache) if _is_float(entry)
+            }
+            frame = z[:, :, index : index + 1].detach().requires_grad_()
+            with torch.enable_grad():
+                out, cache_after = ctx.step(frame, index, [leaves.get(s, e) for s, e in enumerate(start_cache)])
+            outputs, grads = [out], [grad_video[:, :, ends[index] - ctx.lengths[index] : ends[index]]]
+            for slot, grad in grad_after.items():
+                entry = cache_after[slot] if slot < len(cache_after) else None
+                if isinstance(entry, torch.Tensor) and entry.requires_grad:
+                    outputs.append(entry)
+                    grads.append(grad)
+            found = torch.autograd.grad(outputs, [frame, *leaves.values()], grads, allow_unused=True)
+            if found[0] is not None:
+                grad_z[:, :, index : index + 1] = found[0]
+            grad_after = {slot: grad for slot, grad in zip(leaves, found[1:], strict=True) if grad is not None}
+            del out, cache_after, outputs, grads, found, start_cache, leaves
+        return None, None, None, grad_z
+
+
+def _is_float(entry: Any) -> bool:
+    return isinstance(entry, torch.Tensor) and entry.is_floating_point()

@@ -34,12 +34,13 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..config import VideoSpec
+from ..devices import autocast_off
 from ..errors import DRFInputError, ModelFolderError
 from ..offload import TEXT_ENCODER, VAE, VIDEO_MODEL, execution_device
 from .base import DenoisingScheduler, PromptEmbeddings, VideoBackend
 from .diffusers_schedulers import DiffusersScheduler, build_scheduler
 from .peft_lora import PeftLoRA
-from .vae_blocks import checkpoint_residual_blocks
+from .vae_blocks import checkpoint_residual_blocks, decode_frame_by_frame
 from .wan_keys import diffusers_to_native_wan_module, native_to_diffusers_wan_module
 
 logger = logging.getLogger(__name__)
@@ -490,19 +491,43 @@ class WanBackend(PeftLoRA, VideoBackend):
         checkpoint_per_latent_frame: bool = False,
         checkpoint_residual_blocks: bool = False,
         segment_latent_frames: int = 0,
+        frame_by_frame_backward: bool = False,
+        cache_host: torch.device | None = None,
     ) -> torch.Tensor:
         """`AutoencoderKLWan._decode` frame by frame + `postprocess_video(output_type="pt")`.
 
         `segment_latent_frames` > 0: the latent frames are decoded in segments of that many, each
         keeping only its input for backward (`_decode_segment`), so backward holds the causal caches
-        of one segment at a time instead of every latent frame's.
+        of one segment at a time instead of every latent frame's. `frame_by_frame_backward` keeps
+        only each latent frame's starting cache (on `cache_host` when given) and decodes one latent
+        frame at a time again in backward (`vae_blocks.decode_frame_by_frame`); it replaces the
+        segment and per-frame checkpoints.
+
+        Runs without autocast (`autocast_off`), in the VAE's dtype, as the pipeline decodes.
         """
-        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
         from diffusers.utils.torch_utils import get_module_execution_device
 
         vae = self.vae
+        device = execution_device(vae, get_module_execution_device)
+        with autocast_off(device):  # the VAE's own dtype, as the pipeline decodes
+            return self._decode(latents.to(device, dtype=vae.dtype), frame_indices, checkpoint_per_latent_frame,
+                                checkpoint_residual_blocks, segment_latent_frames, frame_by_frame_backward,
+                                cache_host)  # fmt: skip
+
+    def _decode(
+        self,
+        latents: torch.Tensor,
+        frame_indices: Sequence[int] | None,
+        checkpoint_per_latent_frame: bool,
+        checkpoint_residual_blocks: bool,
+        segment_latent_frames: int,
+        frame_by_frame_backward: bool,
+        cache_host: torch.device | None,
+    ) -> torch.Tensor:
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+        vae = self.vae
         z_dim = vae.config.z_dim
-        latents = latents.to(execution_device(vae, get_module_execution_device), dtype=vae.dtype)
         latents_mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents.device, latents.dtype)
         latents_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(
             latents.device, latents.dtype
@@ -513,22 +538,29 @@ class WanBackend(PeftLoRA, VideoBackend):
         x = vae.post_quant_conv(latents[:, :, :needed])  # a 1x1x1 conv: the prefix of the full result
         vae.clear_cache()
         cache: list[Any] = [None] * len(vae._feat_map)
-        chunks = []
-        step = segment_latent_frames if segment_latent_frames > 0 and torch.is_grad_enabled() else needed
-        decode_part = _decode_segment if step < needed else _decode_range
-        for start in range(0, needed, step):
-            out, cache = decode_part(
-                vae.decoder,
-                x[:, :, start : start + step],
-                cache,
-                start == 0,
-                checkpoint_per_latent_frame,
-                checkpoint_residual_blocks,
-            )
-            chunks.append(out)
+        if frame_by_frame_backward and torch.is_grad_enabled():
+
+            def step(frame: torch.Tensor, index: int, cache: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+                return _run_decoder_chunk(vae.decoder, frame, cache, index == 0, checkpoint_residual_blocks)
+
+            out = decode_frame_by_frame(step, x, cache, cache_host)
+        else:
+            chunks = []
+            step = segment_latent_frames if segment_latent_frames > 0 and torch.is_grad_enabled() else needed
+            decode_part = _decode_segment if step < needed else _decode_range
+            for start in range(0, needed, step):
+                out, cache = decode_part(
+                    vae.decoder,
+                    x[:, :, start : start + step],
+                    cache,
+                    start == 0,
+                    checkpoint_per_latent_frame,
+                    checkpoint_residual_blocks,
+                )
+                chunks.append(out)
+            out = torch.cat(chunks, 2)
         del cache
         vae.clear_cache()
-        out = torch.cat(chunks, 2)
         if vae.config.patch_size is not None:
             out = unpatchify(out, patch_size=vae.config.patch_size)
         out = torch.clamp(out, min=-1.0, max=1.0)

@@ -139,6 +139,21 @@ def main() -> int:
             for i in range(whole.shape[1])
         )
         report["frame_subset_frames"] = whole.shape[1]
+    # the frame-by-frame backward (decode.frame_by_frame_backward, caches on the host): same frames and gradient
+    with torch.inference_mode(False):
+        results = []
+        for options in ({}, {"checkpoint_residual_blocks": True, "frame_by_frame_backward": True, "cache_host": "cpu"}):
+            x = latents.clone().requires_grad_()
+            frames = subset_backend.decode(x, frame_indices=[0, 4], **options)
+            (frames * torch.linspace(0, 1, frames.numel()).view_as(frames)).sum().backward()
+            results.append((frames.detach(), x.grad))
+        (plain, plain_grad), (fbf, fbf_grad) = results
+        report["frame_by_frame"] = {
+            "frames_max_abs_diff": (fbf - plain).abs().max().item(),
+            "grad_max_abs_diff": (fbf_grad - plain_grad).abs().max().item(),
+            "grad_scale": plain_grad.abs().max().item(),
+            "first_latent_frame_grad": plain_grad[:, :, 0].abs().sum().item(),
+        }
     save()
 
     # 2. inference tensors: the failure without make_autograd_safe, reproduced on a fresh load
