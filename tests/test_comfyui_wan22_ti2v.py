@@ -53,6 +53,15 @@ def test_decoding_some_frames_equals_those_frames_of_the_whole_decode(report):
     assert report["frame_subsets"] == {"[0]": 0.0, "[2, 4]": 0.0}
 
 
+def test_the_decode_options_backward_agree_on_the_wan22_vae(report):
+    """Frame by frame (residual blocks checkpointed, caches on the host) vs the plain decode: the same frames,
+    the same gradient (up to float32 summation order), reaching the first latent frame."""
+    result = report["decode_backward"]
+    assert result["frames_max_abs_diff"] == 0.0
+    assert result["grad_max_abs_diff"] <= 1e-5 * result["grad_scale"]
+    assert result["first_latent_frame_grad"] > 0
+
+
 def test_a_training_step_puts_gradient_on_the_adapters_only(report):
     gradients = report["gradients"]
     assert gradients["adapters"] == gradients["with_gradient"] == 20  # attention + ffn, 2 blocks
