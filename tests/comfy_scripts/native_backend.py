@@ -142,9 +142,10 @@ def main() -> int:
     # the frame-by-frame backward (decode.frame_by_frame_backward, caches on the host): same frames and gradient
     with torch.inference_mode(False):
         results = []
-        for options in ({}, {"checkpoint_residual_blocks": True, "frame_by_frame_backward": True, "cache_host": "cpu"}):
+        frame_by_frame = {"checkpoint_residual_blocks": True, "frame_by_frame_backward": True, "cache_host": "cpu"}
+        for decode_options in ({}, frame_by_frame):  # not `options`: that is the script's command line
             x = latents.clone().requires_grad_()
-            frames = subset_backend.decode(x, frame_indices=[0, 4], **options)
+            frames = subset_backend.decode(x, frame_indices=[0, 4], **decode_options)
             (frames * torch.linspace(0, 1, frames.numel()).view_as(frames)).sum().backward()
             results.append((frames.detach(), x.grad))
         (plain, plain_grad), (fbf, fbf_grad) = results
