@@ -86,6 +86,7 @@ class MemorySettings:
     segment_latent_frames: int = 0  # decode.segment_latent_frames
     frame_by_frame_backward: bool = False  # decode.frame_by_frame_backward
     caches_on_host: bool = False  # decode.caches_on_host (the host is not counted, as with offload)
+    backward_tiles: int = 1  # decode.backward_tiles
     # drf_core.quantization.CRITIC_QUANTIZERS ("none", "int8", "int4"): stand-ins with bitsandbytes' exact
     # stored bytes (bitsandbytes cannot run on fake tensors; bench/memory_quant.py).
     critic_quantization: str = "none"
@@ -118,6 +119,7 @@ class MemorySettings:
                 segment_latent_frames=self.segment_latent_frames,
                 frame_by_frame_backward=self.frame_by_frame_backward,
                 caches_on_host=self.caches_on_host,
+                backward_tiles=self.backward_tiles,
             ),
             critic_input=dataclasses.replace(
                 CriticInputConfig(),
@@ -141,6 +143,7 @@ PRESET_FIELDS = {
     "decode.segment_latent_frames": ("segment_latent_frames",),
     "decode.frame_by_frame_backward": ("frame_by_frame_backward",),
     "decode.caches_on_host": ("caches_on_host",),
+    "decode.backward_tiles": ("backward_tiles",),
     "critic_input.max_questions_per_batch": ("questions_per_batch",),
     "critic_input.height": ("critic_size",),
     "critic_input.width": ("critic_size",),
@@ -196,6 +199,34 @@ def _in_phase(tracker: LiveBytes, name: str, fn: Any) -> Any:
         label = f"backward: {name} (recompute)" if tracker.current_phase.startswith("backward") else name
         with tracker.phase(label):
             return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _stage_phase(tracker: LiveBytes, name: str, fn: Any) -> Any:
+    """An autograd entry point (`backward`, `grad`) outside any backward phase starts phase `name`;
+    inside one (a stage held by `_held_phase`, the VAE's frame-by-frame backward) it belongs to it."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if tracker.current_phase.startswith("backward"):
+            return fn(*args, **kwargs)
+        with tracker.phase(name):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+_HELD_PHASES = {"VAE": "backward: VAE decode", "video model": "backward: sampling"}
+
+
+def _held_phase(tracker: LiveBytes, hold: Any) -> Any:
+    """`PhaseOffload.hold(group)`: the backward stage that reads that group's weights."""
+
+    @contextlib.contextmanager
+    def wrapped(self: Any, *names: str) -> Iterator[None]:
+        label = " + ".join(_HELD_PHASES.get(name, f"backward: {name}") for name in names)
+        with hold(self, *names), tracker.phase(label):
+            yield
 
     return wrapped
 
@@ -341,11 +372,13 @@ def trace_training(
         for method in ("score", "score_yes_no", "score_answers"):
             stack.enter_context(_patched(critic, method, _in_phase(tracker, "critic", getattr(critic, method))))
         stack.enter_context(
-            _patched(torch.autograd, "backward", _in_phase(tracker, "backward", torch.autograd.backward))
+            _patched(torch.autograd, "backward", _stage_phase(tracker, "backward", torch.autograd.backward))
         )
-        stack.enter_context(  # phase offload's first backward stage: through the critic to the frames
-            _patched(torch.autograd, "grad", _in_phase(tracker, "backward: critic", torch.autograd.grad))
+        # Phase offload's backward stages: the critic (to the frames), the VAE (to the latents), the video model.
+        stack.enter_context(
+            _patched(torch.autograd, "grad", _stage_phase(tracker, "backward: critic", torch.autograd.grad))
         )
+        stack.enter_context(_patched(offload.PhaseOffload, "hold", _held_phase(tracker, offload.PhaseOffload.hold)))
         stack.enter_context(
             _patched(
                 torch.nn.utils, "clip_grad_norm_", _in_phase(tracker, "optimizer step", torch.nn.utils.clip_grad_norm_)

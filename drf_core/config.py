@@ -170,6 +170,10 @@ class DecodeConfig(_Serializable):
     # With frame_by_frame_backward: keep those caches in host RAM (about 2 GB per latent frame
     # for Wan 2.1 at 480x832) instead of on the GPU.
     caches_on_host: bool = False
+    # With frame_by_frame_backward: > 1 recomputes each latent frame's high-resolution layers in
+    # N x N spatial tiles (with enough overlap that each tile's pixels are exact), so backward
+    # holds one tile's activations and caches instead of the whole frame's.
+    backward_tiles: int = 1
 
     def validate(self, where: str = "decode") -> None:
         _check(
@@ -178,6 +182,11 @@ class DecodeConfig(_Serializable):
             f"must be at least 1, got {self.frame_selection_count}",
         )
         _check(self.segment_latent_frames >= 0, f"{where}.segment_latent_frames", "must be 0 (off) or more")
+        _check(
+            self.backward_tiles >= 1,
+            f"{where}.backward_tiles",
+            f"must be 1 (whole frames) or more, got {self.backward_tiles}",
+        )
 
 
 # The smallest side a Qwen-VL critic can take: one merged patch (patch_size 14 x merge_size 2).

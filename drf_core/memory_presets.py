@@ -72,9 +72,10 @@ MEMORY_PRESETS.add(
 MEMORY_PRESETS.add(
     "16GB",
     MemoryPreset(
-        "the 24GB settings + the critic sees frames at 336x336 (fewer vision tokens)",
+        "the 24GB settings + the decode's backward in 2x2 spatial tiles + the critic sees frames at 336x336 "
+        "(fewer vision tokens)",
         16.0,
-        {**_FIT_24, "critic_input.height": 336, "critic_input.width": 336},
+        {**_FIT_24, "decode.backward_tiles": 2, "critic_input.height": 336, "critic_input.width": 336},
     ),
 )
 MEMORY_CHOICES = [CUSTOM, AUTO, *MEMORY_PRESETS.names()]
@@ -167,6 +168,7 @@ def memory_key(config: TrainConfig, models: dict[str, Any] | None = None) -> dic
         "segment_latent_frames": c.decode.segment_latent_frames,
         "frame_by_frame_backward": c.decode.frame_by_frame_backward,
         "caches_on_host": c.decode.caches_on_host,
+        "backward_tiles": c.decode.backward_tiles,
         "critic_input": [c.critic_input.mode, c.critic_input.height, c.critic_input.width],
         "max_questions_per_batch": c.critic_input.max_questions_per_batch,
         "lora": [c.lora.rank, c.lora.target_preset],

@@ -403,7 +403,7 @@ class Trainer:
                 self._decoded_latents = (latents, decoded)
             decode_args = (decoded, self.frame_indices, c.decode.checkpoint_per_latent_frame)
             decode_args += (c.decode.checkpoint_residual_blocks, c.decode.segment_latent_frames)
-            decode_args += (c.decode.frame_by_frame_backward, self._cache_host())
+            decode_args += (c.decode.frame_by_frame_backward, self._cache_host(), c.decode.backward_tiles)
             if c.decode.checkpoint_decode and not c.decode.frame_by_frame_backward and latents.requires_grad:
                 # reentrant: the forward keeps nothing
                 frames = checkpoint(self.backend.decode, *decode_args, use_reentrant=True)

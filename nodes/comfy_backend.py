@@ -56,7 +56,7 @@ from ..drf_core.devices import autocast_off
 from ..drf_core.errors import DRFInputError
 from ..drf_core.lora import LORA_FORMATS, LoRAModuleWeights, LoRAWeights
 from ..drf_core.models.base import DenoisingScheduler, PromptEmbeddings, VideoBackend
-from ..drf_core.models.vae_blocks import decode_frame_by_frame
+from ..drf_core.models.vae_backward import decode_frame_by_frame, split_decoder
 from ..drf_core.models.wan import WanBackend, latent_frames_needed
 from .comfy_names import SOLVERS, WAN_EXPERTS
 from .comfy_solver import ComfyExpertChain, ComfySolverRun
@@ -374,6 +374,7 @@ class ComfyVideoBackend(VideoBackend):
         segment_latent_frames: int = 0,
         frame_by_frame_backward: bool = False,
         cache_host: torch.device | None = None,
+        backward_tiles: int = 1,
     ) -> torch.Tensor:
         """Core VAEDecode's computation with gradient: the VAE's `decode` (`decoder` per latent frame, then
         `unpatchify` for the Wan 2.2 VAE: `comfy_wan_vae`) and `process_output`.
@@ -381,13 +382,15 @@ class ComfyVideoBackend(VideoBackend):
         Only latent frames up to the last requested frame are decoded (the decoder is causal).
         `segment_latent_frames` is not applied to ComfyUI's VAE (logged): every latent frame's causal
         cache is kept for backward, as with 0; `frame_by_frame_backward` is
-        (`vae_blocks.decode_frame_by_frame`). Runs without autocast, as core VAE Decode does.
+        (`vae_backward.decode_frame_by_frame`, tiled with `backward_tiles` where the decoder has a known
+        split: the Wan 2.1 VAE's; the Wan 2.2 VAE's backward runs untiled, logged). Runs without autocast,
+        as core VAE Decode does.
         """
         if segment_latent_frames and not frame_by_frame_backward:
             logger.warning("decode.segment_latent_frames applies to the diffusers VAE only; ComfyUI's decodes whole")
         with autocast_off(self.vae.device):
             return self._decode(latents, frame_indices, checkpoint_per_latent_frame, checkpoint_residual_blocks,
-                                frame_by_frame_backward, cache_host)  # fmt: skip
+                                frame_by_frame_backward, cache_host, backward_tiles)  # fmt: skip
 
     def _decode(
         self,
@@ -397,6 +400,7 @@ class ComfyVideoBackend(VideoBackend):
         checkpoint_residual_blocks: bool,
         frame_by_frame_backward: bool,
         cache_host: torch.device | None,
+        backward_tiles: int,
     ) -> torch.Tensor:
         vae = self.vae
         model_management.load_models_gpu(
@@ -414,7 +418,8 @@ class ComfyVideoBackend(VideoBackend):
             def step(chunk: torch.Tensor, index: int, cache: list[Any]) -> tuple[torch.Tensor, list[Any]]:
                 return layout.decode_chunk(stage.decoder, chunk, cache, index == 0, checkpoint_residual_blocks)
 
-            decoded = decode_frame_by_frame(step, z, cache, cache_host)
+            split = split_decoder(stage.decoder) if backward_tiles > 1 else None
+            decoded = decode_frame_by_frame(step, z, cache, cache_host, split, backward_tiles)
         else:
             outputs = []
             for i in range(latent_frames):

@@ -143,13 +143,16 @@ def test_offload_is_a_checked_setting():
         {"segment_latent_frames": 2, "checkpoint_residual_blocks": True, "whole": True},
         {"frame_by_frame_backward": True},
         {"frame_by_frame_backward": True, "checkpoint_residual_blocks": True, "cache_host": torch.device("cpu")},
+        {"frame_by_frame_backward": True, "backward_tiles": 2, "size": 64},
+        {"frame_by_frame_backward": True, "backward_tiles": 3, "checkpoint_residual_blocks": True, "size": 64},
     ],
 )
 def test_decode_memory_savers_keep_frames_and_gradients(tiny_models, options):
     from torch.utils.checkpoint import checkpoint
 
     backend = load_video_backend(tiny_models.wan, "fp32", "cpu")
-    latents = backend.init_noise(VideoSpec(32, 32, 17), 1, torch.Generator().manual_seed(0))
+    size = options.get("size", 32)
+    latents = backend.init_noise(VideoSpec(size, size, 17), 1, torch.Generator().manual_seed(0))
     weights = None
     results = []
     for kwargs in ({}, options):
@@ -158,7 +161,7 @@ def test_decode_memory_savers_keep_frames_and_gradients(tiny_models, options):
         x = latents.clone().requires_grad_()
         args = (x, [0, 7, 16], True, kwargs.get("checkpoint_residual_blocks", False))
         args += (kwargs.get("segment_latent_frames", 0), kwargs.get("frame_by_frame_backward", False))
-        args += (kwargs.get("cache_host"),)
+        args += (kwargs.get("cache_host"), kwargs.get("backward_tiles", 1))
         frames = checkpoint(backend.decode, *args, use_reentrant=True) if whole else backend.decode(*args)
         weights = torch.linspace(0, 1, frames.numel()).view_as(frames) if weights is None else weights
         (frames * weights).sum().backward()

@@ -126,6 +126,7 @@ class VideoBackend(ABC):
         segment_latent_frames: int = 0,
         frame_by_frame_backward: bool = False,
         cache_host: torch.device | None = None,
+        backward_tiles: int = 1,
     ) -> torch.Tensor:
         """Frames `[B, F, 3, H, W]` float32 in 0..1, differentiable w.r.t. `latents`.
 
@@ -134,7 +135,9 @@ class VideoBackend(ABC):
         decoder's residual blocks (`models/vae_blocks.py`): less memory in backward, same values;
         `segment_latent_frames` > 0 keeps only each segment's input for backward (same values);
         `frame_by_frame_backward` keeps only each latent frame's starting cache (on `cache_host`
-        when given) and decodes frame by frame again in backward (`vae_blocks.decode_frame_by_frame`).
+        when given) and decodes frame by frame again in backward (`vae_backward.decode_frame_by_frame`),
+        in `backward_tiles` x `backward_tiles` spatial tiles when > 1 (same values, same gradients up to
+        summation order).
         """
 
     def offload_groups(self) -> dict[str, tuple[list[torch.nn.Module], torch.device]]:

@@ -16,8 +16,7 @@ cached causal convolutions, `forward(x, feat_cache, feat_idx)`). Knows nothing e
 from __future__ import annotations
 
 import contextlib
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -152,86 +151,3 @@ def _recomputed_pure_layers(root: torch.nn.Module, skip: set[int] = frozenset())
     finally:
         for module in wrapped:
             del module.forward
-
-
-# ----------------------------------------------------------------------------------------------
-# Frame-by-frame backward
-# ----------------------------------------------------------------------------------------------
-
-# One causal decoder call: (latent frame [B, C, 1, h, w], its index, the cache before it) ->
-# (its pixel frames, the cache after it). Must not change the list it is given.
-DecoderStep = Callable[[torch.Tensor, int, list[Any]], tuple[torch.Tensor, list[Any]]]
-
-
-def decode_frame_by_frame(
-    step: DecoderStep, z: torch.Tensor, cache: list[Any], host: torch.device | None = None
-) -> torch.Tensor:
-    """The causal decode of every latent frame of `z` with the least memory backward can have.
-
-    Forward decodes without keeping any activation: it keeps `z` and, for every latent frame, the
-    causal cache it starts from (on `host` when given, e.g. the CPU; these caches are the only state
-    the decoder carries from one latent frame to the next). Backward decodes the latent frames
-    again, one at a time from the last, each from its kept cache, and hands the gradient of the
-    cache it starts from on to the frame before. So backward holds one latent frame's activations
-    and two caches' gradients at a time, whatever the clip length. The values and gradients are the
-    decoder's own (each frame is recomputed from exactly the inputs the forward gave it).
-    """
-    return _FrameByFrameDecode.apply(step, host, list(cache), z)
-
-
-def _stash(cache: list[Any], host: torch.device | None) -> list[Any]:
-    if host is None:
-        return list(cache)
-    return [entry.to(host) if isinstance(entry, torch.Tensor) else entry for entry in cache]
-
-
-def _unstash(cache: list[Any], device: torch.device) -> list[Any]:
-    return [entry.to(device) if isinstance(entry, torch.Tensor) else entry for entry in cache]
-
-
-class _FrameByFrameDecode(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any, step: DecoderStep, host: torch.device | None, cache: list[Any], z: torch.Tensor
-    ) -> torch.Tensor:
-        starts: list[list[Any]] = []
-        outputs, lengths = [], []
-        for index in range(z.shape[2]):
-            starts.append(_stash(cache, host))
-            out, cache = step(z[:, :, index : index + 1], index, cache)
-            outputs.append(out)
-            lengths.append(out.shape[2])
-        ctx.step, ctx.starts, ctx.lengths = step, starts, lengths
-        ctx.save_for_backward(z)
-        return torch.cat(outputs, 2)
-
-    @staticmethod
-    def backward(ctx: Any, grad_video: torch.Tensor) -> tuple[None, None, None, torch.Tensor]:
-        (z,) = ctx.saved_tensors
-        grad_z = torch.zeros_like(z)
-        ends = list(itertools.accumulate(ctx.lengths))
-        grad_after: dict[int, torch.Tensor] = {}  # cache slot -> gradient of the cache after this frame
-        for index in reversed(range(z.shape[2])):
-            start_cache = _unstash(ctx.starts.pop(), z.device)
-            leaves = {
-                slot: entry.detach().requires_grad_() for slot, entry in enumerate(start_cache) if _is_float(entry)
-            }
-            frame = z[:, :, index : index + 1].detach().requires_grad_()
-            with torch.enable_grad():
-                out, cache_after = ctx.step(frame, index, [leaves.get(s, e) for s, e in enumerate(start_cache)])
-            outputs, grads = [out], [grad_video[:, :, ends[index] - ctx.lengths[index] : ends[index]]]
-            for slot, grad in grad_after.items():
-                entry = cache_after[slot] if slot < len(cache_after) else None
-                if isinstance(entry, torch.Tensor) and entry.requires_grad:
-                    outputs.append(entry)
-                    grads.append(grad)
-            found = torch.autograd.grad(outputs, [frame, *leaves.values()], grads, allow_unused=True)
-            if found[0] is not None:
-                grad_z[:, :, index : index + 1] = found[0]
-            grad_after = {slot: grad for slot, grad in zip(leaves, found[1:], strict=True) if grad is not None}
-            del out, cache_after, outputs, grads, found, start_cache, leaves
-        return None, None, None, grad_z
-
-
-def _is_float(entry: Any) -> bool:
-    return isinstance(entry, torch.Tensor) and entry.is_floating_point()

@@ -40,7 +40,8 @@ from ..offload import TEXT_ENCODER, VAE, VIDEO_MODEL, execution_device
 from .base import DenoisingScheduler, PromptEmbeddings, VideoBackend
 from .diffusers_schedulers import DiffusersScheduler, build_scheduler
 from .peft_lora import PeftLoRA
-from .vae_blocks import checkpoint_residual_blocks, decode_frame_by_frame
+from .vae_backward import decode_frame_by_frame, split_decoder
+from .vae_blocks import checkpoint_residual_blocks
 from .wan_keys import diffusers_to_native_wan_module, native_to_diffusers_wan_module
 
 logger = logging.getLogger(__name__)
@@ -493,6 +494,7 @@ class WanBackend(PeftLoRA, VideoBackend):
         segment_latent_frames: int = 0,
         frame_by_frame_backward: bool = False,
         cache_host: torch.device | None = None,
+        backward_tiles: int = 1,
     ) -> torch.Tensor:
         """`AutoencoderKLWan._decode` frame by frame + `postprocess_video(output_type="pt")`.
 
@@ -500,8 +502,9 @@ class WanBackend(PeftLoRA, VideoBackend):
         keeping only its input for backward (`_decode_segment`), so backward holds the causal caches
         of one segment at a time instead of every latent frame's. `frame_by_frame_backward` keeps
         only each latent frame's starting cache (on `cache_host` when given) and decodes one latent
-        frame at a time again in backward (`vae_blocks.decode_frame_by_frame`); it replaces the
-        segment and per-frame checkpoints.
+        frame at a time again in backward (`vae_backward.decode_frame_by_frame`), in
+        `backward_tiles` x `backward_tiles` spatial tiles when > 1; it replaces the segment and
+        per-frame checkpoints.
 
         Runs without autocast (`autocast_off`), in the VAE's dtype, as the pipeline decodes.
         """
@@ -512,7 +515,7 @@ class WanBackend(PeftLoRA, VideoBackend):
         with autocast_off(device):  # the VAE's own dtype, as the pipeline decodes
             return self._decode(latents.to(device, dtype=vae.dtype), frame_indices, checkpoint_per_latent_frame,
                                 checkpoint_residual_blocks, segment_latent_frames, frame_by_frame_backward,
-                                cache_host)  # fmt: skip
+                                cache_host, backward_tiles)  # fmt: skip
 
     def _decode(
         self,
@@ -523,6 +526,7 @@ class WanBackend(PeftLoRA, VideoBackend):
         segment_latent_frames: int,
         frame_by_frame_backward: bool,
         cache_host: torch.device | None,
+        backward_tiles: int,
     ) -> torch.Tensor:
         from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
@@ -543,7 +547,8 @@ class WanBackend(PeftLoRA, VideoBackend):
             def step(frame: torch.Tensor, index: int, cache: list[Any]) -> tuple[torch.Tensor, list[Any]]:
                 return _run_decoder_chunk(vae.decoder, frame, cache, index == 0, checkpoint_residual_blocks)
 
-            out = decode_frame_by_frame(step, x, cache, cache_host)
+            split = split_decoder(vae.decoder) if backward_tiles > 1 else None
+            out = decode_frame_by_frame(step, x, cache, cache_host, split, backward_tiles)
         else:
             chunks = []
             step = segment_latent_frames if segment_latent_frames > 0 and torch.is_grad_enabled() else needed
