@@ -46,12 +46,16 @@ def test_decoding_some_frames_equals_those_frames_of_the_whole_decode(report):
 
 
 def test_the_frame_by_frame_backward_keeps_frames_and_gradient(report):
-    """decode.frame_by_frame_backward on ComfyUI's Wan VAE: the same frames, the same gradient (up to float32
-    summation order), and the gradient reaches the first latent frame through the causal caches."""
-    result = report["frame_by_frame"]
-    assert result["frames_max_abs_diff"] == 0.0
-    assert result["grad_max_abs_diff"] <= 1e-5 * result["grad_scale"]
-    assert result["first_latent_frame_grad"] > 0
+    """decode.frame_by_frame_backward on ComfyUI's Wan VAE, whole and in 2x2 tiles: the same frames, the same
+    gradient (up to float32 summation order), and the gradient reaches the first latent frame through the caches."""
+    assert set(report["frame_by_frame"]) == {"whole", "tiles 2"}
+    for name, result in report["frame_by_frame"].items():
+        assert result["frames_max_abs_diff"] == 0.0, name
+        assert result["grad_max_abs_diff"] <= 1e-5 * result["grad_scale"], name
+        assert result["first_latent_frame_grad"] > 0, name
+    # The tiles cut ComfyUI's decoder into a trunk and a tail that compute exactly what it computes.
+    assert report["split"]["max_abs_diff"] == 0.0
+    assert report["split"]["halo"] > 0 and report["split"]["trunk_slots"] > 0
 
 
 def test_inference_tensors_fail_without_the_fix(report):

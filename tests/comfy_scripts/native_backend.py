@@ -139,22 +139,45 @@ def main() -> int:
             for i in range(whole.shape[1])
         )
         report["frame_subset_frames"] = whole.shape[1]
-    # the frame-by-frame backward (decode.frame_by_frame_backward, caches on the host): same frames and gradient
+    # the frame-by-frame backward (decode.frame_by_frame_backward, caches on the host; whole frames and in 2x2
+    # tiles, on a 64x64 clip so that tiles are smaller than the frame): same frames and gradient
     with torch.inference_mode(False):
-        results = []
-        frame_by_frame = {"checkpoint_residual_blocks": True, "frame_by_frame_backward": True, "cache_host": "cpu"}
-        for decode_options in ({}, frame_by_frame):  # not `options`: that is the script's command line
-            x = latents.clone().requires_grad_()
-            frames = subset_backend.decode(x, frame_indices=[0, 4], **decode_options)
-            (frames * torch.linspace(0, 1, frames.numel()).view_as(frames)).sum().backward()
-            results.append((frames.detach(), x.grad))
-        (plain, plain_grad), (fbf, fbf_grad) = results
-        report["frame_by_frame"] = {
-            "frames_max_abs_diff": (fbf - plain).abs().max().item(),
-            "grad_max_abs_diff": (fbf_grad - plain_grad).abs().max().item(),
-            "grad_scale": plain_grad.abs().max().item(),
-            "first_latent_frame_grad": plain_grad[:, :, 0].abs().sum().item(),
+        wide = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(6))
+        savers = {
+            "whole": {"checkpoint_residual_blocks": True, "frame_by_frame_backward": True, "cache_host": "cpu"},
+            "tiles 2": {"frame_by_frame_backward": True, "cache_host": "cpu", "backward_tiles": 2},
         }
+        report["frame_by_frame"] = {}
+        for name, saver in savers.items():  # not `options`: that is the script's command line
+            results = []
+            for kwargs in ({}, saver):
+                x = wide.clone().requires_grad_()
+                frames = subset_backend.decode(x, frame_indices=[0, 4], **kwargs)
+                (frames * torch.linspace(0, 1, frames.numel()).view_as(frames)).sum().backward()
+                results.append((frames.detach(), x.grad))
+            (plain, plain_grad), (saved, saved_grad) = results
+            report["frame_by_frame"][name] = {
+                "frames_max_abs_diff": (saved - plain).abs().max().item(),
+                "grad_max_abs_diff": (saved_grad - plain_grad).abs().max().item(),
+                "grad_scale": plain_grad.abs().max().item(),
+                "first_latent_frame_grad": plain_grad[:, :, 0].abs().sum().item(),
+            }
+        # ComfyUI's decoder cut into trunk and tail computes what the decoder computes
+        from drf_pack.drf_core.models.vae_backward import split_decoder
+
+        stage = subset_backend.vae.first_stage_model
+        split = split_decoder(stage.decoder)
+        z = stage.conv2(wide.to(subset_backend.vae.vae_dtype))
+        whole_cache = subset_backend.vae_layout.new_cache(stage.decoder)
+        parts_cache = list(whole_cache)
+        diffs = []
+        with torch.no_grad():
+            for index in range(z.shape[2]):
+                frame = z[:, :, index : index + 1]
+                whole = stage.decoder(frame, feat_cache=whole_cache, feat_idx=[0])
+                parts = split.tail(split.trunk(frame, index, parts_cache), index, parts_cache)
+                diffs.append((parts - whole).abs().max().item())
+        report["split"] = {"max_abs_diff": max(diffs), "halo": split.halo, "trunk_slots": split.trunk_slots}
     save()
 
     # 2. inference tensors: the failure without make_autograd_safe, reproduced on a fresh load
