@@ -14,7 +14,10 @@ the rest run on what core Load Diffusion Model / Load CLIP / Load VAE give:
   as LoraLoaderModelOnly applies them;
 - prompts are encoded with the given CLIP (as core CLIP Text Encode does) or looked up among
   CONDITIONING the user encoded already;
-- decoding runs the VAE's decoder with gradient (per latent frame, optionally checkpointed);
+- decoding runs the VAE's decoder with gradient (per latent frame, optionally checkpointed); what
+  differs between the Wan 2.1 and the Wan 2.2 VAE (latent shape, sizes, first chunk, `unpatchify`, frame
+  rate) comes from `comfy_wan_vae.py`, so Wan 2.2 TI2V-5B (ComfyUI's WAN22 with the Wan 2.2 VAE) runs
+  here as a text-to-video model;
 - Wan 2.2 A14B: two MODELs (high-noise, low-noise) sample as ComfyUI's template chains two
   KSamplerAdvanced (`comfy_solver.ComfyExpertChain`); the LoRA trains on one of them (`trained_expert`)
   and its file says which;
