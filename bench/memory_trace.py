@@ -86,6 +86,9 @@ class LiveBytes(TorchDispatchMode):
         self._phases: list[str] = ["setup"]
         self.window_peak = 0  # since `reset_window`
         self.ops: Counter[str] = Counter()  # ops dispatched, by phase
+        self._host_seen: dict[int, weakref.ref] = {}
+        self.host_total = 0
+        self.host_peak = 0
 
     # --- phases ------------------------------------------------------------------------------
     @property
@@ -111,7 +114,8 @@ class LiveBytes(TorchDispatchMode):
 
     # --- bookkeeping ---------------------------------------------------------------------------
     def track(self, tensor: torch.Tensor, label: str | None = None) -> None:
-        if tensor.device.type == "meta":  # the host in traces (phase offload, caches kept on the host)
+        if tensor.device.type == "meta":  # the host in traces: counted apart (see `_track_host`)
+            self._track_host(tensor)
             return
         try:
             storage = tensor.untyped_storage()
@@ -135,6 +139,23 @@ class LiveBytes(TorchDispatchMode):
             self.peak = self.total
             self.peak_phase = phase
             self.peak_labels = {name: value for name, value in self.by_label.items() if value}
+
+    def _track_host(self, tensor: torch.Tensor) -> None:
+        """Tensors the step puts on the host (the meta device in traces: the decode's kept causal
+        caches); weights that phase offload moves there are not tensors made by an op and are not
+        seen here. Their live total and peak are `host_total` / `host_peak`."""
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in self._host_seen:
+            return
+        size = int(storage.nbytes())
+        self._host_seen[key] = weakref.ref(storage, lambda _ref, k=key, n=size: self._free_host(k, n))
+        self.host_total += size
+        self.host_peak = max(self.host_peak, self.host_total)
+
+    def _free_host(self, key: int, size: int) -> None:
+        if self._host_seen.pop(key, None) is not None:
+            self.host_total -= size
 
     def _free(self, key: int) -> None:
         entry = self._seen.pop(key, None)

@@ -148,7 +148,7 @@ def main() -> int:
             "tiles 2": {"frame_by_frame_backward": True, "cache_host": "cpu", "backward_tiles": 2},
         }
         report["frame_by_frame"] = {}
-        for name, saver in savers.items():  # not `options`: that is the script's command line
+        for name, saver in savers.items():
             results = []
             for kwargs in ({}, saver):
                 x = wide.clone().requires_grad_()
