@@ -92,6 +92,20 @@ def fit_memory(config: TrainConfig, backend: VideoBackend, reward: RewardFunctio
     return config
 
 
+def warn_on_frame_rate(backend: VideoBackend, critic_input: CriticInputConfig) -> None:
+    """The critic is told `critic_input.video_fps` over the frames' spacing; a rate other than the model's
+    (e.g. the default 16 with Wan 2.2 TI2V-5B's 24 fps videos) is warned about with the fix."""
+    if backend.frame_rate is None or critic_input.fps > 0 or critic_input.video_fps == backend.frame_rate:
+        return
+    logger.warning(
+        "the critic is told the videos run at %g fps (video_fps) but this video model makes %g fps videos; set "
+        "video_fps to %g (Reward Settings; critic_input.video_fps in a run config) so the critic sees their true speed",
+        critic_input.video_fps,
+        backend.frame_rate,
+        backend.frame_rate,
+    )
+
+
 def train_lora(
     backend: VideoBackend,
     reward: RewardFunction,
@@ -115,6 +129,7 @@ def train_lora(
     process's `distributed` group in a data-parallel launch (default: one process).
     """
     config = fit_memory(config, backend, reward)
+    warn_on_frame_rate(backend, config.critic_input)
     backend.remove_lora(ADAPTER_NAME)
     trainer = Trainer(
         backend,

@@ -26,7 +26,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .api import sample_videos
+from .api import sample_videos, warn_on_frame_rate
 from .config import EvaluateConfig
 from .critics.base import Critic
 from .errors import DRFInputError
@@ -410,6 +410,7 @@ def evaluate_lora(
     config.validate()
     if not question_sets:
         raise DRFInputError("no prompts to evaluate; connect question sets (one per prompt), e.g. held-out prompts")
+    warn_on_frame_rate(backend, config.critic_input)
     reward = DRFReward(critic, config.reward, config.critic_input)
     indices = select_frames(
         config.decode.frame_selection, backend.num_frames_out(config.video), config.decode.frame_selection_count

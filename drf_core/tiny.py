@@ -118,7 +118,6 @@ def write_tiny_wan(directory: str | Path, seed: int = 0, scheduler: str = "unipc
         FlowMatchEulerDiscreteScheduler,
         UniPCMultistepScheduler,
         WanPipeline,
-        WanTransformer3DModel,
     )
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -132,24 +131,7 @@ def write_tiny_wan(directory: str | Path, seed: int = 0, scheduler: str = "unipc
         temperal_downsample=[False, True, True],
     )
     _seeded(seed + 1)
-    # ComfyUI's Wan model derives its head count as dim // 128 and fixes the text width at 4096
-    # (UMT5-XXL), so one head of 128 and a 4096-wide text encoder make this transformer loadable
-    # by ComfyUI's own UNETLoader too (see `wan_keys.native_wan_state_dict`).
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=1,
-        attention_head_dim=128,
-        in_channels=16,
-        out_channels=16,
-        text_dim=TINY_WAN_TEXT_DIM,
-        freq_dim=256,
-        ffn_dim=64,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=32,
-    )
+    transformer = _tiny_wan_transformer(latent_channels=16)
     _seeded(seed + 2)
     tokenizer = build_tiny_t5_tokenizer()
     text_encoder = UMT5EncoderModel(
@@ -180,6 +162,48 @@ def write_tiny_wan(directory: str | Path, seed: int = 0, scheduler: str = "unipc
     pipe.save_pretrained(directory)
     logger.info("wrote tiny Wan text-to-video folder to %s", directory)
     return directory
+
+
+def _tiny_wan_transformer(latent_channels: int):
+    """A 2-block Wan transformer reading and writing `latent_channels` channels (Wan 2.1 VAE: 16, Wan 2.2 VAE: 48).
+
+    ComfyUI's Wan model derives its head count as dim // 128 and fixes the text width at 4096
+    (UMT5-XXL), so one head of 128 and a 4096-wide text encoder make this transformer loadable
+    by ComfyUI's own UNETLoader too (see `wan_keys.native_wan_state_dict`).
+    """
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=1,
+        attention_head_dim=128,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        text_dim=TINY_WAN_TEXT_DIM,
+        freq_dim=256,
+        ffn_dim=64,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        rope_max_seq_len=32,
+    )
+
+
+def write_tiny_wan_ti2v_native(path: str | Path, seed: int = 0) -> Path:
+    """A tiny Wan 2.2 TI2V-5B transformer (the 5B's layout: Wan 2.1's blocks on the Wan 2.2 VAE's 48 latent
+    channels) as one original-layout safetensors file; ComfyUI's UNETLoader detects it as Wan 2.2 5B (WAN22)."""
+    from safetensors.torch import save_file
+
+    from .models.wan_keys import native_wan_state_dict
+
+    _seeded(seed)
+    transformer = _tiny_wan_transformer(latent_channels=48)
+    state = {k: v.detach().contiguous() for k, v in native_wan_state_dict(transformer.state_dict()).items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
 
 
 def write_tiny_wan_native(wan_folder: str | Path, path: str | Path) -> Path:

@@ -20,6 +20,9 @@ the rest run on what core Load Diffusion Model / Load CLIP / Load VAE give:
 - decoding runs the family's VAE decode with gradient (`ComfyFamily.decode`);
 - CONDITIONING keeps the entries Flux needs beside the text tensor (`pooled_output`, and `guidance`
   as core FluxGuidance sets it; without it ComfyUI's Flux default 3.5 applies);
+- what differs between the Wan 2.1 and the Wan 2.2 VAE (latent shape, sizes, first chunk, `unpatchify`,
+  frame rate) comes from `comfy_wan_vae.py`, so Wan 2.2 TI2V-5B (ComfyUI's WAN22 with the Wan 2.2 VAE)
+  runs here as a text-to-video model;
 - Wan 2.2 A14B: two MODELs (high-noise, low-noise) sample as ComfyUI's template chains two
   KSamplerAdvanced (`comfy_solver.ComfyExpertChain`); the LoRA trains on one of them (`trained_expert`)
   and its file says which;
@@ -270,6 +273,9 @@ class ComfyVideoBackend(VideoBackend):
         self.low_noise_from = low_noise_from
         self.base = model if self.experts else model.clone()
         self.vae = vae
+        for patcher in self.experts.values() or [model]:
+            self.kind.check_vae(vae, patcher.model)
+        self.frame_rate = self.kind.frame_rate(vae)
         self.prompts = prompts
         self.sampler_name = sampler_name
         self.scheduler_name = scheduler_name
@@ -324,12 +330,12 @@ class ComfyVideoBackend(VideoBackend):
 
     def num_frames_out(self, spec: VideoSpec) -> int:
         """The family's sizes (Wan: steps of 16, `4n+1` frames; Flux: steps of 16, one image)."""
-        return self.kind.num_frames_out(spec)
+        return self.kind.num_frames_out(self.vae, spec)
 
     def init_noise(self, spec: VideoSpec, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
         """Core KSampler's noise for the family's empty latent: `torch.randn` on the CPU from `generator`
         (seeded with the node's seed, this is `comfy.sample.prepare_noise`)."""
-        shape = self.kind.noise_shape(self.base.get_model_object("latent_format"), spec, batch_size)
+        shape = self.kind.noise_shape(self.vae, self.base.get_model_object("latent_format"), spec, batch_size)
         return torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
 
     # --- denoising -----------------------------------------------------------------------------
@@ -599,6 +605,8 @@ class ComfyVideoBackend(VideoBackend):
             "sampler": self.sampler_name,
             "scheduler": self.scheduler_name,
             "shift": float(getattr(sampling, "shift", float("nan"))),
+            "vae": self.kind.vae_name(self.vae),
+            "frame_rate": self.frame_rate,
             "text_from": "CLIP" if self.prompts.clip is not None else "CONDITIONING",
             **({"trained_expert": self.trained_expert, "low_noise_from": self.low_noise_from} if self.experts else {}),
         }

@@ -21,7 +21,6 @@ Imported only inside ComfyUI (it imports `comfy`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -31,20 +30,17 @@ from typing import Any, ClassVar
 import comfy.model_base
 import comfy.model_management as model_management
 import torch
-from comfy.ldm.wan.vae import count_conv3d
 from torch.utils.checkpoint import checkpoint
 
 from ..drf_core.config import VideoSpec
 from ..drf_core.errors import DRFInputError
 from ..drf_core.models import FLUX_MODULE_NAMES
 from ..drf_core.models.vae_backward import decode_frame_by_frame, split_decoder
-from ..drf_core.models.vae_blocks import checkpoint_residual_blocks
 from ..drf_core.models.wan import WanBackend, latent_frames_needed
 from ..drf_core.registry import Registry
+from .comfy_wan_vae import check_vae_matches_model, wan_vae_layout
 
 logger = logging.getLogger(__name__)
-
-WAN_TEMPORAL_SCALE = 4  # pixel frames per latent frame after the first (Wan 2.1 VAE)
 
 
 @dataclass(frozen=True)
@@ -87,12 +83,22 @@ class ComfyFamily(ABC):
         """The inverse of `native_module_name`; `DRFInputError` for layers LoRAs do not name."""
 
     @abstractmethod
-    def num_frames_out(self, spec: VideoSpec) -> int:
-        """The frames a sample of `spec` has; refuses sizes the family cannot make."""
+    def num_frames_out(self, vae: Any, spec: VideoSpec) -> int:
+        """The frames a sample of `spec` has with this VAE; refuses sizes the family cannot make."""
 
     @abstractmethod
-    def noise_shape(self, latent_format: Any, spec: VideoSpec, batch_size: int) -> tuple[int, ...]:
+    def noise_shape(self, vae: Any, latent_format: Any, spec: VideoSpec, batch_size: int) -> tuple[int, ...]:
         """The shape of the family's empty latent for `spec` (core KSampler draws noise of this shape)."""
+
+    def check_vae(self, vae: Any, base: Any) -> None:  # noqa: B027 (a hook: most families accept any VAE)
+        """Refuse a VAE that does not decode this MODEL's latents, saying which one to load."""
+
+    def frame_rate(self, vae: Any) -> float | None:
+        """Frames per second of the family's videos with this VAE (None: still images)."""
+        return None
+
+    def vae_name(self, vae: Any) -> str:
+        return type(vae.first_stage_model).__name__
 
     @abstractmethod
     def decode(
@@ -129,7 +135,8 @@ def _loaded_stage(vae: Any, latents: torch.Tensor) -> torch.nn.Module:
 
 
 class WanFamily(ComfyFamily):
-    """Wan 2.1 / 2.2 text-to-video (`WAN21`): video latents, the causal Wan 2.1 VAE, diffusers module names."""
+    """Wan 2.1 / 2.2 text-to-video (`WAN21`; Wan 2.2 TI2V-5B: `WAN22` on the Wan 2.2 VAE's latents): video
+    latents, the causal Wan VAEs (what differs between them: `comfy_wan_vae.py`), diffusers module names."""
 
     name = "wan"
     lora_target_presets = WanBackend.lora_target_presets
@@ -137,7 +144,18 @@ class WanFamily(ComfyFamily):
     module_name_from_native = staticmethod(WanBackend.module_name_from_native)
 
     def accepts(self, base: Any) -> bool:
+        if type(base) is comfy.model_base.WAN22:
+            return _is_wan22_ti2v_5b(base)  # text-to-video when sampled from an empty latent (no start image)
         return type(base) is comfy.model_base.WAN21
+
+    def check_vae(self, vae: Any, base: Any) -> None:
+        check_vae_matches_model(wan_vae_layout(vae), base.latent_format.latent_channels, type(base).__name__)
+
+    def frame_rate(self, vae: Any) -> float | None:
+        return wan_vae_layout(vae).frame_rate
+
+    def vae_name(self, vae: Any) -> str:
+        return wan_vae_layout(vae).name
 
     def check(self, base: Any) -> None:
         if getattr(base, "image_to_video", False):
@@ -146,34 +164,36 @@ class WanFamily(ComfyFamily):
                 "text-to-video model (e.g. wan2.1_t2v_1.3B_fp16.safetensors)"
             )
 
-    def num_frames_out(self, spec: VideoSpec) -> int:
-        """Core EmptyHunyuanLatentVideo's sizes: width and height in steps of 16, `4n+1` frames."""
-        _check_multiple_of_16("Wan", spec)
-        return (spec.num_frames - 1) // 4 * 4 + 1
+    def num_frames_out(self, vae: Any, spec: VideoSpec) -> int:
+        """The VAE's latent node's sizes (`comfy_wan_vae.WanVaeLayout`): width and height in its steps (16 for
+        the Wan 2.1 VAE, 32 for the Wan 2.2 VAE), `4n+1` frames."""
+        return wan_vae_layout(vae).num_frames_out(spec)
 
-    def noise_shape(self, latent_format: Any, spec: VideoSpec, batch_size: int) -> tuple[int, ...]:
-        frames = (self.num_frames_out(spec) - 1) // 4 + 1
-        return (batch_size, latent_format.latent_channels, frames, spec.height // 8, spec.width // 8)
+    def noise_shape(self, vae: Any, latent_format: Any, spec: VideoSpec, batch_size: int) -> tuple[int, ...]:
+        """The empty video latent of EmptyHunyuanLatentVideo (Wan 2.1 VAE) or Wan22ImageToVideoLatent (Wan 2.2)."""
+        return wan_vae_layout(vae).latent_shape(spec, batch_size)
 
     def decode(
         self, vae: Any, latents: torch.Tensor, frame_indices: Sequence[int] | None, options: DecodeOptions
     ) -> torch.Tensor:
-        """`process_output(decoder(latents))`, per latent frame; only latent frames up to the last requested
-        frame are decoded (the decoder is causal). `segment_latent_frames` is not applied to ComfyUI's VAE
-        (logged): every latent frame's causal cache is kept for backward, as with 0; `frame_by_frame_backward`
-        is (`vae_backward.decode_frame_by_frame`, tiled with `backward_tiles`, every `cache_interval`-th cache
-        kept)."""
+        """`process_output(decoder(latents))`, per latent frame (then `unpatchify` for the Wan 2.2 VAE); only
+        latent frames up to the last requested frame are decoded (the decoder is causal).
+        `segment_latent_frames` is not applied to ComfyUI's VAE (logged): every latent frame's causal cache
+        is kept for backward, as with 0; `frame_by_frame_backward` is (`vae_backward.decode_frame_by_frame`,
+        tiled with `backward_tiles` where the decoder has a known split: the Wan 2.1 VAE's; every
+        `cache_interval`-th cache kept)."""
         if options.segment_latent_frames and not options.frame_by_frame_backward:
             logger.warning("decode.segment_latent_frames applies to the diffusers VAE only; ComfyUI's decodes whole")
+        layout = wan_vae_layout(vae)
         stage = _loaded_stage(vae, latents)
-        latent_frames = latent_frames_needed(latents.shape[2], frame_indices, WAN_TEMPORAL_SCALE)
+        latent_frames = latent_frames_needed(latents.shape[2], frame_indices, layout.temporal_scale)
         z = stage.conv2(latents[:, :, :latent_frames].to(vae.vae_dtype).to(vae.device))
-        cache: list[Any] = [None] * count_conv3d(stage.decoder)
+        cache = layout.new_cache(stage.decoder)
         blocks = options.checkpoint_residual_blocks
         if options.frame_by_frame_backward and torch.is_grad_enabled():
 
             def step(chunk: torch.Tensor, index: int, cache: list[Any]) -> tuple[torch.Tensor, list[Any]]:
-                return _decoder_chunk(stage.decoder, chunk, cache, blocks)
+                return layout.decode_chunk(stage.decoder, chunk, cache, index == 0, blocks)
 
             split = split_decoder(stage.decoder) if options.backward_tiles > 1 else None
             decoded = decode_frame_by_frame(
@@ -184,29 +204,25 @@ class WanFamily(ComfyFamily):
             for i in range(latent_frames):
                 chunk = z[:, :, i : i + 1]
                 if options.checkpoint_per_latent_frame and torch.is_grad_enabled():
-                    out, cache = checkpoint(_decoder_chunk, stage.decoder, chunk, cache, blocks, use_reentrant=False)
+                    out, cache = checkpoint(
+                        layout.decode_chunk, stage.decoder, chunk, cache, i == 0, blocks, use_reentrant=False
+                    )
                 else:
-                    out, cache = _decoder_chunk(stage.decoder, chunk, cache, blocks)
+                    out, cache = layout.decode_chunk(stage.decoder, chunk, cache, i == 0, blocks)
                 outputs.append(out)
             decoded = torch.cat(outputs, dim=2)
-        video = vae.process_output(decoded.float())  # [B, 3, F, H, W] in 0..1
+        video = vae.process_output(layout.finish(decoded).float())  # [B, 3, F, H, W] in 0..1
         frames = video.permute(0, 2, 1, 3, 4)
         if frame_indices is not None:
             frames = frames[:, list(frame_indices)]
         return frames.float()
 
 
-def _decoder_chunk(
-    decoder: torch.nn.Module, chunk: torch.Tensor, cache: list[Any], checkpoint_blocks: bool = False
-) -> tuple[torch.Tensor, list[Any]]:
-    """One causal decoder call as a pure function: the cache goes in, a new cache comes out.
-
-    With `checkpoint_blocks`, the residual blocks are checkpointed too (`drf_core.models.vae_blocks`).
-    """
-    new_cache = list(cache)
-    with checkpoint_residual_blocks(decoder) if checkpoint_blocks else contextlib.nullcontext():
-        out = decoder(chunk, feat_cache=new_cache, feat_idx=[0])
-    return out, new_cache
+def _is_wan22_ti2v_5b(base: Any) -> bool:
+    """ComfyUI's WAN22 class is TI2V-5B: its denoiser reads and writes the Wan 2.2 VAE's latents and
+    nothing else (no extra input channels for a start image or a mask)."""
+    embedding = base.diffusion_model.patch_embedding.weight
+    return embedding.shape[1] == base.latent_format.latent_channels
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,15 +265,15 @@ class FluxFamily(ComfyFamily):
                 "trains text-to-image Flux dev (16 channels)"
             )
 
-    def num_frames_out(self, spec: VideoSpec) -> int:
+    def num_frames_out(self, vae: Any, spec: VideoSpec) -> int:
         """Core EmptySD3LatentImage's sizes (steps of 16); one image, whatever `num_frames` says (logged)."""
         _check_multiple_of_16("Flux", spec)
         if spec.num_frames != 1:
             logger.warning("Flux makes one image per prompt; num_frames %d is treated as 1", spec.num_frames)
         return 1
 
-    def noise_shape(self, latent_format: Any, spec: VideoSpec, batch_size: int) -> tuple[int, ...]:
-        self.num_frames_out(spec)
+    def noise_shape(self, vae: Any, latent_format: Any, spec: VideoSpec, batch_size: int) -> tuple[int, ...]:
+        self.num_frames_out(vae, spec)
         return (batch_size, latent_format.latent_channels, spec.height // 8, spec.width // 8)
 
     def decode(
@@ -292,5 +308,5 @@ def family_of(model: Any) -> ComfyFamily:
             return family
     raise DRFInputError(
         f"this MODEL is a {type(base).__name__} model; training on ComfyUI models supports Wan 2.1 / 2.2 "
-        "text-to-video (WAN21) and Flux dev so far: load one with Load Diffusion Model"
+        "text-to-video (WAN21, Wan 2.2 TI2V-5B) and Flux dev so far: load one with Load Diffusion Model"
     )

@@ -112,10 +112,16 @@ class VideoModelFromComfy(DRFNode):
             Socket(
                 "model",
                 "MODEL",
-                "A Wan 2.1 / 2.2 text-to-video MODEL (e.g. wan2.1_t2v_1.3B_fp16.safetensors; for Wan 2.2 A14B its "
-                "high-noise expert) or a Flux dev MODEL (flux1-dev.safetensors).",
+                "A Wan 2.1 / 2.2 text-to-video MODEL (e.g. wan2.1_t2v_1.3B_fp16.safetensors, "
+                "wan2.2_ti2v_5B_fp16.safetensors; for Wan 2.2 A14B its high-noise expert) or a Flux dev MODEL "
+                "(flux1-dev.safetensors).",
             ),
-            Socket("vae", "VAE", "The model's VAE (e.g. wan_2.1_vae.safetensors; Flux: ae.safetensors)."),
+            Socket(
+                "vae",
+                "VAE",
+                "The model's VAE: wan_2.1_vae.safetensors (Wan 2.1, Wan 2.2 A14B), wan2.2_vae.safetensors (Wan 2.2 "
+                "TI2V-5B: sizes in steps of 32, 24 fps videos) or ae.safetensors (Flux).",
+            ),
             Socket("clip", "CLIP", "The text encoder (e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors).", optional=True),
             Combo("sampler_name", SOLVERS.names(), "ComfyUI sampler, as on core KSampler.", "uni_pc"),
             Combo("scheduler", COMFY_SCHEDULERS, "ComfyUI scheduler, as on core KSampler.", "simple"),

@@ -76,6 +76,8 @@ class VideoBackend(ABC):
     dtype: torch.dtype
     # Where the folder came from (for LoRA metadata and reports).
     source: str
+    # Frames per second of the videos the model makes, when the backend knows it (None: not known).
+    frame_rate: float | None = None
 
     @property
     @abstractmethod

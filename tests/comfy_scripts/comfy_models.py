@@ -1,7 +1,7 @@
 """Models in ComfyUI's own formats for the scripts run with ComfyUI's interpreter (imported by them).
 
-- `random_wan_vae_state`: a Wan 2.1 VAE at its fixed size (ComfyUI builds it from fixed numbers)
-  with seeded random weights.
+- `random_wan_vae_state`: a Wan 2.1 or Wan 2.2 VAE at its fixed size (ComfyUI builds them from fixed
+  numbers) with seeded random weights.
 - `smallest_flux_state`: Flux dev in ComfyUI's key layout with one double and one single block.
   ComfyUI's detection fixes Flux's width (3072, 24 heads, text width 4096) and reads only the
   block counts from the keys, so this is the smallest Flux it loads (545 million parameters).
@@ -39,22 +39,29 @@ the camera zooms in on a blue car driving through a city at night
 """
 
 
-def random_wan_vae_state(wan_vae_class, torch) -> dict:
-    """A Wan 2.1 VAE state dict (ComfyUI's layout and its fixed size) with seeded random weights:
-    weights ~ N(0, 1/fan_in), norm scales 1, biases 0 (ComfyUI's layers start uninitialised)."""
+# The sizes `comfy.sd.VAE` builds each Wan VAE at (it reads only the kind of VAE from a file's keys).
+WAN21_VAE_SIZE = {"dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                  "temperal_downsample": [False, True, True]}  # fmt: skip
+WAN22_VAE_SIZE = {**WAN21_VAE_SIZE, "dim": 160, "z_dim": 48}  # and the class's own decoder width, 256
+
+
+def random_wan_vae_state(wan_vae_class, torch, size=None, dtype=None) -> dict:
+    """A Wan VAE state dict (ComfyUI's layout at `size`, default the Wan 2.1 VAE's) with seeded random
+    weights: weights ~ N(0, 1/fan_in), norm scales 1, biases 0 (ComfyUI's layers start uninitialised),
+    stored in `dtype` (default float32). The layout is built on the meta device (no memory)."""
     generator = torch.Generator().manual_seed(0)
-    layout = wan_vae_class(
-        dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
-    )
+    with torch.device("meta"):
+        layout = wan_vae_class(**(size or WAN21_VAE_SIZE))
     state = {}
     for key, value in layout.state_dict().items():
         if key.endswith("gamma"):
-            state[key] = torch.ones_like(value)
+            tensor = torch.ones(value.shape)
         elif value.ndim >= 2:
             fan_in = value[0].numel()
-            state[key] = torch.randn(value.shape, generator=generator) / fan_in**0.5
+            tensor = torch.randn(value.shape, generator=generator) / fan_in**0.5
         else:
-            state[key] = torch.zeros_like(value)
+            tensor = torch.zeros(value.shape)
+        state[key] = tensor.to(dtype or torch.float32)
     return state
 
 
