@@ -158,7 +158,9 @@ class WanFamily(ComfyFamily):
         return wan_vae_layout(vae).name
 
     def check(self, base: Any) -> None:
-        if getattr(base, "image_to_video", False):
+        # WAN22 (TI2V-5B) says image_to_video too: it takes a start image when given one, and is text-to-video
+        # from an empty latent, as here.
+        if type(base) is comfy.model_base.WAN21 and getattr(base, "image_to_video", False):
             raise DRFInputError(
                 "this MODEL is a Wan image-to-video model; Diffusion-DRF trains text-to-video models: load a Wan "
                 "text-to-video model (e.g. wan2.1_t2v_1.3B_fp16.safetensors)"
