@@ -102,6 +102,27 @@ VIDEO_MODELS: dict[str, VideoModelSpec] = {
         },  # latents_mean / latents_std: AutoencoderKLWan's defaults are Wan 2.1's published values
         scheduler={**_UNIPC, "flow_shift": 3.0},
     ),
+    # Wan2.1-T2V-14B's published config; each of Wan 2.2 A14B's two experts has this architecture.
+    "Wan2.1-T2V-14B": VideoModelSpec(
+        transformer={
+            **_WAN_TRANSFORMER_COMMON,
+            "num_attention_heads": 40,
+            "num_layers": 40,
+            "ffn_dim": 13824,
+            "in_channels": 16,
+            "out_channels": 16,
+        },
+        vae={
+            "base_dim": 96,
+            "z_dim": 16,
+            "dim_mult": [1, 2, 4, 4],
+            "num_res_blocks": 2,
+            "attn_scales": [],
+            "temperal_downsample": [False, True, True],
+            "dropout": 0.0,
+        },
+        scheduler={**_UNIPC, "flow_shift": 5.0},
+    ),
     "Wan2.2-TI2V-5B": VideoModelSpec(
         transformer={
             **_WAN_TRANSFORMER_COMMON,
