@@ -167,8 +167,8 @@ class DecodeConfig(_Serializable):
     # backward through the decode can take. Replaces checkpoint_decode and segments (the decode
     # then runs once without gradient, and once more, frame by frame, in backward).
     frame_by_frame_backward: bool = False
-    # With frame_by_frame_backward: keep those caches in host RAM (about 2 GB per latent frame
-    # for Wan 2.1 at 480x832) instead of on the GPU.
+    # With frame_by_frame_backward: keep those caches in host RAM (Wan 2.1 at 480x832x33: 14.9 GiB,
+    # traced by bench/memory.py) instead of on the GPU.
     caches_on_host: bool = False
     # With frame_by_frame_backward: > 1 recomputes each latent frame's high-resolution layers in
     # N x N spatial tiles (with enough overlap that each tile's pixels are exact), so backward
