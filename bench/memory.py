@@ -594,7 +594,7 @@ SWEEP: list[tuple[str, str, dict[str, Any]]] = [
     ("preset 24GB, 7B, K=4", "24GB", {"grad_steps": 4}),
     ("preset 24GB, 7B, 1 frame scored", "24GB", {"frames_scored": 1}),
     ("preset 24GB, 7B, 9 frames scored", "24GB", {"frames_scored": 9}),
-    ("preset 24GB, 7B, decode.cache_interval 3", "24GB", {"cache_interval": 3}),
+    ("preset 24GB, 7B, decode.cache_interval 1", "24GB", {"cache_interval": 1}),
     ("48GB+ (the defaults), 7B critic", "48GB+", {}),
     ("48GB+, 3B critic", "48GB+", {"critic": "3B"}),
     ("critic int8 (weight bytes exact, see note)", "48GB+", {"critic_quantization": "int8"}),

@@ -57,14 +57,15 @@ _FIT_24 = {
     "decode.checkpoint_residual_blocks": True,
     "decode.frame_by_frame_backward": True,
     "decode.caches_on_host": True,
+    "decode.cache_interval": 3,
     "critic_input.max_questions_per_batch": 1,
 }
 MEMORY_PRESETS.add(
     "24GB",
     MemoryPreset(
         "phase offload, text encoder released after encoding, the VAE decode recomputed in backward one "
-        "latent frame at a time from causal caches kept in host RAM, its residual blocks, norms and "
-        "upsamplers checkpointed, one question per critic call",
+        "latent frame at a time from causal caches kept in host RAM (every third one kept, the others "
+        "decoded again), its residual blocks, norms and upsamplers checkpointed, one question per critic call",
         24.0,
         dict(_FIT_24),
     ),
