@@ -140,12 +140,11 @@ def random_clip_l_state(torch) -> dict:
     return state
 
 
-def tiny_t5xxl_state(torch) -> dict:
-    """The tiny T5-XXL's state dict in ComfyUI's layout, seeded random weights, fp16."""
+def _random_t5_state(torch, config: dict, dtype) -> dict:
+    """Seeded random weights in the key layout ComfyUI's T5 / UMT5 encoder has for `config` (norms at 1)."""
     import comfy.ops
     import comfy.text_encoders.t5
 
-    config = json.loads(TINY_T5XXL_CONFIG.read_text(encoding="utf-8"))
     layout = comfy.text_encoders.t5.T5(config, torch.float32, "meta", comfy.ops.disable_weight_init)
     generator = torch.Generator().manual_seed(0)
     state = {}
@@ -156,8 +155,13 @@ def tiny_t5xxl_state(torch) -> dict:
             tensor = torch.randn(value.shape, generator=generator)
         else:
             tensor = torch.randn(value.shape, generator=generator) / value.shape[-1] ** 0.5
-        state[key] = tensor.to(torch.float16)
+        state[key] = tensor.to(dtype)
     return state
+
+
+def tiny_t5xxl_state(torch) -> dict:
+    """The tiny T5-XXL's state dict in ComfyUI's layout, seeded random weights, fp16."""
+    return _random_t5_state(torch, json.loads(TINY_T5XXL_CONFIG.read_text(encoding="utf-8")), torch.float16)
 
 
 def tiny_spiece_model(vocab_size: int) -> bytes:
@@ -184,21 +188,8 @@ def tiny_spiece_model(vocab_size: int) -> bytes:
 
 def tiny_umt5_state(torch, dtype=None) -> dict:
     """The tiny UMT5's state dict in ComfyUI's layout, seeded random weights, plus `spiece_model`."""
-    import comfy.ops
-    import comfy.text_encoders.t5
-
     config = json.loads(TINY_UMT5_CONFIG.read_text(encoding="utf-8"))
-    layout = comfy.text_encoders.t5.T5(config, torch.float32, "cpu", comfy.ops.manual_cast)
-    generator = torch.Generator().manual_seed(0)
-    state = {}
-    for key, value in layout.state_dict().items():
-        if key.endswith("layer_norm.weight"):
-            tensor = torch.ones(value.shape)
-        elif key.endswith("relative_attention_bias.weight") or key == "shared.weight":
-            tensor = torch.randn(value.shape, generator=generator)
-        else:
-            tensor = torch.randn(value.shape, generator=generator) / value.shape[-1] ** 0.5
-        state[key] = tensor.to(dtype or torch.float16)
+    state = _random_t5_state(torch, config, dtype or torch.float16)
     spiece = tiny_spiece_model(config["vocab_size"])
     state["spiece_model"] = torch.frombuffer(bytearray(spiece), dtype=torch.uint8)
     return state
