@@ -71,6 +71,16 @@ _WAN_TRANSFORMER_COMMON = {
     "added_kv_proj_dim": None,
     "image_dim": None,
 }
+# latents_mean / latents_std: AutoencoderKLWan's defaults are Wan 2.1's published values.
+_WAN21_VAE = {
+    "base_dim": 96,
+    "z_dim": 16,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_scales": [],
+    "temperal_downsample": [False, True, True],
+    "dropout": 0.0,
+}
 _UNIPC = {
     "prediction_type": "flow_prediction",
     "use_flow_sigmas": True,
@@ -91,15 +101,7 @@ VIDEO_MODELS: dict[str, VideoModelSpec] = {
             "in_channels": 16,
             "out_channels": 16,
         },
-        vae={
-            "base_dim": 96,
-            "z_dim": 16,
-            "dim_mult": [1, 2, 4, 4],
-            "num_res_blocks": 2,
-            "attn_scales": [],
-            "temperal_downsample": [False, True, True],
-            "dropout": 0.0,
-        },  # latents_mean / latents_std: AutoencoderKLWan's defaults are Wan 2.1's published values
+        vae=dict(_WAN21_VAE),
         scheduler={**_UNIPC, "flow_shift": 3.0},
     ),
     # Wan2.1-T2V-14B's published config; each of Wan 2.2 A14B's two experts has this architecture.
@@ -112,15 +114,7 @@ VIDEO_MODELS: dict[str, VideoModelSpec] = {
             "in_channels": 16,
             "out_channels": 16,
         },
-        vae={
-            "base_dim": 96,
-            "z_dim": 16,
-            "dim_mult": [1, 2, 4, 4],
-            "num_res_blocks": 2,
-            "attn_scales": [],
-            "temperal_downsample": [False, True, True],
-            "dropout": 0.0,
-        },
+        vae=dict(_WAN21_VAE),
         scheduler={**_UNIPC, "flow_shift": 5.0},
     ),
     "Wan2.2-TI2V-5B": VideoModelSpec(
