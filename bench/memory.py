@@ -829,24 +829,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# Command-line flags that override one MemorySettings field (flag's dest -> field).
+_OVERRIDE_FLAGS = {
+    "critic": "critic",
+    "video_model": "video_model",
+    "frames": "frames_scored",
+    "k": "grad_steps",
+    "num_steps": "num_steps",
+    "critic_quantization": "critic_quantization",
+    "video_weight_storage": "video_weight_storage",
+    "cache_interval": "cache_interval",
+}
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    if args.critic:
-        overrides["critic"] = args.critic
-    if args.video_model:
-        overrides["video_model"] = args.video_model
-    if args.frames is not None:
-        overrides["frames_scored"] = args.frames
-    if args.k is not None:
-        overrides["grad_steps"] = args.k
-    if args.num_steps is not None:
-        overrides["num_steps"] = args.num_steps
-    if args.critic_quantization:
-        overrides["critic_quantization"] = args.critic_quantization
-    if args.video_weight_storage:
-        overrides["video_weight_storage"] = args.video_weight_storage
-    if args.cache_interval is not None:
-        overrides["cache_interval"] = args.cache_interval
+    overrides: dict[str, Any] = {
+        field: getattr(args, flag) for flag, field in _OVERRIDE_FLAGS.items() if getattr(args, flag) is not None
+    }
     if args.size:
         height, width, frames = (int(part) for part in args.size.lower().split("x"))
         overrides.update(height=height, width=width, num_frames=frames)
