@@ -16,6 +16,8 @@
 - `read_lora_file` reads any of the supported key layouts (`KEY_LAYOUTS`: ComfyUI / original names,
   kohya `lora_unet_`, diffusers `transformer.`, bare peft names) into the denoiser's own module
   names; `apply_lora` recreates the adapter from it exactly (preview) or trainable (resume).
+- `adapters_disabled` switches every peft adapter inside a module off and back on (the base model's
+  prediction, for the drift penalty).
 
 Model families enter only through two name maps passed in by the caller (the denoiser's module
 name <-> the original checkpoint's module name), so this module knows no model family. Files are
@@ -30,7 +32,8 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,6 +235,22 @@ def remove_lora(denoiser: nn.Module, adapter_name: str = "drf") -> None:
         layer.delete_adapter(adapter_name)
     if isinstance(peft_configs, dict):
         peft_configs.pop(adapter_name, None)
+
+
+@contextmanager
+def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
+    """Every peft adapter layer inside `module` runs as its base layer until the block ends."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    were_disabled = [layer.disable_adapters for layer in layers]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer, disabled in zip(layers, were_disabled, strict=True):
+            layer.enable_adapters(not disabled)
 
 
 def lora_parameters(denoiser: nn.Module, adapter_name: str = "drf") -> list[nn.Parameter]:

@@ -2,42 +2,21 @@
 
 `DriftPenalty` is a gradient-step hook for `sampler.sample_latents`: at every denoising step that
 carries gradient it asks the backend for the base model's prediction at the same latents,
-timestep and prompt (the LoRA adapters switched off, no gradient), and keeps the mean squared
-difference to the LoRA model's prediction. `value()` is the mean over those steps: 0 for a fresh
-LoRA (B = 0), growing as the LoRA model's velocity field drifts from the base model's. Its
-gradient reaches only what the LoRA prediction depends on (the LoRA; the base prediction is a
-constant), so `loss = -reward + drift_weight * value()` trains the LoRA to raise the reward without
-changing the model's predictions more than it must.
+timestep and prompt (the LoRA adapters switched off by `VideoBackend.adapters_disabled`, no
+gradient), and keeps the mean squared difference to the LoRA model's prediction. `value()` is the
+mean over those steps: 0 for a fresh LoRA (B = 0), growing as the LoRA model's velocity field
+drifts from the base model's. Its gradient reaches only what the LoRA prediction depends on (the
+LoRA; the base prediction is a constant), so `loss = -reward + drift_weight * value()` trains the
+LoRA to raise the reward without changing the model's predictions more than it must.
 
-`adapters_disabled(module)` switches every peft adapter inside a module off and back on.
-Knows peft's adapter layers and the `VideoBackend.predict` signature; nothing about rewards,
-critics or training loops.
+Knows the `VideoBackend` interface; nothing about LoRA implementations, rewards, critics or training loops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 
 from .models.base import PromptEmbeddings, VideoBackend
-
-
-@contextmanager
-def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
-    """Every peft adapter layer inside `module` runs as its base layer until the block ends."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
-    were_disabled = [layer.disable_adapters for layer in layers]
-    for layer in layers:
-        layer.enable_adapters(False)
-    try:
-        yield
-    finally:
-        for layer, disabled in zip(layers, were_disabled, strict=True):
-            layer.enable_adapters(not disabled)
 
 
 class DriftPenalty:
@@ -55,7 +34,7 @@ class DriftPenalty:
         guidance_scale: float,
         prediction: torch.Tensor,
     ) -> None:
-        with torch.no_grad(), adapters_disabled(self.backend.denoiser):
+        with torch.no_grad(), self.backend.adapters_disabled():
             base = self.backend.predict(latents.detach(), timestep, embeddings, guidance_scale)
         difference = prediction.float() - base.float()
         self.terms.append(difference.pow(2).mean())

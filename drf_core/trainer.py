@@ -583,6 +583,9 @@ class Trainer:
                 "overwrite; resume it, or start the new run in another folder such as "
                 f"{next_free_run_dir(self.output_dir)}"
             )
+        sampling = self.config.sampler
+        fewest, most = sampling.truncated_backprop_range or (sampling.truncated_backprop_steps,) * 2
+        self.backend.check_backprop_steps(sampling.num_inference_steps, fewest, most)
         if self.step == 0:
             self.metrics = []
             self._rewrite_metrics()

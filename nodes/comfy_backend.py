@@ -24,11 +24,11 @@ the rest run on what core Load Diffusion Model / Load CLIP / Load VAE give:
   frame rate) comes from `comfy_wan_vae.py`, so Wan 2.2 TI2V-5B (ComfyUI's WAN22 with the Wan 2.2 VAE)
   runs here as a text-to-video model;
 - Wan 2.2 A14B: two MODELs (high-noise, low-noise) sample as ComfyUI's template chains two
-  KSamplerAdvanced (`comfy_solver.ComfyExpertChain`); the LoRA trains on one of them (`trained_expert`)
-  and its file says which;
+  KSamplerAdvanced (`comfy_solver.ComfyExpertChain`); the LoRA trains on one of them or on both
+  (`trained_expert`; `wan_experts.py` names a two-expert LoRA's layers) and its file says which;
 - fp8 weights (Load Diffusion Model's fp8 weight dtypes, `fp8_scaled` checkpoints): the adapters act on
   the weight as ComfyUI casts it per layer; on scaled-fp8 layers their difference is divided by the
-  layer's scale, which ComfyUI multiplies in after the weight functions (`_ScaledWeightAdapter`).
+  layer's scale, which ComfyUI multiplies in after the weight functions (`_TrainedWeight`).
 
 ComfyUI runs every prompt in `torch.inference_mode()`, so weights it loaded (and the latent format's
 constants) are inference tensors, which autograd refuses to save for backward.
@@ -44,9 +44,10 @@ Imported only inside ComfyUI (it imports `comfy`); `_comfy.py` stays the bridge 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -66,12 +67,15 @@ from ..drf_core.errors import DRFInputError
 from ..drf_core.lora import LORA_FORMATS, LoRAModuleWeights, LoRAWeights
 from ..drf_core.models.base import DenoisingScheduler, PromptEmbeddings, VideoBackend
 from .comfy_families import DecodeOptions, family_of
-from .comfy_names import SOLVERS, WAN_EXPERTS
+from .comfy_names import SOLVERS
 from .comfy_solver import ComfyEmbeddings, ComfyExpertChain, ComfySolverRun
+from .wan_experts import BOTH, EXPERT_KEY, experts_trained, module_name, split_experts
 
 logger = logging.getLogger(__name__)
 
 MODEL_PREFIX = "diffusion_model."
+# The key of the one MODEL of a model that is not Wan 2.2 A14B (whose keys are `WAN_EXPERTS`).
+ONE_MODEL = "model"
 # The CONDITIONING entries kept beside the text tensor (Flux: its vector input and FluxGuidance's value).
 CONDITIONING_EXTRAS = ("pooled_output", "guidance")
 # The pack's scheduler names (SamplerConfig.scheduler) -> ComfyUI (sampler, scheduler); "default"
@@ -225,10 +229,11 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 @dataclass
 class _Adapter:
-    """One adapter: the clone that carries it, and (when trained here) its ComfyUI weight adapters."""
+    """One adapter: the clones sampling uses with it (by MODEL: `ONE_MODEL` or the A14B experts), and (when
+    trained here) its weight functions by LoRA module name."""
 
-    patcher: Any
-    trained: dict[str, LoraDiff] = field(default_factory=dict)
+    patchers: dict[str, Any]
+    trained: dict[str, _TrainedWeight] = field(default_factory=dict)
     weights: LoRAWeights | None = None
 
 
@@ -254,34 +259,35 @@ class ComfyVideoBackend(VideoBackend):
         self.family = self.kind.name
         self.lora_target_presets = self.kind.lora_target_presets
         SOLVERS.get(sampler_name)
-        # Wan 2.2 A14B: `model` is the high-noise expert, `low_noise_model` the low-noise one; the trained
-        # expert is `self.base` (LoRA, `denoiser`), the other one samples its share of the steps unchanged.
-        self.experts: dict[str, Any] = {}
+        # `bases`: a clone of each MODEL by key, `ONE_MODEL` or (Wan 2.2 A14B: `model` is the high-noise expert,
+        # `low_noise_model` the low-noise one) the experts. The LoRA goes on `lora_targets`; an expert not among
+        # them samples its share of the steps unchanged. `base` is the first target (`denoiser`'s MODEL).
+        self.bases: dict[str, Any] = {ONE_MODEL: model.clone()}
+        self.lora_targets: tuple[str, ...] = (ONE_MODEL,)
+        self.trained_expert: str | None = None
         if low_noise_model is not None:
             if self.family != "wan" or family_of(low_noise_model).name != "wan":
                 raise DRFInputError(
                     "model_low_noise is for Wan 2.2 A14B's two experts (two Wan MODELs); disconnect it for "
                     f"this {self.family} MODEL"
                 )
-            if trained_expert not in WAN_EXPERTS:
-                raise DRFInputError(f"unknown expert {trained_expert!r}; choose one of {', '.join(WAN_EXPERTS)}")
+            self.lora_targets = experts_trained(trained_expert)
             if not 0.0 <= low_noise_from <= 1.0:
                 raise DRFInputError(f"low_noise_from is a fraction of the steps, got {low_noise_from}; use 0..1")
-            self.experts = {"high_noise": model.clone(), "low_noise": low_noise_model.clone()}
-            model = self.experts[trained_expert]
-        self.trained_expert = trained_expert if self.experts else None
+            self.bases = {"high_noise": model.clone(), "low_noise": low_noise_model.clone()}
+            self.trained_expert = trained_expert
         self.low_noise_from = low_noise_from
-        self.base = model if self.experts else model.clone()
+        self.base = self.bases[self.lora_targets[0]]
         self.vae = vae
-        for patcher in self.experts.values() or [model]:
+        for patcher in self.bases.values():
             self.kind.check_vae(vae, patcher.model)
         self.frame_rate = self.kind.frame_rate(vae)
         self.prompts = prompts
         self.sampler_name = sampler_name
         self.scheduler_name = scheduler_name
-        self.device = model.load_device
-        self.dtype = model.model_dtype()
-        self.source = f"ComfyUI MODEL ({type(model.model).__name__})"
+        self.device = self.base.load_device
+        self.dtype = self.base.model_dtype()
+        self.source = f"ComfyUI MODEL ({type(self.base.model).__name__})"
         self._adapters: dict[str, _Adapter] = {}
         self._run: ComfySolverRun | None = None
         self._checkpointed_blocks: dict[int, Any] = {}
@@ -295,17 +301,30 @@ class ComfyVideoBackend(VideoBackend):
     # --- what is active ------------------------------------------------------------------------
 
     @property
+    def experts(self) -> bool:
+        """True for Wan 2.2 A14B (two MODELs)."""
+        return ONE_MODEL not in self.bases
+
+    def _patchers(self) -> dict[str, Any]:
+        """The clones sampling uses, by MODEL key: the newest adapter's, else the base clones."""
+        return next(reversed(self._adapters.values())).patchers if self._adapters else self.bases
+
+    @property
     def patcher(self) -> Any:
-        """The clone sampling uses: the newest adapter's, else the base clone."""
-        return next(reversed(self._adapters.values())).patcher if self._adapters else self.base
+        """The clone sampling uses for the first MODEL the LoRA is on."""
+        return self._patchers()[self.lora_targets[0]]
 
     @property
     def denoiser(self) -> torch.nn.Module:
         return self.base.model.diffusion_model
 
+    def _lora_name(self, target: str, module: str) -> str:
+        """A LoRA module's name: the module's own, or with its expert when the LoRA is on both."""
+        return module_name(target, module) if len(self.lora_targets) > 1 else module
+
     def _prepare_model(self) -> None:
         """Called once ComfyUI has loaded the model for a run (see `make_autograd_safe`)."""
-        for patcher in self.experts.values() or [self.base]:
+        for patcher in self.bases.values():
             make_autograd_safe(patcher.model, patcher.model.latent_format)
             patcher.model.requires_grad_(False)
 
@@ -349,17 +368,14 @@ class ComfyVideoBackend(VideoBackend):
             sampler_name, scheduler_name = DRF_SCHEDULER_NAMES[name]
         else:
             raise DRFInputError(f"unknown scheduler {name!r}; choose default, {', '.join(DRF_SCHEDULER_NAMES)}")
-        patchers = {"trained": self.patcher}
-        if self.experts:
-            other = next(name for name in WAN_EXPERTS if name != self.trained_expert)
-            patchers = {self.trained_expert: self.patcher, other: self.experts[other]}
+        patchers = self._patchers()
         if flow_shift is not None:  # what core ModelSamplingSD3 does
             from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
             patchers = {name: ModelSamplingSD3().patch(p, flow_shift)[0] for name, p in patchers.items()}
         if not self.experts:
             self._run = ComfySolverRun(
-                patchers["trained"], sampler_name, scheduler_name, num_inference_steps, self._prepare_model
+                patchers[ONE_MODEL], sampler_name, scheduler_name, num_inference_steps, self._prepare_model
             )
             return self._run
         switch = round(self.low_noise_from * num_inference_steps)
@@ -390,9 +406,41 @@ class ComfyVideoBackend(VideoBackend):
                 self.set_block_checkpointing(False)
         return self._run.denoise(latents, timestep)
 
+    def check_backprop_steps(self, num_inference_steps: int, fewest: int, most: int) -> None:
+        """Wan 2.2 A14B: the gradient reaches the high-noise expert only through every low-noise step. Training
+        it alone needs that on every step (`fewest`); training both experts on some steps (`most`)."""
+        if "high_noise" not in self.lora_targets:
+            return
+        switch = round(self.low_noise_from * num_inference_steps)
+        low_noise_steps = num_inference_steps - switch
+        backprop_steps = most if len(self.lora_targets) > 1 else fewest
+        if switch == 0 or backprop_steps > low_noise_steps:
+            return
+        raise DRFInputError(
+            f"the LoRA is on Wan 2.2 A14B's high-noise expert, but the gradient reaches it only through all "
+            f"{low_noise_steps} of the low-noise expert's steps (low_noise_from {self.low_noise_from:g} of "
+            f"{num_inference_steps} steps), and truncated_backprop_steps is {backprop_steps}: raise "
+            f"truncated_backprop_steps to at least {low_noise_steps + 1} (memory grows with each step), or set "
+            "trained_expert to low_noise"
+        )
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        """The trained adapters compute nothing (the base model predicts) until the block ends."""
+        adapters = [w for adapter in self._adapters.values() for w in adapter.trained.values()]
+        were = [w.enabled for w in adapters]
+        for weight in adapters:
+            weight.enabled = False
+        try:
+            yield
+        finally:
+            for weight, enabled in zip(adapters, were, strict=True):
+                weight.enabled = enabled
+
     def set_block_checkpointing(self, enabled: bool) -> None:
         names = ("blocks", "double_blocks", "single_blocks")  # Wan; Flux
-        blocks = [block for name in names for block in getattr(self.denoiser, name, [])]
+        denoisers = [patcher.model.diffusion_model for patcher in self.bases.values()]
+        blocks = [block for denoiser in denoisers for name in names for block in getattr(denoiser, name, [])]
         for block in blocks:
             key = id(block)
             if enabled and key not in self._checkpointed_blocks:
@@ -432,54 +480,69 @@ class ComfyVideoBackend(VideoBackend):
 
     # --- LoRA life cycle -----------------------------------------------------------------------
 
-    def _target_layers(self, targets: Sequence[str]) -> dict[str, tuple[str, torch.nn.Module]]:
-        """Family module name -> (native module name, layer) for layers matching `targets` suffixes."""
+    def _target_layers(self, target: str, modules: Sequence[str]) -> dict[str, torch.nn.Module]:
+        """Family module name -> layer of MODEL `target` for its Linear layers whose names end in one of `modules`."""
         found = {}
-        for native, module in self.denoiser.named_modules():
+        for native, module in self.bases[target].model.diffusion_model.named_modules():
             if not isinstance(module, torch.nn.Linear) or not hasattr(module, "weight_function"):
                 continue
             try:
                 name = self.module_name_from_native(native)
             except DRFInputError:
                 continue
-            if any(name == t or name.endswith("." + t) for t in targets):
-                found[name] = (native, module)
+            if any(name == t or name.endswith("." + t) for t in modules):
+                found[name] = module
         return found
 
     def _refuse_existing(self, adapter_name: str) -> None:
         if adapter_name in self._adapters:
             raise DRFInputError(f"the model already has a LoRA adapter named {adapter_name!r}; remove it first")
 
-    def _attach(self, adapter_name: str, adapters: dict[str, LoraDiff]) -> dict[str, torch.nn.Parameter]:
-        patcher = self.patcher.clone()
-        named = {}
-        for name, adapter in adapters.items():
-            layer = self.denoiser.get_submodule(self.native_module_name(name))
-            wrapper = _ScaledWeightAdapter(adapter, layer.scale_weight) if _is_scaled_fp8(layer) else adapter
-            patcher.add_weight_wrapper(f"{MODEL_PREFIX}{self.native_module_name(name)}.weight", wrapper)
-            for part in ("lora_up", "lora_down"):
-                param = getattr(adapter, part).weight
-                param.requires_grad_(True)
-                named[f"{name}.{part}.weight"] = param
-        self._adapters[adapter_name] = _Adapter(patcher, trained=adapters)
+    def _attach(self, adapter_name: str, adapters: dict[str, dict[str, LoraDiff]]) -> dict[str, torch.nn.Parameter]:
+        """Put trainable adapters (by MODEL key, then module name) on clones of the current patchers."""
+        patchers = dict(self._patchers())
+        trained, named = {}, {}
+        for target, by_module in adapters.items():
+            patcher = patchers[target] = patchers[target].clone()
+            denoiser = self.bases[target].model.diffusion_model
+            for name, adapter in by_module.items():
+                native = self.native_module_name(name)
+                layer = denoiser.get_submodule(native)
+                weight = trained[self._lora_name(target, name)] = _TrainedWeight(
+                    adapter, layer.scale_weight if _is_scaled_fp8(layer) else None
+                )
+                patcher.add_weight_wrapper(f"{MODEL_PREFIX}{native}.weight", weight)
+                for part in ("lora_up", "lora_down"):
+                    param = getattr(adapter, part).weight
+                    param.requires_grad_(True)
+                    named[f"{self._lora_name(target, name)}.{part}.weight"] = param
+        self._adapters[adapter_name] = _Adapter(patchers, trained=trained)
         return named
 
     def add_lora(self, config: LoRAConfig, adapter_name: str) -> dict[str, torch.nn.Parameter]:
-        """ComfyUI's trainable LoRA (`create_train`: up random, down zero, so training starts at the base)."""
+        """ComfyUI's trainable LoRA (`create_train`: up random, down zero, so training starts at the base),
+        on each MODEL the LoRA goes on."""
         config.validate()
         if config.dropout:
             raise DRFInputError("LoRA dropout is not available on ComfyUI models; set lora dropout to 0")
         self._refuse_existing(adapter_name)
-        layers = self._target_layers(self.lora_target_presets[config.target_preset])
-        if not layers:
-            raise DRFInputError(f"no layer of this MODEL matches the LoRA preset {config.target_preset!r}")
-        with torch.inference_mode(False):
-            adapters = {
-                name: adapter_maps["LoRA"].create_train(module.weight, config.rank, config.alpha).to(torch.float32)
-                for name, (_, module) in sorted(layers.items())
-            }
+        adapters = {}
+        for target in self.lora_targets:
+            layers = self._target_layers(target, self.lora_target_presets[config.target_preset])
+            if not layers:
+                raise DRFInputError(f"no layer of this MODEL matches the LoRA preset {config.target_preset!r}")
+            with torch.inference_mode(False):
+                adapters[target] = {
+                    name: adapter_maps["LoRA"].create_train(module.weight, config.rank, config.alpha).to(torch.float32)
+                    for name, module in sorted(layers.items())
+                }
         logger.info(
-            "ComfyUI LoRA %r: rank %d, alpha %g, %d layers", adapter_name, config.rank, config.alpha, len(layers)
+            "ComfyUI LoRA %r: rank %d, alpha %g, %d layers on %s",
+            adapter_name,
+            config.rank,
+            config.alpha,
+            sum(len(a) for a in adapters.values()),
+            " and ".join(self.lora_targets),
         )
         return self._attach(adapter_name, adapters)
 
@@ -492,55 +555,80 @@ class ComfyVideoBackend(VideoBackend):
         dropout: float = 0.0,
     ) -> dict[str, torch.nn.Parameter]:
         """Trainable: ComfyUI weight adapters holding the LoRA's weights. Preview: the file's patches
-        applied exactly as core LoraLoaderModelOnly applies them."""
+        applied exactly as core LoraLoaderModelOnly applies them. Each part goes on its own MODEL
+        (`_placement`)."""
         self._refuse_existing(adapter_name)
-        self._check_expert(lora)
+        placement = self._placement(lora)
         if trainable:
             if strength != 1.0:
                 raise DRFInputError(f"resuming training needs strength 1.0, got {strength}")
             if dropout:
                 raise DRFInputError("LoRA dropout is not available on ComfyUI models; set lora dropout to 0")
-            layers = self._target_layers(list(lora.modules))
-            missing = sorted(set(lora.modules) - set(layers))
-            if missing:
-                raise DRFInputError(f"the LoRA names layers this MODEL does not have (e.g. {missing[:3]})")
-            with torch.inference_mode(False):
-                adapters = {
-                    name: LoraDiff(
-                        (w.up.float().to(self.device), w.down.float().to(self.device), w.alpha, None, None, None)
-                    )
-                    for name, w in lora.modules.items()
-                }
+            adapters = {}
+            for target, part in placement.items():
+                layers = self._target_layers(target, list(part.modules))
+                missing = sorted(set(part.modules) - set(layers))
+                if missing:
+                    raise DRFInputError(f"the LoRA names layers this MODEL does not have (e.g. {missing[:3]})")
+                with torch.inference_mode(False):
+                    adapters[target] = {
+                        name: LoraDiff(
+                            (w.up.float().to(self.device), w.down.float().to(self.device), w.alpha, None, None, None)
+                        )
+                        for name, w in part.modules.items()
+                    }
             return self._attach(adapter_name, adapters)
-        native = LORA_FORMATS.get("comfyui").tensors(lora.modules, self.native_module_name)
-        key_map = comfy.lora.model_lora_keys_unet(self.base.model, {})
-        patches = comfy.lora.load_lora(native, key_map)
-        if len(patches) != len(lora.modules):
-            raise DRFInputError(
-                f"only {len(patches)} of the LoRA's {len(lora.modules)} layers exist in this MODEL; it was made for "
-                "another model or size"
-            )
-        patcher = self.patcher.clone()
-        patcher.add_patches(patches, strength)
-        self._adapters[adapter_name] = _Adapter(patcher, weights=lora)
+        patchers = dict(self._patchers())
+        for target, part in placement.items():
+            native = LORA_FORMATS.get("comfyui").tensors(part.modules, self.native_module_name)
+            key_map = comfy.lora.model_lora_keys_unet(self.bases[target].model, {})
+            patches = comfy.lora.load_lora(native, key_map)
+            if len(patches) != len(part.modules):
+                raise DRFInputError(
+                    f"only {len(patches)} of the LoRA's {len(part.modules)} layers exist in this MODEL; it was made "
+                    "for another model or size"
+                )
+            patchers[target] = patchers[target].clone()
+            patchers[target].add_patches(patches, strength)
+        self._adapters[adapter_name] = _Adapter(patchers, weights=lora)
         return {}
 
-    def _check_expert(self, lora: LoRAWeights) -> None:
-        """A LoRA trained on one Wan 2.2 A14B expert goes on that expert only."""
-        expert = (lora.metadata or {}).get("drf_wan_expert")
-        if expert is None:
-            return
-        if self.trained_expert is None:
-            logger.warning(
-                "this LoRA was trained on Wan 2.2 A14B's %s MODEL; this video model has one MODEL, so it is "
-                "applied there: connect the A14B experts (model and model_low_noise) to apply it where it belongs",
-                expert,
-            )
-        elif expert != self.trained_expert:
+    def _placement(self, lora: LoRAWeights) -> dict[str, LoRAWeights]:
+        """The MODEL each part of `lora` goes on. A LoRA trained on one Wan 2.2 A14B expert goes on that
+        expert only, and one trained on both on both; the experts it goes on are the ones `trained_expert` names."""
+        parts = split_experts(lora)
+        if not self.experts:
+            for expert in parts:
+                if expert is not None:
+                    logger.warning(
+                        "this LoRA was trained on Wan 2.2 A14B's %s MODEL; this video model has one MODEL, so it is "
+                        "applied there: connect the A14B experts (model and model_low_noise) to apply it where it "
+                        "belongs",
+                        expert,
+                    )
+            if len(parts) > 1:
+                raise DRFInputError(
+                    "this LoRA holds one part per Wan 2.2 A14B expert, and this video model has one MODEL: connect "
+                    "the A14B experts (model and model_low_noise), or load one expert's file"
+                )
+            return {ONE_MODEL: next(iter(parts.values()))}
+        if None in parts:  # a LoRA that names no expert goes where `trained_expert` says
+            if len(self.lora_targets) > 1:
+                raise DRFInputError(
+                    "this LoRA does not say which Wan 2.2 A14B expert it was trained on, and trained_expert is both: "
+                    "set trained_expert to the expert it is for"
+                )
+            return {self.lora_targets[0]: parts[None]}
+        wrong = sorted(set(parts) - set(self.lora_targets))
+        if wrong:
+            named = BOTH if len(parts) > 1 else next(iter(parts))
             raise DRFInputError(
-                f"this LoRA was trained on Wan 2.2 A14B's {expert} expert, but Video Model from ComfyUI puts LoRAs on "
-                f"the {self.trained_expert} one: set its trained_expert to {expert}"
+                f"this LoRA was trained on Wan 2.2 A14B's {' and '.join(sorted(parts))} expert"
+                f"{'s' if len(parts) > 1 else ''}, but Video Model from ComfyUI puts LoRAs on the "
+                f"{' and '.join(self.lora_targets)} one{'s' if len(self.lora_targets) > 1 else ''}: set its "
+                f"trained_expert to {named}"
             )
+        return dict(parts)
 
     def snapshot_lora(self, adapter_name: str, metadata: dict[str, Any] | None = None) -> LoRAWeights:
         adapter = self._adapters.get(adapter_name)
@@ -548,16 +636,16 @@ class ComfyVideoBackend(VideoBackend):
             raise DRFInputError(f"the model has no LoRA adapter named {adapter_name!r}")
         header = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
         if self.trained_expert is not None:  # which of Wan 2.2 A14B's MODELs the file belongs on
-            header["drf_wan_expert"] = self.trained_expert
+            header[EXPERT_KEY] = self.trained_expert
         if adapter.weights is not None:
             return LoRAWeights(None, adapter.weights.key_layout, dict(adapter.weights.modules), header)
         modules = {
             name: LoRAModuleWeights(
-                down=diff.lora_down.weight.detach().to("cpu", copy=True),
-                up=diff.lora_up.weight.detach().to("cpu", copy=True),
-                alpha=float(diff.alpha),
+                down=weight.adapter.lora_down.weight.detach().to("cpu", copy=True),
+                up=weight.adapter.lora_up.weight.detach().to("cpu", copy=True),
+                alpha=float(weight.adapter.alpha),
             )
-            for name, diff in adapter.trained.items()
+            for name, weight in adapter.trained.items()
         }
         return LoRAWeights(path=None, key_layout="comfyui", modules=modules, metadata=header)
 
@@ -569,29 +657,36 @@ class ComfyVideoBackend(VideoBackend):
                 f"LoRA {adapter_name!r} is under another adapter ({list(self._adapters)[-1]!r}); remove that one first"
             )
         adapter = self._adapters.pop(adapter_name)
-        for diff in adapter.trained.values():
-            diff.requires_grad_(False)
+        for weight in adapter.trained.values():
+            weight.adapter.requires_grad_(False)
 
     def set_training(self, enabled: bool) -> None:
-        self.denoiser.train(enabled)
+        for target in self.lora_targets:
+            self.bases[target].model.diffusion_model.train(enabled)
 
     def adapted_weights(self, adapter_name: str) -> dict[str, torch.Tensor]:
-        """Native weight key -> the weight the adapter's layers compute with (`W + alpha/rank up @ down`).
+        """Native weight key (with its expert and '/' in front when the LoRA is on both A14B experts) -> the
+        weight the adapter's layers compute with (`W + alpha/rank up @ down`).
 
         `W` is the MODEL's own weight: the base clone is loaded first, so ComfyUI takes off the
         patches another clone (e.g. one from LoraLoaderModelOnly) put on the shared layers.
         """
         adapter = self._adapters[adapter_name]
-        model_management.load_models_gpu([self.base])
         out = {}
-        with torch.no_grad():
-            for name, diff in adapter.trained.items():
-                native = self.native_module_name(name)
-                layer = self.denoiser.get_submodule(native)
-                weight = layer.weight.to(diff.lora_up.weight.device, torch.float32)
-                if _is_scaled_fp8(layer):
-                    weight = weight * layer.scale_weight.to(weight.device, torch.float32)
-                out[f"{MODEL_PREFIX}{native}.weight"] = diff(weight).detach().cpu()
+        for target in self.lora_targets:
+            model_management.load_models_gpu([self.bases[target]])
+            denoiser = self.bases[target].model.diffusion_model
+            prefix = self._lora_name(target, "")
+            with torch.no_grad():
+                for name, weight in adapter.trained.items():
+                    if not name.startswith(prefix):
+                        continue
+                    native = self.native_module_name(name.removeprefix(prefix))
+                    layer = denoiser.get_submodule(native)
+                    base = layer.weight.to(weight.adapter.lora_up.weight.device, torch.float32)
+                    if _is_scaled_fp8(layer):
+                        base = base * layer.scale_weight.to(base.device, torch.float32)
+                    out[f"{prefix}{MODEL_PREFIX}{native}.weight"] = weight.adapter(base).detach().cpu()
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -617,15 +712,23 @@ def _is_scaled_fp8(layer: torch.nn.Module) -> bool:
     return isinstance(getattr(layer, "scale_weight", None), torch.Tensor)
 
 
-class _ScaledWeightAdapter:
-    """A trainable LoRA on a scaled-fp8 layer. ComfyUI multiplies what the weight functions return by the
-    layer's `scale_weight`, so the LoRA's difference is divided by it first: `(W_q + dW / s) * s = W + dW`."""
+class _TrainedWeight:
+    """A trainable LoRA as one of a layer's weight functions (`add_weight_wrapper`): `W + dW`, computed by
+    ComfyUI's `LoraDiff` (`adapter`); nothing while `enabled` is off (the base model, for the drift penalty).
 
-    def __init__(self, adapter: LoraDiff, scale: torch.Tensor) -> None:
+    On a scaled-fp8 layer (`scale` set) ComfyUI multiplies what the weight functions return by the layer's
+    `scale_weight`, so the LoRA's difference is divided by it first: `(W_q + dW / s) * s = W + dW`."""
+
+    def __init__(self, adapter: LoraDiff, scale: torch.Tensor | None = None) -> None:
         self.adapter = adapter
         self.scale = scale
+        self.enabled = True
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
+        if self.scale is None:
+            return self.adapter(weight)
         adapter = self.adapter
         delta = (adapter.alpha / adapter.rank) * (adapter.lora_up.weight @ adapter.lora_down.weight)
         scale = self.scale.to(device=delta.device, dtype=torch.float32)

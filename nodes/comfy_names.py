@@ -34,6 +34,3 @@ COMFY_SCHEDULERS = (
     "linear_quadratic",
     "kl_optimal",
 )
-
-# Wan 2.2 A14B's two experts (two MODELs), as Video Model from ComfyUI names them; the first is trained by default.
-WAN_EXPERTS = ("low_noise", "high_noise")

@@ -15,7 +15,7 @@ from ..drf_core.devices import device_names
 from ..drf_core.errors import DRFInputError
 from ..drf_core.models import VIDEO_WEIGHT_STORAGES, read_model_index
 from ..drf_core.quantization import CRITIC_QUANTIZERS, check_critic_quantization
-from .comfy_names import COMFY_SCHEDULERS, SOLVERS, WAN_EXPERTS
+from .comfy_names import COMFY_SCHEDULERS, SOLVERS
 from .model_cache import ModelHandle
 from .spec import (
     CRITIC,
@@ -31,6 +31,7 @@ from .spec import (
     String,
     category,
 )
+from .wan_experts import TRAINED_EXPERT_CHOICES, experts_trained
 
 VIDEO_MODEL_FOLDER = "diffusers"
 VIDEO_MODEL_MARKER = "model_index.json"
@@ -157,10 +158,12 @@ class VideoModelFromComfy(DRFNode):
             ),
             Combo(
                 "trained_expert",
-                list(WAN_EXPERTS),
+                list(TRAINED_EXPERT_CHOICES),
                 "Wan 2.2 A14B: the expert the LoRA trains (and Load LoRA previews on); apply the saved file to that "
-                "MODEL. The low-noise expert shapes the final details.",
-                WAN_EXPERTS[0],
+                "MODEL. The low-noise expert shapes the final details. 'both' trains one LoRA per expert (Save LoRA "
+                "writes two files); the gradient reaches the high-noise expert only when truncated_backprop_steps "
+                "is more than the low-noise expert's steps.",
+                TRAINED_EXPERT_CHOICES[0],
             ),
         ),
         outputs=(OutputSpec(VIDEO_MODEL, "video_model", "The video model, for Train LoRA and Sample Video."),),
@@ -184,8 +187,7 @@ class VideoModelFromComfy(DRFNode):
         model_low_noise=None,
     ) -> NodeResult:
         SOLVERS.get(sampler_name)
-        if trained_expert not in WAN_EXPERTS:
-            raise DRFInputError(f"unknown trained_expert {trained_expert!r}; choose one of {', '.join(WAN_EXPERTS)}")
+        experts_trained(trained_expert)  # an unknown choice is refused here, before anything loads
         if scheduler not in COMFY_SCHEDULERS:
             choices = ", ".join(COMFY_SCHEDULERS)
             raise DRFInputError(f"unknown ComfyUI scheduler {scheduler!r}; choose one of: {choices}")

@@ -52,3 +52,41 @@ def test_the_lora_names_its_expert_and_is_refused_on_the_other(report):
 def test_training_the_high_noise_expert_with_k1_says_what_to_change(report):
     message = report["high_noise_k1_training_error"]
     assert message and "truncated_backprop_steps" in message and "low-noise expert" in message
+
+
+def test_both_experts_get_gradient_once_it_reaches_the_high_noise_steps(report):
+    gradients = report["both_gradients"]
+    for expert in ("high_noise", "low_noise"):
+        spanning = gradients[f"{expert} K=4"]  # K spans the switch: every adapter of both experts
+        assert spanning["adapters"] == spanning["with_gradient"] > 0 and spanning["finite"], expert
+    assert gradients["low_noise K=1"]["with_gradient"] == gradients["low_noise K=1"]["adapters"] > 0
+    assert gradients["high_noise K=1"]["with_gradient"] == 0  # K = 1 runs only the low-noise expert
+    assert gradients["model weights with grad K=1"] == gradients["model weights with grad K=4"] == 0
+    message = report["both_k1_training_error"]
+    assert message and "truncated_backprop_steps to at least 3" in message and "low_noise" in message
+
+
+def test_a_lora_on_both_experts_is_two_files_core_nodes_apply_as_sample_video_does(report):
+    lora = report["both_lora"]
+    assert lora["metadata_expert"] == "both"
+    high_file, low_file = "drf/a14b_high_noise_00001.safetensors", "drf/a14b_low_noise_00001.safetensors"
+    assert sorted(lora["saved_names"]) == [high_file, low_file] and lora["file_experts"] == ["high_noise", "low_noise"]
+    assert lora["file_pairs"] == {high_file: low_file, low_file: high_file}  # each file names its partner
+    assert lora["file_layers"][high_file] == lora["trained_layers"]["high_noise"] > 0
+    assert lora["file_layers"][low_file] == lora["trained_layers"]["low_noise"] > 0
+    assert all(lora["loaded_equal_trained"].values())  # Load LoRA of either file brings back both, exactly
+    assert lora["core_vs_preview_max_abs_diff"] == 0.0  # two LoraLoaderModelOnly + the template's chain
+    assert lora["lora_changes_the_chain"] > 0
+    assert all(change > 0 for change in lora["changes_per_expert"].values())  # both files carry a trained LoRA
+
+
+def test_a_two_expert_lora_is_refused_where_it_cannot_go_whole(report):
+    errors = report["both_placement_errors"]
+    assert "set its trained_expert to both" in errors["both on low_noise"]
+    assert "connect the A14B experts" in errors["both on one MODEL"]
+
+
+def test_switching_the_adapters_off_gives_the_base_model_for_the_drift_penalty(report):
+    switched = report["adapters_disabled"]
+    assert switched["off_vs_base_chain"] == 0.0 and switched["on_vs_core_lora"] == 0.0
+    assert switched["drift"] > 0 and switched["drift_requires_grad"]

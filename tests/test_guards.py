@@ -20,9 +20,9 @@ from drf_core.config import (
 )
 from drf_core.errors import DRFInputError
 from drf_core.heldout import held_out_questions, paraphrase_question
-from drf_core.lora import add_lora, remove_lora
+from drf_core.lora import adapters_disabled, add_lora, remove_lora
 from drf_core.monitor import question_movers, training_movers
-from drf_core.regularize import DriftPenalty, adapters_disabled
+from drf_core.regularize import DriftPenalty
 from drf_core.reward import DRFReward
 from drf_core.sampler import sample_latents, sample_video
 from drf_core.trainer import METRICS_FILE, Trainer

@@ -6,6 +6,7 @@ the local host (`nodes/local.py`). The real-ComfyUI side is `test_comfyui_nodes.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -99,7 +100,7 @@ def test_video_model_from_comfyui_says_it_needs_comfyui(pack_nodes, local, ctx):
     assert spec.input("trained_expert").default == "low_noise" and spec.input("low_noise_from").default == 0.5
     with pytest.raises(errors.DRFInputError, match="only inside ComfyUI"):
         run(pack_nodes, local, ctx, "DRFVideoModelFromComfy", model=object(), vae=object(), clip=object())
-    for name, value in (("sampler_name", "dpmpp_2m"), ("scheduler", "no_such"), ("trained_expert", "both")):
+    for name, value in (("sampler_name", "dpmpp_2m"), ("scheduler", "no_such"), ("trained_expert", "all_of_them")):
         with pytest.raises(errors.DRFInputError, match=f"unknown .*{value}"):  # its own combos, checked first
             run(pack_nodes, local, ctx, "DRFVideoModelFromComfy", model=object(), vae=object(), **{name: value})
 
@@ -351,6 +352,41 @@ def test_load_lora_returns_the_saved_weights(pack_nodes, local, ctx, trained):
         back = loaded_back.weights.modules[module]
         assert torch.equal(back.down, weights.down) and torch.equal(back.up, weights.up), module
         assert back.alpha == weights.alpha
+
+
+def test_a_lora_on_both_a14b_experts_saves_as_a_pair_and_loads_back_whole(pack_nodes, local, ctx, root, trained):
+    """Two files under one counter, each naming its partner; Load LoRA of either gives both; a lost partner
+    leaves that expert's file, and a mixed-up pair is refused."""
+    experts = pack_module("nodes.wan_experts")
+    errors = pack_module("drf_core.errors")
+    lora = trained.outputs[0]
+    low = dataclasses.replace(lora.weights, metadata={**lora.weights.metadata, "drf_wan_expert": "low_noise"})
+    high_modules = {n: dataclasses.replace(w, up=w.up * 2.0) for n, w in lora.weights.modules.items()}
+    high = dataclasses.replace(low, modules=high_modules, metadata={**low.metadata, "drf_wan_expert": "high_noise"})
+    joined = experts.join_experts({"high_noise": high, "low_noise": low})
+    assert experts.split_experts(joined)["high_noise"].modules == high_modules
+    loras = root / "models" / "loras"
+    (loras / "pair").mkdir(parents=True, exist_ok=True)
+    (loras / "pair" / "a14b_high_noise_00004.safetensors").write_bytes(b"an older file")
+    wire = dataclasses.replace(lora, weights=joined)
+    (names,) = run(pack_nodes, local, ctx, "DRFSaveLoRA", lora=wire, filename_prefix="pair/a14b").outputs
+    low_name, high_name = "pair/a14b_low_noise_00005.safetensors", "pair/a14b_high_noise_00005.safetensors"
+    assert names.split("\n") == [low_name, high_name]  # one counter for the pair, past the highest taken
+    for name in (low_name, high_name):
+        (back,) = run(pack_nodes, local, ctx, "DRFLoadLoRA", lora_name=name, family="wan").outputs
+        assert back.weights.metadata["drf_wan_expert"] == "both"
+        assert back.weights.modules.keys() == joined.modules.keys()
+        for module, weights in joined.modules.items():
+            assert torch.equal(back.weights.modules[module].up, weights.up), module
+    (loras / high_name).rename(loras / "pair" / "renamed.safetensors")
+    (alone,) = run(pack_nodes, local, ctx, "DRFLoadLoRA", lora_name=low_name, family="wan").outputs
+    assert alone.weights.metadata["drf_wan_expert"] == "low_noise"
+    assert alone.weights.modules.keys() == low.modules.keys()
+    (loras / "pair" / "renamed.safetensors").rename(loras / high_name)
+    (names,) = run(pack_nodes, local, ctx, "DRFSaveLoRA", lora=wire, filename_prefix="pair/a14b").outputs
+    (loras / names.split("\n")[1]).replace(loras / high_name)  # the high-noise file of another pair
+    with pytest.raises(errors.DRFInputError, match="renamed or mixed up"):
+        run(pack_nodes, local, ctx, "DRFLoadLoRA", lora_name=low_name, family="wan")
 
 
 # --- training -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -190,6 +191,16 @@ class VideoBackend(ABC):
     @abstractmethod
     def set_training(self, enabled: bool) -> None:
         """Switch the denoiser between training and evaluation behaviour."""
+
+    @abstractmethod
+    def adapters_disabled(self) -> AbstractContextManager[None]:
+        """A context in which every LoRA adapter computes nothing: the base model predicts (drift penalty)."""
+
+    def check_backprop_steps(self, num_inference_steps: int, fewest: int, most: int) -> None:
+        """Refuse, before training starts, numbers of gradient-carrying last steps (`fewest` to `most` of
+        `num_inference_steps`, truncated_backprop_steps or its range) under which a training step would give
+        the LoRA, or a part of it on every step, no gradient. Every step runs the whole LoRA by default."""
+        return None
 
     @classmethod
     def from_folder(cls, path: str, dtype: torch.dtype, device: torch.device) -> VideoBackend:

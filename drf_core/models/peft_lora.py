@@ -10,12 +10,13 @@ Knows peft through `drf_core.lora`; nothing about model families, training loops
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 
 from ..config import LoRAConfig
-from ..lora import LoRAWeights, add_lora, apply_lora, remove_lora, snapshot_lora
+from ..lora import LoRAWeights, adapters_disabled, add_lora, apply_lora, remove_lora, snapshot_lora
 
 
 class PeftLoRA:
@@ -54,3 +55,6 @@ class PeftLoRA:
 
     def set_training(self, enabled: bool) -> None:
         self.denoiser.train(enabled)
+
+    def adapters_disabled(self) -> AbstractContextManager[None]:
+        return adapters_disabled(self.denoiser)
