@@ -17,6 +17,7 @@ import importlib.util
 import json
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,10 +36,19 @@ CRITIQUE = "drf_critique_video.json"
 COMPARE = "drf_compare_base_vs_lora.json"
 SINGLE = "drf_single_prompt_finetune.json"
 FLUX = "drf_flux_image_finetune.json"
-EXAMPLES = (TRAIN, CRITIQUE, COMPARE, SINGLE, FLUX)
+TI2V = "drf_wan22_ti2v_5b_finetune.json"
+A14B = "drf_wan22_a14b_finetune.json"
+EXAMPLES = (TRAIN, CRITIQUE, COMPARE, SINGLE, FLUX, TI2V, A14B)
+WAN22 = (TI2V, A14B)  # Wan 2.2 on the files and settings of ComfyUI's own Wan 2.2 templates
 
 SMALL_VIDEO = {"width": 32, "height": 32, "num_frames": 5}
 REAL_VIDEO = {"width": 832, "height": 480, "num_frames": 33}
+# Each workflow's training and sampling size when it is not REAL_VIDEO: Flux's image, the Wan 2.2 templates' latents.
+VIDEO_SIZES = {
+    FLUX: {"width": 1024, "height": 1024, "num_frames": 1},
+    TI2V: {"width": 1280, "height": 704, "num_frames": 121},
+    A14B: {"width": 640, "height": 640, "num_frames": 81},
+}
 FRAME_COUNT = 2
 # class_type -> inputs replaced before running on the CPU (every name must exist, else the run would be full size).
 SHRINK = {
@@ -283,7 +293,7 @@ def test_every_node_runs_in_comfyui(name, specs):
 
 
 def test_prompts_and_seeds_agree_where_they_must():
-    for name in (CRITIQUE, SINGLE):
+    for name in (CRITIQUE, SINGLE, TI2V):
         workflow = read_workflow(name)
         (decompose,) = nodes_of(workflow, "DRFDecomposePrompt")
         prompts = [line for line in decompose["widgets_values"][0].splitlines() if line.strip()]
@@ -292,7 +302,7 @@ def test_prompts_and_seeds_agree_where_they_must():
             assert sampler["widgets_values"][0] == prompts[0], (
                 f"{name}: Sample Video's prompt is not the decomposed one"
             )
-    for name in (COMPARE, SINGLE):
+    for name in (COMPARE, SINGLE, TI2V):
         base, tuned = nodes_of(read_workflow(name), "DRFSampleVideo")
         assert base["widgets_values"] == tuned["widgets_values"], (
             f"{name}: the two samplers must differ by the LoRA only"
@@ -315,7 +325,7 @@ def widgets_by_name(node: dict, specs, tools) -> dict:
 
 def test_settings_are_for_a_real_gpu(tools, specs):
     for name in EXAMPLES:
-        video = {"width": 1024, "height": 1024, "num_frames": 1} if name == FLUX else REAL_VIDEO
+        video = VIDEO_SIZES.get(name, REAL_VIDEO)
         workflow = read_workflow(name)
         for node in nodes_of(workflow, "DRFTrainLoRA"):
             widgets = widgets_by_name(node, specs, tools)
@@ -342,7 +352,7 @@ def test_workflows_load_wan_as_comfyuis_own_template_does_except_the_command_lin
     on_diffusers = []
     for name in EXAMPLES:
         workflow = read_workflow(name)
-        if name == FLUX:  # test_the_flux_workflow_loads_flux_as_comfyuis_own_template_does
+        if name == FLUX or name in WAN22:  # their own template tests below
             continue
         if nodes_of(workflow, "DRFLoadVideoModel"):
             on_diffusers.append(name)
@@ -391,6 +401,189 @@ def test_flux_workflow_trains_and_saves_a_lora(comfy_root, tmp_path, tools, loca
     (lora_name,) = results[ids_of(prompt, "DRFSaveLoRA")[0]].outputs
     assert lora_name == "drf/flux_drf_00001.safetensors"
     assert (root / "models" / "loras" / lora_name).is_file()
+
+
+# --- Wan 2.2 on the files and settings of ComfyUI's own Wan 2.2 templates -------------------------------------
+# What the workflows take from ComfyUI's templates (package comfyui_workflow_templates, read 2026-12 from the one
+# ComfyUI 0.3.64 installs); test_the_wan22_workflows_match_the_installed_templates reads them again.
+TEMPLATES = {TI2V: "video_wan2_2_5B_ti2v.json", A14B: "video_wan2_2_14B_t2v.json"}
+UMT5 = ("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan")
+TEMPLATE_SETTINGS = {
+    TI2V: {
+        "models": {"model": ("wan2.2_ti2v_5B_fp16.safetensors", "default", 8.0)},
+        "text_encoder": UMT5,
+        "vae": "wan2.2_vae.safetensors",
+        "sampler": ("uni_pc", "simple"),
+        "steps": 20,
+        "cfg": 5.0,
+        "video": {"width": 1280, "height": 704, "num_frames": 121},
+        "fps": 24.0,
+    },
+    A14B: {  # the template's group without the 4-step Lightning LoRA
+        "models": {
+            "model": ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "default", 8.0),
+            "model_low_noise": ("wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "default", 8.0),
+        },
+        "text_encoder": UMT5,
+        "vae": "wan_2.1_vae.safetensors",
+        "sampler": ("euler", "simple"),
+        "steps": 20,
+        "cfg": 3.5,
+        "video": {"width": 640, "height": 640, "num_frames": 81},
+        "fps": 16.0,
+        "low_noise_from": 0.5,
+    },
+}
+
+
+def wan22_settings(workflow: dict, specs, tools) -> dict:
+    """What a Wan 2.2 workflow takes from ComfyUI's template, in TEMPLATE_SETTINGS' shape: each Load Diffusion Model
+    is followed link by link through its ModelSamplingSD3 to the Video Model from ComfyUI input it feeds."""
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    targets: dict[int, list] = {}
+    for _link_id, source, _slot, target, target_slot, _type in workflow["links"]:
+        targets.setdefault(source, []).append((nodes[target], nodes[target]["inputs"][target_slot]["name"]))
+    models = {}
+    for unet in nodes_of(workflow, "UNETLoader"):
+        ((shift, _),) = targets[unet["id"]]
+        ((video, socket),) = targets[shift["id"]]
+        assert (shift["type"], video["type"]) == ("ModelSamplingSD3", "DRFVideoModelFromComfy")
+        loaded = widgets_by_name(unet, specs, tools)
+        models[socket] = (loaded["unet_name"], loaded["weight_dtype"], widgets_by_name(shift, specs, tools)["shift"])
+    (clip,), (vae,) = nodes_of(workflow, "CLIPLoader"), nodes_of(workflow, "VAELoader")
+    (video,), (train,) = nodes_of(workflow, "DRFVideoModelFromComfy"), nodes_of(workflow, "DRFTrainLoRA")
+    (reward,) = nodes_of(workflow, "DRFRewardSettings")
+    video, train, clip = (widgets_by_name(node, specs, tools) for node in (video, train, clip))
+    settings = {
+        "models": models,
+        "text_encoder": (clip["clip_name"], clip["type"]),
+        "vae": widgets_by_name(vae, specs, tools)["vae_name"],
+        "sampler": (video["sampler_name"], video["scheduler"]),
+        "steps": train["num_inference_steps"],
+        "cfg": train["guidance_scale"],
+        "video": {k: train[k] for k in ("width", "height", "num_frames")},
+        "fps": widgets_by_name(reward, specs, tools)["video_fps"],
+    }
+    if "model_low_noise" in models:
+        settings["low_noise_from"] = video["low_noise_from"]
+    return settings
+
+
+def template_wan22_settings(template: dict) -> dict:
+    """TEMPLATE_SETTINGS read from one of ComfyUI's Wan 2.2 templates: followed from its (first) sampler's inputs,
+    on the sampler chain whose MODELs come straight from Load Diffusion Model -> ModelSamplingSD3 (the A14B
+    template's other group adds the 4-step Lightning LoRA)."""
+    nodes = {node["id"]: node for node in template["nodes"]}
+    origin = {link[0]: nodes[link[1]] for link in template["links"]}
+
+    def source(node: dict, name: str) -> dict:
+        (link,) = [entry["link"] for entry in node["inputs"] if entry["name"] == name]
+        return origin[link]
+
+    def model(sampler: dict) -> tuple:
+        shift = source(sampler, "model")
+        unet = source(shift, "model") if shift["type"] == "ModelSamplingSD3" else shift
+        if unet["type"] != "UNETLoader":
+            return ()  # through LoraLoaderModelOnly
+        # the editor's slider stores 8.000000000000002 for 8 (its step is 0.01)
+        return (*unet["widgets_values"], round(float(shift["widgets_values"][0]), 2))
+
+    samplers = [n for n in template["nodes"] if n["type"] in ("KSampler", "KSamplerAdvanced") and model(n)]
+    if samplers[0]["type"] == "KSampler":
+        (first,) = samplers
+        _seed, _control, steps, cfg, sampler_name, scheduler, _denoise = first["widgets_values"]
+        chain = {"model": first}
+    else:  # two KSamplerAdvanced: the one that adds noise runs the high-noise expert first
+        (first,) = [n for n in samplers if n["widgets_values"][0] == "enable"]
+        (second,) = [n for n in samplers if source(n, "latent_image") is first]
+        _noise, _seed, _control, steps, cfg, sampler_name, scheduler, _start, end, _leftover = first["widgets_values"]
+        chain = {"model": first, "model_low_noise": second}
+    last = chain.get("model_low_noise", first)
+    decode = next(n for n in template["nodes"] if n["type"] == "VAEDecode" and source(n, "samples") is last)
+    create = next(n for n in template["nodes"] if n["type"] == "CreateVideo" and source(n, "images") is decode)
+    width, height, length, _batch = source(first, "latent_image")["widgets_values"]
+    clip = source(source(first, "positive"), "clip")
+    settings = {
+        "models": {socket: model(sampler) for socket, sampler in chain.items()},
+        "text_encoder": tuple(clip["widgets_values"][:2]),
+        "vae": source(decode, "vae")["widgets_values"][0],
+        "sampler": (sampler_name, scheduler),
+        "steps": steps,
+        "cfg": float(cfg),
+        "video": {"width": width, "height": height, "num_frames": length},
+        "fps": float(create["widgets_values"][0]),
+    }
+    if "model_low_noise" in chain:
+        settings["low_noise_from"] = end / steps
+    return settings
+
+
+@pytest.mark.parametrize("name", WAN22)
+def test_the_wan22_workflows_load_wan_as_comfyuis_own_templates_do(name, tools, specs):
+    """Files, shift per MODEL, sampler, scheduler, steps, cfg, size and fps of the template (TEMPLATE_SETTINGS);
+    the A14B experts go high-noise -> model, low-noise -> model_low_noise, and the LoRA trains the low-noise one."""
+    workflow = read_workflow(name)
+    assert wan22_settings(workflow, specs, tools) == TEMPLATE_SETTINGS[name]
+    (video,) = nodes_of(workflow, "DRFVideoModelFromComfy")
+    (note,) = nodes_of(workflow, "MarkdownNote")
+    text = note["widgets_values"][0]
+    for unet in nodes_of(workflow, "UNETLoader"):  # every expert's file, not only the first
+        assert f"`{unet['widgets_values'][0]}`" in text, unet["widgets_values"][0]
+    for sampler in nodes_of(workflow, "DRFSampleVideo"):  # the before / after samples as the template does
+        widgets = widgets_by_name(sampler, specs, tools)
+        assert {k: widgets[k] for k in ("width", "height", "num_frames", "steps", "guidance_scale")} == {
+            **TEMPLATE_SETTINGS[name]["video"],
+            "steps": TEMPLATE_SETTINGS[name]["steps"],
+            "guidance_scale": TEMPLATE_SETTINGS[name]["cfg"],
+        }
+    if name == A14B:
+        assert widgets_by_name(video, specs, tools)["trained_expert"] == "low_noise"
+        assert "LoraLoaderModelOnly" in text and "**low-noise MODEL only**" in text
+        titles = [node.get("title") for node in nodes_of(workflow, "UNETLoader")]
+        assert titles == ["Load Diffusion Model: high noise", "Load Diffusion Model: low noise"]
+    else:
+        assert not nodes_of(workflow, "DRFTrainingOptions"), "the 5B trains with the defaults"
+        assert len(nodes_of(workflow, "DRFSampleVideo")) == 2
+
+
+@pytest.mark.comfyui
+def test_the_wan22_workflows_match_the_installed_templates(tools, specs):
+    """TEMPLATE_SETTINGS against the templates of the comfyui_workflow_templates package ComfyUI's interpreter has:
+    a template that changes its files or settings fails here, not in an artist's queue."""
+    from tests.comfy_checkout import comfyui_checkout
+
+    _comfy_dir, python = comfyui_checkout()
+    where = "import comfyui_workflow_templates as t, pathlib; print(pathlib.Path(t.__file__).parent / 'templates')"
+    folder = Path(subprocess.run([str(python), "-c", where], capture_output=True, text=True, check=True).stdout.strip())
+    for name, template in TEMPLATES.items():
+        found = template_wan22_settings(json.loads((folder / template).read_text(encoding="utf-8")))
+        assert found == TEMPLATE_SETTINGS[name], template
+        assert wan22_settings(read_workflow(name), specs, tools) == found, name
+
+
+@pytest.mark.parametrize("name", WAN22)
+def test_wan22_workflow_trains_and_saves_a_lora(name, comfy_root, tmp_path, tools, local, pack_nodes, specs):
+    """Everything after the video model as in the file (the core loaders swapped for the tiny Wan 2.1, see the
+    module docstring); the 5B's before / after shows the base left and the trained LoRA right."""
+    root = fresh_root(comfy_root, tmp_path)
+    prompt, results = run_workflow(name, root, tools, local, pack_nodes, specs)
+    (train,), (save,) = ids_of(prompt, "DRFTrainLoRA"), ids_of(prompt, "DRFSaveLoRA")
+    metrics = results[train].outputs[3]
+    assert [row["step"] for row in metrics] == list(range(1, SHRINK["DRFTrainLoRA"]["steps"] + 1))
+    (lora_name,) = results[save].outputs
+    assert lora_name == f"{prompt[save]['inputs']['filename_prefix']}_00001.safetensors"
+    assert (
+        lora_name
+        == {TI2V: "drf/wan22_ti2v_5b_00001.safetensors", A14B: "drf/wan22_a14b_low_noise_00001.safetensors"}[name]
+    )
+    assert (root / "models" / "loras" / lora_name).is_file()
+    if name == TI2V:
+        base, tuned = base_and_lora_samplers(prompt)
+        assert prompt[tuned]["inputs"]["lora"][0] == train
+        (compare,) = ids_of(prompt, "DRFCompareSideBySide")
+        left, right = halves(results[compare].outputs[0], SMALL_VIDEO["width"])
+        assert (left - results[base].outputs[0][:, LABEL_ROWS:]).abs().max() <= 1 / 255 + 1e-6
+        assert (left - right).abs().max() > 1 / 255 + 1e-6, "the freshly trained LoRA changes the video"
 
 
 # --- check_workflow catches broken files --------------------------------------------------------------------
