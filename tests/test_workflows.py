@@ -561,29 +561,85 @@ def test_the_wan22_workflows_match_the_installed_templates(tools, specs):
         assert wan22_settings(read_workflow(name), specs, tools) == found, name
 
 
-@pytest.mark.parametrize("name", WAN22)
-def test_wan22_workflow_trains_and_saves_a_lora(name, comfy_root, tmp_path, tools, local, pack_nodes, specs):
+def test_ti2v_workflow_trains_saves_and_compares(comfy_root, tmp_path, tools, local, pack_nodes, specs):
     """Everything after the video model as in the file (the core loaders swapped for the tiny Wan 2.1, see the
-    module docstring); the 5B's before / after shows the base left and the trained LoRA right."""
+    module docstring): Save LoRA's name, and the before / after shows the base left and the trained LoRA right.
+    The A14B file runs only on a real ComfyUI (below): swapped for the tiny Wan it would be the main workflow's run."""
     root = fresh_root(comfy_root, tmp_path)
-    prompt, results = run_workflow(name, root, tools, local, pack_nodes, specs)
+    prompt, results = run_workflow(TI2V, root, tools, local, pack_nodes, specs)
     (train,), (save,) = ids_of(prompt, "DRFTrainLoRA"), ids_of(prompt, "DRFSaveLoRA")
     metrics = results[train].outputs[3]
     assert [row["step"] for row in metrics] == list(range(1, SHRINK["DRFTrainLoRA"]["steps"] + 1))
     (lora_name,) = results[save].outputs
-    assert lora_name == f"{prompt[save]['inputs']['filename_prefix']}_00001.safetensors"
-    assert (
-        lora_name
-        == {TI2V: "drf/wan22_ti2v_5b_00001.safetensors", A14B: "drf/wan22_a14b_low_noise_00001.safetensors"}[name]
-    )
+    assert lora_name == "drf/wan22_ti2v_5b_00001.safetensors"
     assert (root / "models" / "loras" / lora_name).is_file()
-    if name == TI2V:
-        base, tuned = base_and_lora_samplers(prompt)
-        assert prompt[tuned]["inputs"]["lora"][0] == train
-        (compare,) = ids_of(prompt, "DRFCompareSideBySide")
-        left, right = halves(results[compare].outputs[0], SMALL_VIDEO["width"])
-        assert (left - results[base].outputs[0][:, LABEL_ROWS:]).abs().max() <= 1 / 255 + 1e-6
-        assert (left - right).abs().max() > 1 / 255 + 1e-6, "the freshly trained LoRA changes the video"
+    base, tuned = base_and_lora_samplers(prompt)
+    assert prompt[tuned]["inputs"]["lora"][0] == train
+    (compare,) = ids_of(prompt, "DRFCompareSideBySide")
+    left, right = halves(results[compare].outputs[0], SMALL_VIDEO["width"])
+    assert (left - results[base].outputs[0][:, LABEL_ROWS:]).abs().max() <= 1 / 255 + 1e-6
+    assert (left - right).abs().max() > 1 / 255 + 1e-6, "the freshly trained LoRA changes the video"
+
+
+@pytest.mark.comfyui
+@pytest.mark.parametrize("name", WAN22)
+def test_wan22_workflow_trains_and_saves_a_lora_that_core_lora_loader_applies(name, server, pack_nodes, specs, tools):
+    """The file unchanged but shrunk (comfy_pack.shrink), queued on a real ComfyUI whose model folders hold tiny
+    models under the template's file names (a tiny TI2V-5B with the Wan 2.2 VAE at ComfyUI's size; two tiny Wans
+    as the A14B experts): Save LoRA writes the file the note names, the critic is told the model's own frame rate,
+    the A14B file names its low-noise expert, and core UNETLoader -> LoraLoaderModelOnly -> ModelSave on the MODEL
+    the note names gives exactly base + alpha / rank * up @ down on every trained layer, without "lora key not
+    loaded"."""
+    from safetensors.torch import load_file
+
+    from tests.comfy_pack import api_prompt, run_ok
+    from tests.comfy_pack import shrink as shrink_for_comfyui
+
+    workflow = read_workflow(name)
+    (save,) = nodes_of(workflow, "DRFSaveLoRA")
+    expected = f"{widgets_by_name(save, specs, tools)['filename_prefix']}_00001.safetensors"
+    trained_model = TEMPLATE_SETTINGS[name]["models"]["model_low_noise" if name == A14B else "model"][0]
+    loras = server.models_dir / "loras"
+    log_start = len(server.log_text())
+    # one optimizer step (and one denoising step per sample): the VAEs at ComfyUI's sizes dominate on the CPU
+    entry = run_ok(server, shrink_for_comfyui(api_prompt(WORKFLOW_DIR / name, pack_nodes), steps=1))
+    log = server.log_text()[log_start:]
+    assert (loras / expected).is_file(), sorted(p.name for p in loras.rglob("*.safetensors"))
+    assert expected in json.dumps(entry["outputs"]), "Save LoRA shows the name it wrote"
+    assert "this video model makes" not in log, "Reward Settings' video_fps differs from the model's frame rate"
+    with safe_open(str(loras / expected), "pt") as f:
+        header = f.metadata()
+    assert header["family"] == "wan"
+    assert header.get("drf_wan_expert") == ("low_noise" if name == A14B else None)
+    if name == TI2V:  # the before / after ran: Sample Video and Compare Side by Side showed frames
+        images = [image for output in entry["outputs"].values() for image in output.get("images", [])]
+        assert len(images) >= 3, entry["outputs"]
+
+    check = f"drf_check_{Path(name).stem}"
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": trained_model, "weight_dtype": "default"}},
+        "2": {
+            "class_type": "LoraLoaderModelOnly",
+            "inputs": {"model": ["1", 0], "lora_name": expected, "strength_model": 1.0},
+        },
+        "3": {"class_type": "ModelSave", "inputs": {"model": ["2", 0], "filename_prefix": f"{check}/patched"}},
+    }
+    log_start = len(server.log_text())
+    run_ok(server, prompt)
+    assert "lora key not loaded" not in server.log_text()[log_start:]
+    (saved,) = (server.output_dir / check).glob("patched*.safetensors")
+    patched = load_file(saved)
+    base = load_file(server.models_dir / "diffusion_models" / trained_model)
+    lora = load_file(loras / expected)
+    modules = sorted(key.removesuffix(".alpha") for key in lora if key.endswith(".alpha"))
+    assert len(modules) == 2 * 8, modules  # the tiny models' two blocks, the "attention" preset's 8 layers each
+    for module in modules:
+        native = module.removeprefix("diffusion_model.")
+        down, up = lora[f"{module}.lora_A.weight"], lora[f"{module}.lora_B.weight"]
+        assert up.abs().max() > 0, f"{module} was not trained"
+        expected_weight = base[f"{native}.weight"] + float(lora[f"{module}.alpha"]) / down.shape[0] * (up @ down)
+        assert torch.allclose(patched[f"model.diffusion_model.{native}.weight"], expected_weight, atol=1e-6), native
+    assert torch.equal(patched["model.diffusion_model.blocks.0.norm3.weight"], base["blocks.0.norm3.weight"])
 
 
 # --- check_workflow catches broken files --------------------------------------------------------------------
