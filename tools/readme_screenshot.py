@@ -1,13 +1,13 @@
 """Pictures of the example workflows: the README's, and the template browser's thumbnails (developer tool, not CI).
 
     COMFYUI_DIR=/path/to/ComfyUI python tools/readme_screenshot.py [--workflow W.json --out docs/X.png]
-    COMFYUI_DIR=/path/to/ComfyUI python tools/readme_screenshot.py --thumbnails
+    COMFYUI_DIR=/path/to/ComfyUI python tools/readme_screenshot.py --thumbnails [--only NAME ...]
 
 Starts a throw-away headless ComfyUI with only this pack (tests/comfy_server.py), with tiny random
 models placed under the real models' folder names so the loaders' lists show what a user sees, and
 renders workflows with tools/screenshot_workflow.py: the main one into docs/train_workflow.png, or
-with --thumbnails every workflows/*.json into a same-name .jpg beside it (ComfyUI's template browser
-shows those as the workflows' pictures).
+with --thumbnails every workflows/*.json (or the --only ones) into a same-name .jpg beside it
+(ComfyUI's template browser shows those as the workflows' pictures).
 """
 
 from __future__ import annotations
