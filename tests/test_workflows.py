@@ -6,7 +6,9 @@ The end-to-end runs use `nodes.local.run_prompt` (the same `run` functions Comfy
 copies of the `comfy_root` tree, with sizes and step counts shrunk by overriding the API prompt's inputs. Core
 ComfyUI nodes cannot run without ComfyUI: in workflows that load Wan (or Flux) with the core loaders, those loaders and
 Video Model from ComfyUI are replaced here by Load Video Model on the same tiny Wan (diffusers folder), so everything
-after the video model runs as in the file. test_comfyui_nodes.py runs the files unchanged in a real ComfyUI.
+after the video model runs as in the file. test_comfyui_nodes.py runs the files unchanged in a real ComfyUI; the two
+Wan 2.2 files run unchanged in one here (tests marked comfyui, on tiny models under the Wan 2.2 templates' file names),
+which also compares their settings with the templates ComfyUI installs.
 """
 
 from __future__ import annotations
