@@ -193,12 +193,23 @@ def _tiny_wan_transformer(latent_channels: int):
 def write_tiny_wan_ti2v_native(path: str | Path, seed: int = 0) -> Path:
     """A tiny Wan 2.2 TI2V-5B transformer (the 5B's layout: Wan 2.1's blocks on the Wan 2.2 VAE's 48 latent
     channels) as one original-layout safetensors file; ComfyUI's UNETLoader detects it as Wan 2.2 5B (WAN22)."""
+    return _write_tiny_transformer_native(path, latent_channels=48, seed=seed)
+
+
+def write_tiny_wan_t2v_native(path: str | Path, seed: int = 0) -> Path:
+    """A tiny Wan text-to-video transformer on the Wan 2.1 VAE's 16 latent channels (the layout of Wan 2.1 and of
+    each of Wan 2.2 A14B's two experts) as one original-layout safetensors file, without a diffusers folder;
+    ComfyUI's UNETLoader detects it as Wan 2.1 (WAN21). Different seeds give different experts."""
+    return _write_tiny_transformer_native(path, latent_channels=16, seed=seed)
+
+
+def _write_tiny_transformer_native(path: str | Path, latent_channels: int, seed: int) -> Path:
     from safetensors.torch import save_file
 
     from .models.wan_keys import native_wan_state_dict
 
     _seeded(seed)
-    transformer = _tiny_wan_transformer(latent_channels=48)
+    transformer = _tiny_wan_transformer(latent_channels=latent_channels)
     state = {k: v.detach().contiguous() for k, v in native_wan_state_dict(transformer.state_dict()).items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,10 @@ models under the real models' names (`models/diffusers/Wan2.1-T2V-1.3B-Diffusers
 own Wan 2.1 text-to-video template loads: the tiny Wan in ComfyUI's layout as
 `diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors`, and (`template_models`) a tiny UMT5 as
 `text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors` with the Wan 2.1 VAE (its fixed size, random weights) as
-`vae/wan_2.1_vae.safetensors`, and the files of ComfyUI's Flux dev template (`FLUX_FILES`: the smallest Flux
+`vae/wan_2.1_vae.safetensors`, the files of ComfyUI's Wan 2.2 templates (`WAN22_FILES`: a tiny TI2V-5B as
+`wan2.2_ti2v_5B_fp16.safetensors` with the Wan 2.2 VAE at its fixed size and random weights, and two tiny Wans of
+different seeds as A14B's high-noise and low-noise `*_fp8_scaled` experts: fp32 weights, what matters is the name),
+and the files of ComfyUI's Flux dev template (`FLUX_FILES`: the smallest Flux
 ComfyUI loads, Flux's VAE and CLIP-L at their fixed sizes, a tiny T5-XXL). ComfyUI builds UMT5-XXL and T5-XXL at
 fixed sizes, so the server also loads the test-only custom nodes `comfy_test_nodes/drf_tiny_umt5` and
 `drf_tiny_t5xxl`, which make core Load CLIP / DualCLIPLoader build them tiny.
@@ -26,7 +29,7 @@ import subprocess
 from pathlib import Path
 from types import ModuleType
 
-from drf_core.tiny import TinyModelPaths, write_tiny_wan_native
+from drf_core.tiny import TinyModelPaths, write_tiny_wan_native, write_tiny_wan_t2v_native, write_tiny_wan_ti2v_native
 from tests.comfy_checkout import comfyui_checkout
 from tests.comfy_server import ComfyServer, history_error
 
@@ -46,6 +49,13 @@ FLUX_FILES = (
     "text_encoders/clip_l.safetensors",
     "text_encoders/t5xxl_fp16.safetensors",
 )
+# ComfyUI's Wan 2.2 5B and 14B text-to-video templates' files (video_wan2_2_5B_ti2v.json, video_wan2_2_14B_t2v.json).
+TI2V_UNET = "wan2.2_ti2v_5B_fp16.safetensors"
+WAN22_VAE_FILE = "wan2.2_vae.safetensors"  # comfy_scripts/template_models.py --wan22 writes it
+A14B_EXPERTS = {  # expert -> file; tiny Wans of these seeds (drf_core.tiny.write_tiny_wan_t2v_native)
+    "high_noise": ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", 2),
+    "low_noise": ("wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", 3),
+}
 TEST_NODES = REPO_ROOT / "tests" / "comfy_test_nodes"
 SCRIPTS = REPO_ROOT / "tests" / "comfy_scripts"
 EXTRA_CRITIC = "Qwen-from-extra-model-paths"
@@ -108,9 +118,9 @@ def comfy_script_report(script: str, work: Path, *args: object, timeout: float =
 
 
 def template_models(out: Path) -> Path:
-    """Write the template-named tiny text encoder and VAE, and the Flux dev template's files (`FLUX_FILES`),
-    under `out` with ComfyUI's interpreter; returns `out`."""
-    run_comfy_script("template_models.py", "--out", out, "--flux", "yes", pack=False, timeout=900)
+    """Write the template-named tiny text encoder and VAEs (Wan 2.1's, Wan 2.2's) and the Flux dev template's files
+    (`FLUX_FILES`) under `out` with ComfyUI's interpreter; returns `out`."""
+    run_comfy_script("template_models.py", "--out", out, "--flux", "yes", "--wan22", "yes", pack=False, timeout=900)
     return out
 
 
@@ -146,6 +156,10 @@ def start_pack_server(
     (models / "vae" / VAE_FILE).symlink_to(template_dir / "vae" / VAE_FILE)
     for relative in FLUX_FILES:
         (models / relative).symlink_to(template_dir / relative)
+    (models / "vae" / WAN22_VAE_FILE).symlink_to(template_dir / "vae" / WAN22_VAE_FILE)
+    write_tiny_wan_ti2v_native(models / "diffusion_models" / TI2V_UNET)
+    for file, seed in A14B_EXPERTS.values():
+        write_tiny_wan_t2v_native(models / "diffusion_models" / file, seed=seed)
     comfy.custom_nodes_dir.mkdir(parents=True, exist_ok=True)
     for test_node in ("drf_tiny_umt5", "drf_tiny_t5xxl"):
         (comfy.custom_nodes_dir / test_node).symlink_to(TEST_NODES / test_node, target_is_directory=True)

@@ -6,7 +6,9 @@ The end-to-end runs use `nodes.local.run_prompt` (the same `run` functions Comfy
 copies of the `comfy_root` tree, with sizes and step counts shrunk by overriding the API prompt's inputs. Core
 ComfyUI nodes cannot run without ComfyUI: in workflows that load Wan (or Flux) with the core loaders, those loaders and
 Video Model from ComfyUI are replaced here by Load Video Model on the same tiny Wan (diffusers folder), so everything
-after the video model runs as in the file. test_comfyui_nodes.py runs the files unchanged in a real ComfyUI.
+after the video model runs as in the file. test_comfyui_nodes.py runs the files unchanged in a real ComfyUI; the two
+Wan 2.2 files run unchanged in one here (tests marked comfyui, on tiny models under the Wan 2.2 templates' file names),
+which also compares their settings with the templates ComfyUI installs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import importlib.util
 import json
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,10 +38,19 @@ CRITIQUE = "drf_critique_video.json"
 COMPARE = "drf_compare_base_vs_lora.json"
 SINGLE = "drf_single_prompt_finetune.json"
 FLUX = "drf_flux_image_finetune.json"
-EXAMPLES = (TRAIN, CRITIQUE, COMPARE, SINGLE, FLUX)
+TI2V = "drf_wan22_ti2v_5b_finetune.json"
+A14B = "drf_wan22_a14b_finetune.json"
+EXAMPLES = (TRAIN, CRITIQUE, COMPARE, SINGLE, FLUX, TI2V, A14B)
+WAN22 = (TI2V, A14B)  # Wan 2.2 on the files and settings of ComfyUI's own Wan 2.2 templates
 
 SMALL_VIDEO = {"width": 32, "height": 32, "num_frames": 5}
 REAL_VIDEO = {"width": 832, "height": 480, "num_frames": 33}
+# Each workflow's training and sampling size when it is not REAL_VIDEO: Flux's image, the Wan 2.2 templates' latents.
+VIDEO_SIZES = {
+    FLUX: {"width": 1024, "height": 1024, "num_frames": 1},
+    TI2V: {"width": 1280, "height": 704, "num_frames": 121},
+    A14B: {"width": 640, "height": 640, "num_frames": 81},
+}
 FRAME_COUNT = 2
 # class_type -> inputs replaced before running on the CPU (every name must exist, else the run would be full size).
 SHRINK = {
@@ -283,7 +295,7 @@ def test_every_node_runs_in_comfyui(name, specs):
 
 
 def test_prompts_and_seeds_agree_where_they_must():
-    for name in (CRITIQUE, SINGLE):
+    for name in (CRITIQUE, SINGLE, TI2V):
         workflow = read_workflow(name)
         (decompose,) = nodes_of(workflow, "DRFDecomposePrompt")
         prompts = [line for line in decompose["widgets_values"][0].splitlines() if line.strip()]
@@ -292,7 +304,7 @@ def test_prompts_and_seeds_agree_where_they_must():
             assert sampler["widgets_values"][0] == prompts[0], (
                 f"{name}: Sample Video's prompt is not the decomposed one"
             )
-    for name in (COMPARE, SINGLE):
+    for name in (COMPARE, SINGLE, TI2V):
         base, tuned = nodes_of(read_workflow(name), "DRFSampleVideo")
         assert base["widgets_values"] == tuned["widgets_values"], (
             f"{name}: the two samplers must differ by the LoRA only"
@@ -315,7 +327,7 @@ def widgets_by_name(node: dict, specs, tools) -> dict:
 
 def test_settings_are_for_a_real_gpu(tools, specs):
     for name in EXAMPLES:
-        video = {"width": 1024, "height": 1024, "num_frames": 1} if name == FLUX else REAL_VIDEO
+        video = VIDEO_SIZES.get(name, REAL_VIDEO)
         workflow = read_workflow(name)
         for node in nodes_of(workflow, "DRFTrainLoRA"):
             widgets = widgets_by_name(node, specs, tools)
@@ -342,7 +354,7 @@ def test_workflows_load_wan_as_comfyuis_own_template_does_except_the_command_lin
     on_diffusers = []
     for name in EXAMPLES:
         workflow = read_workflow(name)
-        if name == FLUX:  # test_the_flux_workflow_loads_flux_as_comfyuis_own_template_does
+        if name == FLUX or name in WAN22:  # their own template tests below
             continue
         if nodes_of(workflow, "DRFLoadVideoModel"):
             on_diffusers.append(name)
@@ -391,6 +403,245 @@ def test_flux_workflow_trains_and_saves_a_lora(comfy_root, tmp_path, tools, loca
     (lora_name,) = results[ids_of(prompt, "DRFSaveLoRA")[0]].outputs
     assert lora_name == "drf/flux_drf_00001.safetensors"
     assert (root / "models" / "loras" / lora_name).is_file()
+
+
+# --- Wan 2.2 on the files and settings of ComfyUI's own Wan 2.2 templates -------------------------------------
+# What the workflows take from ComfyUI's templates (package comfyui_workflow_templates, read 2026-12 from the one
+# ComfyUI 0.3.64 installs); test_the_wan22_workflows_match_the_installed_templates reads them again.
+TEMPLATES = {TI2V: "video_wan2_2_5B_ti2v.json", A14B: "video_wan2_2_14B_t2v.json"}
+UMT5 = ("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan")
+TEMPLATE_SETTINGS = {
+    TI2V: {
+        "models": {"model": ("wan2.2_ti2v_5B_fp16.safetensors", "default", 8.0)},
+        "text_encoder": UMT5,
+        "vae": "wan2.2_vae.safetensors",
+        "sampler": ("uni_pc", "simple"),
+        "steps": 20,
+        "cfg": 5.0,
+        "video": {"width": 1280, "height": 704, "num_frames": 121},
+        "fps": 24.0,
+    },
+    A14B: {  # the template's group without the 4-step Lightning LoRA
+        "models": {
+            "model": ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "default", 8.0),
+            "model_low_noise": ("wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "default", 8.0),
+        },
+        "text_encoder": UMT5,
+        "vae": "wan_2.1_vae.safetensors",
+        "sampler": ("euler", "simple"),
+        "steps": 20,
+        "cfg": 3.5,
+        "video": {"width": 640, "height": 640, "num_frames": 81},
+        "fps": 16.0,
+        "low_noise_from": 0.5,
+    },
+}
+
+
+def wan22_settings(workflow: dict, specs, tools) -> dict:
+    """What a Wan 2.2 workflow takes from ComfyUI's template, in TEMPLATE_SETTINGS' shape: each Load Diffusion Model
+    is followed link by link through its ModelSamplingSD3 to the Video Model from ComfyUI input it feeds."""
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    targets: dict[int, list] = {}
+    for _link_id, source, _slot, target, target_slot, _type in workflow["links"]:
+        targets.setdefault(source, []).append((nodes[target], nodes[target]["inputs"][target_slot]["name"]))
+    models = {}
+    for unet in nodes_of(workflow, "UNETLoader"):
+        ((shift, _),) = targets[unet["id"]]
+        ((video, socket),) = targets[shift["id"]]
+        assert (shift["type"], video["type"]) == ("ModelSamplingSD3", "DRFVideoModelFromComfy")
+        loaded = widgets_by_name(unet, specs, tools)
+        models[socket] = (loaded["unet_name"], loaded["weight_dtype"], widgets_by_name(shift, specs, tools)["shift"])
+    (clip,), (vae,) = nodes_of(workflow, "CLIPLoader"), nodes_of(workflow, "VAELoader")
+    (video,), (train,) = nodes_of(workflow, "DRFVideoModelFromComfy"), nodes_of(workflow, "DRFTrainLoRA")
+    (reward,) = nodes_of(workflow, "DRFRewardSettings")
+    video, train, clip = (widgets_by_name(node, specs, tools) for node in (video, train, clip))
+    settings = {
+        "models": models,
+        "text_encoder": (clip["clip_name"], clip["type"]),
+        "vae": widgets_by_name(vae, specs, tools)["vae_name"],
+        "sampler": (video["sampler_name"], video["scheduler"]),
+        "steps": train["num_inference_steps"],
+        "cfg": train["guidance_scale"],
+        "video": {k: train[k] for k in ("width", "height", "num_frames")},
+        "fps": widgets_by_name(reward, specs, tools)["video_fps"],
+    }
+    if "model_low_noise" in models:
+        settings["low_noise_from"] = video["low_noise_from"]
+    return settings
+
+
+def template_wan22_settings(template: dict) -> dict:
+    """TEMPLATE_SETTINGS read from one of ComfyUI's Wan 2.2 templates: followed from its (first) sampler's inputs,
+    on the sampler chain whose MODELs come straight from Load Diffusion Model -> ModelSamplingSD3 (the A14B
+    template's other group adds the 4-step Lightning LoRA)."""
+    nodes = {node["id"]: node for node in template["nodes"]}
+    origin = {link[0]: nodes[link[1]] for link in template["links"]}
+
+    def source(node: dict, name: str) -> dict:
+        (link,) = [entry["link"] for entry in node["inputs"] if entry["name"] == name]
+        return origin[link]
+
+    def model(sampler: dict) -> tuple:
+        shift = source(sampler, "model")
+        unet = source(shift, "model") if shift["type"] == "ModelSamplingSD3" else shift
+        if unet["type"] != "UNETLoader":
+            return ()  # through LoraLoaderModelOnly
+        # the editor's slider stores 8.000000000000002 for 8 (its step is 0.01)
+        return (*unet["widgets_values"], round(float(shift["widgets_values"][0]), 2))
+
+    samplers = [n for n in template["nodes"] if n["type"] in ("KSampler", "KSamplerAdvanced") and model(n)]
+    if samplers[0]["type"] == "KSampler":
+        (first,) = samplers
+        _seed, _control, steps, cfg, sampler_name, scheduler, _denoise = first["widgets_values"]
+        chain = {"model": first}
+    else:  # two KSamplerAdvanced: the one that adds noise runs the high-noise expert first
+        (first,) = [n for n in samplers if n["widgets_values"][0] == "enable"]
+        (second,) = [n for n in samplers if source(n, "latent_image") is first]
+        _noise, _seed, _control, steps, cfg, sampler_name, scheduler, _start, end, _leftover = first["widgets_values"]
+        chain = {"model": first, "model_low_noise": second}
+    last = chain.get("model_low_noise", first)
+    decode = next(n for n in template["nodes"] if n["type"] == "VAEDecode" and source(n, "samples") is last)
+    create = next(n for n in template["nodes"] if n["type"] == "CreateVideo" and source(n, "images") is decode)
+    width, height, length, _batch = source(first, "latent_image")["widgets_values"]
+    clip = source(source(first, "positive"), "clip")
+    settings = {
+        "models": {socket: model(sampler) for socket, sampler in chain.items()},
+        "text_encoder": tuple(clip["widgets_values"][:2]),
+        "vae": source(decode, "vae")["widgets_values"][0],
+        "sampler": (sampler_name, scheduler),
+        "steps": steps,
+        "cfg": float(cfg),
+        "video": {"width": width, "height": height, "num_frames": length},
+        "fps": float(create["widgets_values"][0]),
+    }
+    if "model_low_noise" in chain:
+        settings["low_noise_from"] = end / steps
+    return settings
+
+
+@pytest.mark.parametrize("name", WAN22)
+def test_the_wan22_workflows_load_wan_as_comfyuis_own_templates_do(name, tools, specs):
+    """Files, shift per MODEL, sampler, scheduler, steps, cfg, size and fps of the template (TEMPLATE_SETTINGS);
+    the A14B experts go high-noise -> model, low-noise -> model_low_noise, and the LoRA trains the low-noise one."""
+    workflow = read_workflow(name)
+    assert wan22_settings(workflow, specs, tools) == TEMPLATE_SETTINGS[name]
+    (video,) = nodes_of(workflow, "DRFVideoModelFromComfy")
+    (note,) = nodes_of(workflow, "MarkdownNote")
+    text = note["widgets_values"][0]
+    for unet in nodes_of(workflow, "UNETLoader"):  # every expert's file, not only the first
+        assert f"`{unet['widgets_values'][0]}`" in text, unet["widgets_values"][0]
+    for sampler in nodes_of(workflow, "DRFSampleVideo"):  # the before / after samples as the template does
+        widgets = widgets_by_name(sampler, specs, tools)
+        assert {k: widgets[k] for k in ("width", "height", "num_frames", "steps", "guidance_scale")} == {
+            **TEMPLATE_SETTINGS[name]["video"],
+            "steps": TEMPLATE_SETTINGS[name]["steps"],
+            "guidance_scale": TEMPLATE_SETTINGS[name]["cfg"],
+        }
+    if name == A14B:
+        assert widgets_by_name(video, specs, tools)["trained_expert"] == "low_noise"
+        assert "LoraLoaderModelOnly" in text and "**low-noise MODEL only**" in text
+        titles = [node.get("title") for node in nodes_of(workflow, "UNETLoader")]
+        assert titles == ["Load Diffusion Model: high noise", "Load Diffusion Model: low noise"]
+    else:
+        assert not nodes_of(workflow, "DRFTrainingOptions"), "the 5B trains with the defaults"
+        assert len(nodes_of(workflow, "DRFSampleVideo")) == 2
+
+
+@pytest.mark.comfyui
+def test_the_wan22_workflows_match_the_installed_templates(tools, specs):
+    """TEMPLATE_SETTINGS against the templates of the comfyui_workflow_templates package ComfyUI's interpreter has:
+    a template that changes its files or settings fails here, not in an artist's queue."""
+    from tests.comfy_checkout import comfyui_checkout
+
+    _comfy_dir, python = comfyui_checkout()
+    where = "import comfyui_workflow_templates as t, pathlib; print(pathlib.Path(t.__file__).parent / 'templates')"
+    folder = Path(subprocess.run([str(python), "-c", where], capture_output=True, text=True, check=True).stdout.strip())
+    for name, template in TEMPLATES.items():
+        found = template_wan22_settings(json.loads((folder / template).read_text(encoding="utf-8")))
+        assert found == TEMPLATE_SETTINGS[name], template
+        assert wan22_settings(read_workflow(name), specs, tools) == found, name
+
+
+def test_ti2v_workflow_trains_saves_and_compares(comfy_root, tmp_path, tools, local, pack_nodes, specs):
+    """Everything after the video model as in the file (the core loaders swapped for the tiny Wan 2.1, see the
+    module docstring): Save LoRA's name, and the before / after shows the base left and the trained LoRA right.
+    The A14B file runs only on a real ComfyUI (below): swapped for the tiny Wan it would be the main workflow's run."""
+    root = fresh_root(comfy_root, tmp_path)
+    prompt, results = run_workflow(TI2V, root, tools, local, pack_nodes, specs)
+    (train,), (save,) = ids_of(prompt, "DRFTrainLoRA"), ids_of(prompt, "DRFSaveLoRA")
+    metrics = results[train].outputs[3]
+    assert [row["step"] for row in metrics] == list(range(1, SHRINK["DRFTrainLoRA"]["steps"] + 1))
+    (lora_name,) = results[save].outputs
+    assert lora_name == "drf/wan22_ti2v_5b_00001.safetensors"
+    assert (root / "models" / "loras" / lora_name).is_file()
+    base, tuned = base_and_lora_samplers(prompt)
+    assert prompt[tuned]["inputs"]["lora"][0] == train
+    (compare,) = ids_of(prompt, "DRFCompareSideBySide")
+    left, right = halves(results[compare].outputs[0], SMALL_VIDEO["width"])
+    assert (left - results[base].outputs[0][:, LABEL_ROWS:]).abs().max() <= 1 / 255 + 1e-6
+    assert (left - right).abs().max() > 1 / 255 + 1e-6, "the freshly trained LoRA changes the video"
+
+
+@pytest.mark.comfyui
+@pytest.mark.parametrize("name", WAN22)
+def test_wan22_workflow_trains_and_saves_a_lora_that_core_lora_loader_applies(name, server, pack_nodes, specs, tools):
+    """The file unchanged but shrunk (comfy_pack.shrink), queued on a real ComfyUI whose model folders hold tiny
+    models under the template's file names (a tiny TI2V-5B with the Wan 2.2 VAE at ComfyUI's size; two tiny Wans
+    as the A14B experts): Save LoRA writes the file the note names, the critic is told the model's own frame rate,
+    the A14B file names its low-noise expert, and core UNETLoader -> LoraLoaderModelOnly -> ModelSave on the MODEL
+    the note names gives exactly base + alpha / rank * up @ down on every trained layer, without "lora key not
+    loaded"."""
+    from safetensors.torch import load_file
+
+    from tests.comfy_pack import api_prompt, run_ok
+    from tests.comfy_pack import shrink as shrink_for_comfyui
+
+    workflow = read_workflow(name)
+    (save,) = nodes_of(workflow, "DRFSaveLoRA")
+    expected = f"{widgets_by_name(save, specs, tools)['filename_prefix']}_00001.safetensors"
+    trained_model = TEMPLATE_SETTINGS[name]["models"]["model_low_noise" if name == A14B else "model"][0]
+    loras = server.models_dir / "loras"
+    log_start = len(server.log_text())
+    # one optimizer step (and one denoising step per sample): the VAEs at ComfyUI's sizes dominate on the CPU
+    entry = run_ok(server, shrink_for_comfyui(api_prompt(WORKFLOW_DIR / name, pack_nodes), steps=1))
+    log = server.log_text()[log_start:]
+    assert (loras / expected).is_file(), sorted(p.name for p in loras.rglob("*.safetensors"))
+    assert expected in json.dumps(entry["outputs"]), "Save LoRA shows the name it wrote"
+    assert "this video model makes" not in log, "Reward Settings' video_fps differs from the model's frame rate"
+    with safe_open(str(loras / expected), "pt") as f:
+        header = f.metadata()
+    assert header["family"] == "wan"
+    assert header.get("drf_wan_expert") == ("low_noise" if name == A14B else None)
+    if name == TI2V:  # the before / after ran: Sample Video and Compare Side by Side showed frames
+        images = [image for output in entry["outputs"].values() for image in output.get("images", [])]
+        assert len(images) >= 3, entry["outputs"]
+
+    check = f"drf_check_{Path(name).stem}"
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": trained_model, "weight_dtype": "default"}},
+        "2": {
+            "class_type": "LoraLoaderModelOnly",
+            "inputs": {"model": ["1", 0], "lora_name": expected, "strength_model": 1.0},
+        },
+        "3": {"class_type": "ModelSave", "inputs": {"model": ["2", 0], "filename_prefix": f"{check}/patched"}},
+    }
+    log_start = len(server.log_text())
+    run_ok(server, prompt)
+    assert "lora key not loaded" not in server.log_text()[log_start:]
+    (saved,) = (server.output_dir / check).glob("patched*.safetensors")
+    patched = load_file(saved)
+    base = load_file(server.models_dir / "diffusion_models" / trained_model)
+    lora = load_file(loras / expected)
+    modules = sorted(key.removesuffix(".alpha") for key in lora if key.endswith(".alpha"))
+    assert len(modules) == 2 * 8, modules  # the tiny models' two blocks, the "attention" preset's 8 layers each
+    for module in modules:
+        native = module.removeprefix("diffusion_model.")
+        down, up = lora[f"{module}.lora_A.weight"], lora[f"{module}.lora_B.weight"]
+        assert up.abs().max() > 0, f"{module} was not trained"
+        expected_weight = base[f"{native}.weight"] + float(lora[f"{module}.alpha"]) / down.shape[0] * (up @ down)
+        assert torch.allclose(patched[f"model.diffusion_model.{native}.weight"], expected_weight, atol=1e-6), native
+    assert torch.equal(patched["model.diffusion_model.blocks.0.norm3.weight"], base["blocks.0.norm3.weight"])
 
 
 # --- check_workflow catches broken files --------------------------------------------------------------------

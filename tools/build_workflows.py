@@ -10,9 +10,10 @@ columns from left to right, spaced by their sizes (plus room for multiline text 
 a Markdown note in each workflow tells an artist what to do.
 
 Three workflows load Wan with ComfyUI's core loaders under the file names of ComfyUI's own Wan 2.1
-text-to-video template (`load_comfy_models`); the main training workflow keeps the diffusers loader, so it
-is the same run as the command line's. Knows the four example graphs and their real-GPU settings;
-nothing about running them.
+text-to-video template (`load_comfy_models`), two load Wan 2.2 (TI2V-5B; A14B's two experts) with the files
+and settings of ComfyUI's own Wan 2.2 templates (`ComfyWanTemplate`), one loads Flux dev as its template does;
+the main training workflow keeps the diffusers loader, so it is the same run as the command line's. Knows the
+seven example graphs and their real-GPU settings; nothing about running them.
 """
 
 from __future__ import annotations
@@ -63,6 +64,74 @@ COMFY_DIFFUSION_MODEL = "wan2.1_t2v_1.3B_fp16.safetensors"
 COMFY_TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 COMFY_VAE = "wan_2.1_vae.safetensors"
 COMFY_SHIFT = 8.0
+
+
+@dataclass(frozen=True)
+class ComfyWanTemplate:
+    """The files and sampling settings of one of ComfyUI's own Wan templates (package comfyui_workflow_templates)."""
+
+    diffusion_models: tuple[str, ...]  # one MODEL, or Wan 2.2 A14B's high-noise and low-noise experts
+    vae: str
+    shift: float  # ModelSamplingSD3, on every MODEL
+    sampler_name: str
+    scheduler: str
+    steps: int
+    cfg: float
+    video: dict[str, int]  # the template's empty latent: width, height, num_frames
+    fps: float  # its CreateVideo
+    low_noise_from: float | None = None  # A14B: the share of the steps the high-noise expert runs
+    text_encoder: str = COMFY_TEXT_ENCODER
+
+    def video_model_widgets(self) -> dict[str, Any]:
+        widgets: dict[str, Any] = {"sampler_name": self.sampler_name, "scheduler": self.scheduler}
+        if self.low_noise_from is not None:  # the expert the LoRA trains: the one to apply it to
+            widgets.update(low_noise_from=self.low_noise_from, trained_expert="low_noise")
+        return widgets
+
+
+# Wan 2.1 text-to-video (text_to_video_wan.json): the files, shift, sampler and scheduler of the three Wan 2.1
+# core-loader workflows (which sample with their own DENOISING_STEPS, GUIDANCE_SCALE and VIDEO_SIZE).
+WAN21_TEMPLATE = ComfyWanTemplate(
+    (COMFY_DIFFUSION_MODEL,),
+    COMFY_VAE,
+    COMFY_SHIFT,
+    "uni_pc",
+    "simple",
+    30,
+    6.0,
+    {"width": 832, "height": 480, "num_frames": 33},
+    16.0,
+)
+# Wan 2.2 TI2V-5B (video_wan2_2_5B_ti2v.json): KSampler 20 steps, cfg 5, uni_pc, simple; ModelSamplingSD3 8;
+# Wan22ImageToVideoLatent 1280 x 704 x 121 (no start image: text to video); CreateVideo 24 fps.
+TI2V_TEMPLATE = ComfyWanTemplate(
+    ("wan2.2_ti2v_5B_fp16.safetensors",),
+    "wan2.2_vae.safetensors",
+    8.0,
+    "uni_pc",
+    "simple",
+    20,
+    5.0,
+    {"width": 1280, "height": 704, "num_frames": 121},
+    24.0,
+)
+# Wan 2.2 A14B text-to-video (video_wan2_2_14B_t2v.json), its group without the 4-step Lightning LoRA: the two
+# fp8_scaled experts each through ModelSamplingSD3 8, two KSamplerAdvanced (euler, simple, 20 steps, cfg 3.5) with
+# the high-noise expert on steps 0-10 and the low-noise one from 10: low_noise_from 0.5; 640 x 640 x 81, 16 fps.
+A14B_TEMPLATE = ComfyWanTemplate(
+    ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
+    COMFY_VAE,
+    8.0,
+    "euler",
+    "simple",
+    20,
+    3.5,
+    {"width": 640, "height": 640, "num_frames": 81},
+    16.0,
+    low_noise_from=10 / 20,
+)
+EXPERT_TITLES = ("high noise", "low noise")
+
 # The files ComfyUI's own Flux dev text-to-image template loads, and its sampling (euler, simple, cfg 1,
 # guidance 3.5: Flux's default when the conditioning names none, which Video Model from ComfyUI's CLIP gives).
 FLUX_DIFFUSION_MODEL = "flux1-dev.safetensors"
@@ -100,6 +169,12 @@ TRAINING_PROMPTS = (
     "a glass of water tips over and the water spills across a wooden table",
     "two dogs play tug of war with a rope on a sandy beach",
 )
+TI2V_PROMPT = "a street musician plays guitar in a dim subway station while commuters hurry past"
+TI2V_RUN_NAME = "wan22_ti2v_5b"
+TI2V_LORA_PREFIX = "drf/wan22_ti2v_5b"
+A14B_RUN_NAME = "wan22_a14b_low_noise"
+A14B_LORA_PREFIX = "drf/wan22_a14b_low_noise"
+TEMPLATE_TRAINING_STEPS = 200
 CRITIQUE_PROMPT = "a basketball bounces three times on a wooden gym floor"
 SINGLE_PROMPT = "a paper boat floats down a small stream in the rain"
 
@@ -175,34 +250,55 @@ def load_models(layout: ColumnLayout, critic: bool = True) -> tuple[int, int | N
     return video, layout.add("DRFLoadVLMCritic", {"model": CRITIC_NAME, "dtype": "auto", "device": "auto"})
 
 
-def load_comfy_models(layout: ColumnLayout, critic: bool = True) -> tuple[int, int | None]:
-    """Core Load Diffusion Model -> ModelSamplingSD3, Load CLIP and Load VAE (as ComfyUI's Wan 2.1 template
-    sets them) into Video Model from ComfyUI, and Load VLM Critic: the loaders in the current column, the shift
-    (and the critic) in the next, Video Model from ComfyUI in the one after, where the caller goes on."""
-    unet = layout.add("UNETLoader", {"unet_name": COMFY_DIFFUSION_MODEL, "weight_dtype": "default"})
-    clip = layout.add("CLIPLoader", {"clip_name": COMFY_TEXT_ENCODER, "type": "wan", "device": "default"})
-    vae = layout.add("VAELoader", {"vae_name": COMFY_VAE})
+def load_comfy_models(
+    layout: ColumnLayout, critic: bool = True, template: ComfyWanTemplate | None = None
+) -> tuple[int, int | None]:
+    """Core Load Diffusion Model -> ModelSamplingSD3 (one pair per expert), Load CLIP and Load VAE, as one of
+    ComfyUI's Wan templates sets them (default: Wan 2.1's), into Video Model from ComfyUI, and Load VLM Critic: the
+    loaders in the current column, the shifts (and the critic) in the next, Video Model from ComfyUI in the one
+    after, where the caller goes on. With two experts the first is the high-noise one (`model`), the second the
+    low-noise one (`model_low_noise`)."""
+    template = WAN21_TEMPLATE if template is None else template
+    experts = len(template.diffusion_models) == 2
+    titles = EXPERT_TITLES if experts else (None,)
+    unets = [
+        layout.add(
+            "UNETLoader", {"unet_name": name, "weight_dtype": "default"}, title=_titled("Load Diffusion Model", t)
+        )
+        for name, t in zip(template.diffusion_models, titles, strict=True)
+    ]
+    clip = layout.add("CLIPLoader", {"clip_name": template.text_encoder, "type": "wan", "device": "default"})
+    vae = layout.add("VAELoader", {"vae_name": template.vae})
     layout.next_column()
-    shift = layout.add("ModelSamplingSD3", {"shift": COMFY_SHIFT})
+    shifts = [
+        layout.add("ModelSamplingSD3", {"shift": template.shift}, title=_titled("ModelSamplingSD3", t)) for t in titles
+    ]
     critic_node = None
     if critic:
         critic_node = layout.add("DRFLoadVLMCritic", {"model": CRITIC_NAME, "dtype": "auto", "device": "auto"})
     layout.next_column()
-    video = layout.add("DRFVideoModelFromComfy", {"sampler_name": "uni_pc", "scheduler": "simple"})
+    video = layout.add("DRFVideoModelFromComfy", template.video_model_widgets())
     connect = layout.builder.connect
-    connect(unet, "MODEL", shift, "model")
-    connect(shift, "MODEL", video, "model")
+    for unet, shift, model_input in zip(unets, shifts, ("model", "model_low_noise"), strict=False):
+        connect(unet, "MODEL", shift, "model")
+        connect(shift, "MODEL", video, model_input)
     connect(clip, "CLIP", video, "clip")
     connect(vae, "VAE", video, "vae")
     return video, critic_node
 
 
-def questions_and_reward(layout: ColumnLayout, prompts: str, critic: int) -> tuple[int, int]:
+def _titled(node_name: str, expert: str | None) -> str | None:
+    return None if expert is None else f"{node_name}: {expert}"
+
+
+def questions_and_reward(
+    layout: ColumnLayout, prompts: str, critic: int, reward_widgets: Mapping[str, Any] | None = None
+) -> tuple[int, int]:
     """Decompose Prompt over Reward Settings, in the current column. The connected critic writes the
     questions ("llm"); the node falls back to the rules' questions, and says why, when its reply is unusable."""
     questions = layout.add("DRFDecomposePrompt", {"prompts": prompts, "method": "llm"})
     layout.builder.connect(critic, "critic", questions, "critic")
-    return questions, layout.add("DRFRewardSettings")
+    return questions, layout.add("DRFRewardSettings", reward_widgets)
 
 
 def connect_training(layout: ColumnLayout, video: int, critic: int, questions: int, reward: int, train: int) -> None:
@@ -369,7 +465,6 @@ def single_prompt_finetune(layout: ColumnLayout) -> None:
     before_after(layout, video, train, {"prompt": SINGLE_PROMPT, **SAMPLING})
 
 
-# --- building and writing ----------------------------------------------------------------------------------
 @workflow("drf_flux_image_finetune.json")
 def flux_image_finetune(layout: ColumnLayout) -> None:
     layout.note(
@@ -396,6 +491,86 @@ def flux_image_finetune(layout: ColumnLayout) -> None:
     layout.builder.connect(train, "lora", save, "lora")
 
 
+def template_files_md(template: ComfyWanTemplate, name: str) -> str:
+    """Where each file of `template` goes, and the critic, for a note's first step."""
+    models = " and ".join(f"`{file}`" for file in template.diffusion_models)
+    return (
+        f"The files of ComfyUI's own {name} template: {models} in `models/diffusion_models/`, "
+        f"`{template.text_encoder}` in `models/text_encoders/`, `{template.vae}` in `models/vae/`. Add "
+        f"**{CRITIC_NAME}** in `models/vlm/` or `models/LLM/`, then press **R**."
+    )
+
+
+def template_training(template: ComfyWanTemplate, run_name: str) -> dict[str, Any]:
+    """Train LoRA's widgets: the shared settings at the template's size, steps and cfg."""
+    return {
+        **TRAINING,
+        **template.video,
+        "num_inference_steps": template.steps,
+        "guidance_scale": template.cfg,
+        "run_name": run_name,
+        "steps": TEMPLATE_TRAINING_STEPS,
+    }
+
+
+@workflow("drf_wan22_ti2v_5b_finetune.json")
+def wan22_ti2v_5b_finetune(layout: ColumnLayout) -> None:
+    t = TI2V_TEMPLATE
+    size = f"{t.video['width']} x {t.video['height']}, {t.video['num_frames']} frames"
+    layout.note(
+        "## Fine-tune Wan 2.2 TI2V-5B (text to video), with before / after\n"
+        f"1. {template_files_md(t, 'Wan 2.2 5B')}\n"
+        f"2. The template's settings: {t.sampler_name}, {t.scheduler}, {t.steps} steps, cfg {t.cfg:g}, shift "
+        f"{t.shift:g}, {size}; **Reward Settings** tells the critic {t.fps:g} fps. Write one prompt in "
+        "**Decompose Prompt** and the same prompt in both **Sample Video** nodes.\n"
+        f"3. Queue. **Train LoRA** fine-tunes on it ({TEMPLATE_TRAINING_STEPS} steps; reward and a preview frame "
+        f"on the node); **Save LoRA** writes `models/loras/{TI2V_LORA_PREFIX}_00001.safetensors`: core "
+        "LoraLoaderModelOnly applies it to the 5B MODEL.\n"
+        "4. **Compare Side by Side** then shows the base model (left) and the LoRA (right) from the same noise.\n"
+        "5. **Interrupt** saves a checkpoint; **queue again** to resume."
+    )
+    video, critic = load_comfy_models(layout, template=t)
+    layout.next_column()
+    questions, reward = questions_and_reward(layout, TI2V_PROMPT, critic, {"video_fps": t.fps})
+    layout.next_column()
+    train = layout.add("DRFTrainLoRA", template_training(t, TI2V_RUN_NAME), preview=True)
+    layout.next_column()
+    save = layout.add("DRFSaveLoRA", {"filename_prefix": TI2V_LORA_PREFIX, "format": "comfyui", "dtype": "fp32"})
+    connect_training(layout, video, critic, questions, reward, train)
+    layout.builder.connect(train, "lora", save, "lora")
+    sampling = {"prompt": TI2V_PROMPT, **t.video, "steps": t.steps, "guidance_scale": t.cfg, "seed": SEED}
+    before_after(layout, video, train, sampling)
+
+
+@workflow("drf_wan22_a14b_finetune.json")
+def wan22_a14b_finetune(layout: ColumnLayout) -> None:
+    t = A14B_TEMPLATE
+    high_steps = round(t.low_noise_from * t.steps)
+    layout.note(
+        "## Fine-tune Wan 2.2 A14B's low-noise expert (Diffusion-DRF)\n"
+        f"1. {template_files_md(t, 'Wan 2.2 14B text-to-video')}\n"
+        f"2. The template's settings (without the 4-step LoRA): shift {t.shift:g} on each expert, "
+        f"{t.sampler_name}, {t.scheduler}, {t.steps} steps, cfg {t.cfg:g}, the high-noise expert for the first "
+        f"{high_steps} steps (`low_noise_from` {t.low_noise_from:g}), {t.video['width']} x {t.video['height']}, "
+        f"{t.video['num_frames']} frames, {t.fps:g} fps.\n"
+        "3. Queue. **Train LoRA** trains the **low-noise** expert (`trained_expert`) on your prompts and shows each "
+        "step's reward and a preview frame. **Interrupt** saves a checkpoint; **queue again** to resume.\n"
+        f"4. **Save LoRA** writes `models/loras/{A14B_LORA_PREFIX}_00001.safetensors`. Apply it with core "
+        "**LoraLoaderModelOnly** on the **low-noise MODEL only** (after its Load Diffusion Model); leave the "
+        "high-noise MODEL as it is."
+    )
+    video, critic = load_comfy_models(layout, template=t)
+    layout.next_column()
+    questions, reward = questions_and_reward(layout, "\n".join(TRAINING_PROMPTS), critic, {"video_fps": t.fps})
+    layout.next_column()
+    train = layout.add("DRFTrainLoRA", template_training(t, A14B_RUN_NAME), preview=True)
+    layout.next_column()
+    save = layout.add("DRFSaveLoRA", {"filename_prefix": A14B_LORA_PREFIX, "format": "comfyui", "dtype": "fp32"})
+    connect_training(layout, video, critic, questions, reward, train)
+    layout.builder.connect(train, "lora", save, "lora")
+
+
+# --- building and writing ----------------------------------------------------------------------------------
 def node_specs() -> dict[str, Any]:
     """Node id -> `NodeSpec` of every node of the pack and of the ComfyUI core nodes the workflows use."""
     core = importlib.import_module(f"{import_pack().__name__}.core_specs").CORE_SPECS

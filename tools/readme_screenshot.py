@@ -1,13 +1,13 @@
 """Pictures of the example workflows: the README's, and the template browser's thumbnails (developer tool, not CI).
 
     COMFYUI_DIR=/path/to/ComfyUI python tools/readme_screenshot.py [--workflow W.json --out docs/X.png]
-    COMFYUI_DIR=/path/to/ComfyUI python tools/readme_screenshot.py --thumbnails
+    COMFYUI_DIR=/path/to/ComfyUI python tools/readme_screenshot.py --thumbnails [--only NAME ...]
 
 Starts a throw-away headless ComfyUI with only this pack (tests/comfy_server.py), with tiny random
 models placed under the real models' folder names so the loaders' lists show what a user sees, and
 renders workflows with tools/screenshot_workflow.py: the main one into docs/train_workflow.png, or
-with --thumbnails every workflows/*.json into a same-name .jpg beside it (ComfyUI's template browser
-shows those as the workflows' pictures).
+with --thumbnails every workflows/*.json (or the --only ones) into a same-name .jpg beside it
+(ComfyUI's template browser shows those as the workflows' pictures).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1800)
     parser.add_argument("--height", type=int, default=1000)
     parser.add_argument("--thumbnails", action="store_true", help="write workflows/<name>.jpg for every workflow")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="with --thumbnails: only these workflows (stems)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     comfy_dir = os.environ.get("COMFYUI_DIR")
@@ -66,12 +67,18 @@ def main() -> None:
             ("text_encoders", "clip_l.safetensors"),
             ("text_encoders", "t5xxl_fp16.safetensors"),
             ("vae", "ae.safetensors"),
+            ("diffusion_models", "wan2.2_ti2v_5B_fp16.safetensors"),
+            ("vae", "wan2.2_vae.safetensors"),
+            ("diffusion_models", "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"),
+            ("diffusion_models", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
         ):
             (server.models_dir / folder).mkdir(parents=True, exist_ok=True)
             (server.models_dir / folder / name).touch()
         with server:
             if args.thumbnails:
                 for path in sorted((REPO_ROOT / "workflows").glob("*.json")):
+                    if args.only and path.stem not in args.only:
+                        continue
                     write_thumbnail(server.url, path, Path(work) / f"{path.stem}.png")
             else:
                 args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,10 @@ Run with ComfyUI's interpreter. Writes `MODELS_DIR/text_encoders/umt5_xxl_fp8_e4
 The diffusion model (`diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors`) is the tiny Wan the pack's
 own `drf_core.tiny.write_tiny_wan_native` writes.
 
+With `--wan22`, also `MODELS_DIR/vae/wan2.2_vae.safetensors`: the Wan 2.2 VAE (TI2V-5B's; 48 latent
+channels) at the fixed size ComfyUI builds it (705 M parameters), random weights, fp16 (1.4 GB). The Wan 2.2
+diffusion models of the 5B and A14B templates are tiny transformers the pack's `drf_core.tiny` writes.
+
 With `--flux`, also the files of ComfyUI's Flux dev template: `diffusion_models/flux1-dev.safetensors`
 (the smallest Flux ComfyUI loads, bf16), `vae/ae.safetensors` (Flux's VAE, fixed size, fp16),
 `text_encoders/clip_l.safetensors` (CLIP-L at its fixed size, fp16) and `text_encoders/t5xxl_fp16.safetensors`
@@ -23,6 +27,7 @@ from comfy_boot import start
 
 TEXT_ENCODER_FILE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE_FILE = "wan_2.1_vae.safetensors"
+WAN22_VAE_FILE = "wan2.2_vae.safetensors"
 FLUX_FILES = {
     "flux_model": "diffusion_models/flux1-dev.safetensors",
     "flux_vae": "vae/ae.safetensors",
@@ -32,7 +37,7 @@ FLUX_FILES = {
 
 
 def main() -> int:
-    options = start("--out", "--flux", pack=False)
+    options = start("--out", "--flux", "--wan22", pack=False)
     import torch
     from comfy.ldm.wan.vae import WanVAE
     from comfy_models import random_wan_vae_state, tiny_umt5_state
@@ -44,6 +49,13 @@ def main() -> int:
     save_file(tiny_umt5_state(torch), str(out / "text_encoders" / TEXT_ENCODER_FILE))
     vae = {k: v.to(torch.float16) for k, v in random_wan_vae_state(WanVAE, torch).items()}
     save_file(vae, str(out / "vae" / VAE_FILE))
+    if options.wan22 == "yes":
+        from comfy.ldm.wan.vae2_2 import WanVAE as Wan22VAE
+        from comfy_models import WAN22_VAE_SIZE
+
+        wan22_vae = random_wan_vae_state(Wan22VAE, torch, WAN22_VAE_SIZE, torch.float16)
+        save_file(wan22_vae, str(out / "vae" / WAN22_VAE_FILE))
+        del wan22_vae
     if options.flux == "yes":
         from comfy_models import random_clip_l_state, random_flux_vae_state, smallest_flux_state, tiny_t5xxl_state
 
