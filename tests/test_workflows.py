@@ -599,7 +599,8 @@ def test_wan22_workflow_trains_and_saves_a_lora_that_core_lora_loader_applies(na
 
     workflow = read_workflow(name)
     (save,) = nodes_of(workflow, "DRFSaveLoRA")
-    expected = f"{widgets_by_name(save, specs, tools)['filename_prefix']}_00001.safetensors"
+    expert = "_low_noise" if name == A14B else ""  # Save LoRA names the expert a LoRA belongs on
+    expected = f"{widgets_by_name(save, specs, tools)['filename_prefix']}{expert}_00001.safetensors"
     trained_model = TEMPLATE_SETTINGS[name]["models"]["model_low_noise" if name == A14B else "model"][0]
     loras = server.models_dir / "loras"
     log_start = len(server.log_text())

@@ -173,7 +173,7 @@ TI2V_PROMPT = "a street musician plays guitar in a dim subway station while comm
 TI2V_RUN_NAME = "wan22_ti2v_5b"
 TI2V_LORA_PREFIX = "drf/wan22_ti2v_5b"
 A14B_RUN_NAME = "wan22_a14b_low_noise"
-A14B_LORA_PREFIX = "drf/wan22_a14b_low_noise"
+A14B_LORA_PREFIX = "drf/wan22_a14b"  # Save LoRA adds the expert: drf/wan22_a14b_low_noise_00001
 TEMPLATE_TRAINING_STEPS = 200
 CRITIQUE_PROMPT = "a basketball bounces three times on a wooden gym floor"
 SINGLE_PROMPT = "a paper boat floats down a small stream in the rain"
@@ -555,9 +555,11 @@ def wan22_a14b_finetune(layout: ColumnLayout) -> None:
         f"{t.video['num_frames']} frames, {t.fps:g} fps.\n"
         "3. Queue. **Train LoRA** trains the **low-noise** expert (`trained_expert`) on your prompts and shows each "
         "step's reward and a preview frame. **Interrupt** saves a checkpoint; **queue again** to resume.\n"
-        f"4. **Save LoRA** writes `models/loras/{A14B_LORA_PREFIX}_00001.safetensors`. Apply it with core "
+        f"4. **Save LoRA** writes `models/loras/{A14B_LORA_PREFIX}_low_noise_00001.safetensors`. Apply it with core "
         "**LoraLoaderModelOnly** on the **low-noise MODEL only** (after its Load Diffusion Model); leave the "
-        "high-noise MODEL as it is."
+        "high-noise MODEL as it is. (`trained_expert` both trains a LoRA per expert: Save LoRA then writes a "
+        "`_high_noise_` file too, for the high-noise MODEL; it needs `truncated_backprop_steps` above the "
+        "low-noise expert's steps and much more memory.)"
     )
     video, critic = load_comfy_models(layout, template=t)
     layout.next_column()
