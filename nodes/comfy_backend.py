@@ -69,7 +69,7 @@ from ..drf_core.models.base import DenoisingScheduler, PromptEmbeddings, VideoBa
 from .comfy_families import DecodeOptions, family_of
 from .comfy_names import SOLVERS
 from .comfy_solver import ComfyEmbeddings, ComfyExpertChain, ComfySolverRun
-from .wan_experts import BOTH, EXPERT_KEY, experts_trained, module_name, split_experts
+from .wan_experts import BOTH, EXPERT_KEY, expert_of, experts_trained, module_name, split_experts
 
 logger = logging.getLogger(__name__)
 
@@ -598,20 +598,19 @@ class ComfyVideoBackend(VideoBackend):
         expert only, and one trained on both on both; the experts it goes on are the ones `trained_expert` names."""
         parts = split_experts(lora)
         if not self.experts:
-            for expert in parts:
-                if expert is not None:
-                    logger.warning(
-                        "this LoRA was trained on Wan 2.2 A14B's %s MODEL; this video model has one MODEL, so it is "
-                        "applied there: connect the A14B experts (model and model_low_noise) to apply it where it "
-                        "belongs",
-                        expert,
-                    )
             if len(parts) > 1:
                 raise DRFInputError(
                     "this LoRA holds one part per Wan 2.2 A14B expert, and this video model has one MODEL: connect "
                     "the A14B experts (model and model_low_noise), or load one expert's file"
                 )
-            return {ONE_MODEL: next(iter(parts.values()))}
+            ((expert, part),) = parts.items()
+            if expert is not None:
+                logger.warning(
+                    "this LoRA was trained on Wan 2.2 A14B's %s MODEL; this video model has one MODEL, so it is "
+                    "applied there: connect the A14B experts (model and model_low_noise) to apply it where it belongs",
+                    expert,
+                )
+            return {ONE_MODEL: part}
         if None in parts:  # a LoRA that names no expert goes where `trained_expert` says
             if len(self.lora_targets) > 1:
                 raise DRFInputError(
@@ -635,10 +634,12 @@ class ComfyVideoBackend(VideoBackend):
         if adapter is None:
             raise DRFInputError(f"the model has no LoRA adapter named {adapter_name!r}")
         header = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+        if adapter.weights is not None:  # a preview: the LoRA as it was given, on the experts it names
+            expert = expert_of(adapter.weights) or self.trained_expert
+            header.update({EXPERT_KEY: expert} if self.experts and expert else {})
+            return LoRAWeights(None, adapter.weights.key_layout, dict(adapter.weights.modules), header)
         if self.trained_expert is not None:  # which of Wan 2.2 A14B's MODELs the file belongs on
             header[EXPERT_KEY] = self.trained_expert
-        if adapter.weights is not None:
-            return LoRAWeights(None, adapter.weights.key_layout, dict(adapter.weights.modules), header)
         modules = {
             name: LoRAModuleWeights(
                 down=weight.adapter.lora_down.weight.detach().to("cpu", copy=True),
