@@ -62,6 +62,16 @@ def test_the_decode_options_backward_agree_on_the_wan22_vae(report):
     assert result["first_latent_frame_grad"] > 0
 
 
+def test_the_tiled_backward_agrees_on_the_wan22_vae(report):
+    """decode.backward_tiles 2 (the 16GB preset) on the Wan 2.2 VAE: the plain decode's frames and gradient
+    (up to float summation order), through a trunk/tail split that equals the decoder exactly."""
+    tiled = report["tiled_backward"]
+    assert tiled["split_max_abs_diff"] == 0.0 and tiled["halo"] > 0 and tiled["trunk_slots"] > 0
+    assert tiled["tail_input_width"] > 2 * tiled["halo"]  # a tile and its halo are narrower than the frame
+    assert tiled["frames_max_abs_diff"] == 0.0
+    assert tiled["grad_max_abs_diff"] <= 1e-3 * tiled["grad_scale"]
+
+
 def test_a_training_step_puts_gradient_on_the_adapters_only(report):
     gradients = report["gradients"]
     assert gradients["adapters"] == gradients["with_gradient"] == 20  # attention + ffn, 2 blocks

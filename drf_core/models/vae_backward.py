@@ -21,7 +21,8 @@ in another order). Each tile fetches its crop of the kept cache from the host, s
 holds a whole frame's tail activations or caches.
 
 `DECODER_SPLITS` knows the layouts of diffusers' `WanDecoder3d` (Wan 2.1 VAE) and ComfyUI's
-`comfy.ldm.wan.vae.Decoder3d`; a decoder without one is recomputed whole (tiles are ignored, logged).
+`comfy.ldm.wan.vae.Decoder3d` (Wan 2.1 VAE) and `comfy.ldm.wan.vae2_2.Decoder3d` (Wan 2.2 VAE); a
+decoder without one is recomputed whole (tiles are ignored, logged).
 Knows nothing about training or which frames are scored.
 """
 
@@ -275,7 +276,7 @@ def _crop(entry: Any, crop: tuple[int, int, int, int], width: int) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# Splits of the Wan 2.1 decoder: diffusers' and ComfyUI's layouts
+# Splits of the Wan decoders: the Wan 2.1 VAE in diffusers' and ComfyUI's layouts, the Wan 2.2 VAE in ComfyUI's
 # ----------------------------------------------------------------------------------------------
 
 
@@ -360,6 +361,38 @@ def _comfy_wan_split(decoder: torch.nn.Module) -> DecoderSplit | None:
             h = layer(h, cache, slot)
         for layer in decoder.head:
             h = _cached_conv(layer, h, cache, slot) if isinstance(layer, cached) else layer(h)
+        return h
+
+    trunk_slots = _slots([decoder.conv1, *decoder.middle, *layers[:cut]])
+    return DecoderSplit(trunk, tail, trunk_slots, _tail_halo([*layers[cut:], *decoder.head]))
+
+
+@DECODER_SPLITS.register("comfy.ldm.wan.vae2_2.Decoder3d")
+def _comfy_wan22_split(decoder: torch.nn.Module) -> DecoderSplit | None:
+    """The Wan 2.2 VAE's decoder: residual up blocks (`Up_ResidualBlock`, whose shortcut `DupUp3D` only
+    repeats pixels) taking `first_chunk` for latent frame 0, then the head; cut after the last block
+    that upsamples in time."""
+    layers = list(decoder.upsamples)
+    temporal = [
+        i for i, layer in enumerate(layers) if any(getattr(m, "mode", None) == "upsample3d" for m in layer.modules())
+    ]
+    cut = temporal[-1] + 1 if temporal else 0
+
+    def trunk(x: torch.Tensor, index: int, cache: list[Any]) -> torch.Tensor:
+        slot = [0]
+        x = _cached_conv(decoder.conv1, x, cache, slot)
+        for layer in decoder.middle:
+            x = layer(x, cache, slot) if _slots([layer]) else layer(x)
+        for layer in layers[:cut]:
+            x = layer(x, cache, slot, index == 0)
+        return x
+
+    def tail(h: torch.Tensor, index: int, cache: list[Any]) -> torch.Tensor:
+        slot = [trunk_slots]
+        for layer in layers[cut:]:
+            h = layer(h, cache, slot, index == 0)
+        for layer in decoder.head:
+            h = _cached_conv(layer, h, cache, slot) if isinstance(layer, torch.nn.Conv3d) else layer(h)
         return h
 
     trunk_slots = _slots([decoder.conv1, *decoder.middle, *layers[:cut]])

@@ -13,6 +13,8 @@ node Wan22ImageToVideoLatent (no start image). Reports, with timings:
 2. decoding some frames equals those frames of the whole decode;
 3. a training step (decoding frame by frame, caches on the host) puts finite gradient on every
    adapter and none on model or VAE weights, with the plain decode's frames and latent gradient;
+   the backward in 2x2 tiles gives the plain decode's frames and latent gradient, and the decoder's
+   split (trunk, then tail) computes exactly what the decoder computes;
 4. a LoRA trained with the pack's trainer, saved in ComfyUI's layout, applied by core
    LoraLoaderModelOnly: core KSampler + VAEDecode equal Sample Video (the node) with the LoRA, and
    differ from the base model's;
@@ -218,6 +220,44 @@ def main() -> int:
             "grad_max_abs_diff": (latents.grad - x.grad).abs().max().item(),
             "grad_scale": x.grad.abs().max().item(),
             "first_latent_frame_grad": x.grad[:, :, 0].abs().sum().item(),
+        }
+    save()
+    # 3b. the backward in 2x2 spatial tiles (the 16GB preset's decode.backward_tiles) on a 4x4 latent, so that
+    # tiles are smaller than the frame: the same frames and latent gradient as the plain decode; and the decoder
+    # cut into trunk and tail computes exactly what the decoder computes
+    with torch.inference_mode(False):
+        from drf_pack.drf_core.models.vae_backward import split_decoder
+
+        wide = torch.randn(1, 48, 2, 4, 4, generator=torch.Generator().manual_seed(6))
+        results = []
+        start_time = time.perf_counter()
+        for kwargs in ({}, {"frame_by_frame_backward": True, "cache_host": torch.device("cpu"), "backward_tiles": 2}):
+            x = wide.clone().requires_grad_()
+            frames = backend.decode(x, **kwargs)
+            (frames * torch.linspace(0, 1, frames.numel()).view_as(frames)).sum().backward()
+            results.append((frames.detach(), x.grad))
+        seconds["decode_4x4_latent_plain_and_tiled_backward"] = time.perf_counter() - start_time
+        (plain, plain_grad), (tiled, tiled_grad) = results
+        stage = vae.first_stage_model
+        split = split_decoder(stage.decoder)
+        z = stage.conv2(wide.to(vae.vae_dtype))
+        whole_cache = [None] * comfy.ldm.wan.vae.count_conv3d(stage.decoder)
+        parts_cache = list(whole_cache)
+        diffs = []
+        with torch.no_grad():
+            for index in range(z.shape[2]):
+                frame = z[:, :, index : index + 1]
+                whole = stage.decoder(frame, feat_cache=whole_cache, feat_idx=[0], first_chunk=index == 0)
+                parts = split.tail(split.trunk(frame, index, parts_cache), index, parts_cache)
+                diffs.append((parts - whole).abs().max().item())
+        report["tiled_backward"] = {
+            "frames_max_abs_diff": (tiled - plain).abs().max().item(),
+            "grad_max_abs_diff": (tiled_grad - plain_grad).abs().max().item(),
+            "grad_scale": plain_grad.abs().max().item(),
+            "split_max_abs_diff": max(diffs),
+            "halo": split.halo,
+            "trunk_slots": split.trunk_slots,
+            "tail_input_width": split.trunk(z[:, :, :1], 0, [None] * len(whole_cache)).shape[-1],
         }
     save()
 
