@@ -5,10 +5,12 @@ and Evaluate LoRA alike (`drf_core.scoring`). Tiny models, CPU."""
 from __future__ import annotations
 
 import importlib
+import json
 
 import pytest
 import torch
 
+from drf_core import cli
 from drf_core.api import critique_sample, sample_videos
 from drf_core.config import (
     CriticInputConfig,
@@ -23,6 +25,7 @@ from drf_core.critics.qwen_vision import preprocess_frames, read_vision_settings
 from drf_core.decompose import decompose
 from drf_core.errors import DRFInputError
 from drf_core.evaluate import evaluate_lora
+from drf_core.media import to_pil
 from drf_core.questions import TEMPORAL_TAGS, Aspect, QuestionSet, YesNoQuestion, for_still_image
 from drf_core.reward import DRFReward
 from drf_core.scoring import ScoredFrames
@@ -245,3 +248,17 @@ def test_critique_video_node_on_one_image_scores_a_picture(pack_nodes, local, ct
     errors = _pack("drf_core.errors")
     with pytest.raises(errors.DRFInputError, match="about motion or time"):
         run(pack_nodes, local, ctx, "DRFCritiqueVideo", critic=_NotLoaded(), frames=image, questions=motion_only)
+
+
+def test_critique_command_on_a_still_image_file_scores_a_picture(tiny_models, tmp_path, capsys):
+    image = torch.rand(1, 3, 28, 28, generator=torch.Generator().manual_seed(9))
+    path = tmp_path / "still.png"
+    to_pil(image)[0].save(path)
+    assert cli.main(
+        ["critique", "--critic", str(tiny_models.qwen), "--video", str(path), "--prompt", MOTION_PROMPT,
+         "--size", "28", "--json", "--no-explain"]
+    ) == 0  # fmt: skip
+    data = json.loads(capsys.readouterr().out)
+    assert data["still_image"]
+    asked = {q["question"] for q in data["per_question"]}
+    assert asked and not asked & _temporal_questions(decompose(MOTION_PROMPT))
