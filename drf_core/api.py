@@ -5,7 +5,9 @@
   model kept loaded between runs (ComfyUI) always starts from the base.
 - `sample_videos`: videos for prompts, optionally with a LoRA at some strength (same seed, same noise).
 - `critique`: reward, per-aspect and per-question scores, the critic's own explanations, a chart
-  and gradient heatmaps for a video.
+  and gradient heatmaps for frames; `critique_sample` for a whole sample, of which it scores what
+  training scores (`scoring.ScoredFrames`: the selected frames of a video, or one frame as a still
+  image without questions about motion).
 - `export_lora` / `load_lora`: LoRA files between formats, without loading a model.
 
 The reward is given (a `RewardFunction`, e.g. `DRFReward` on a critic), and the LoRA life cycle is
@@ -26,7 +28,7 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .config import CriticInputConfig, SamplerConfig, TrainConfig, VideoSpec
+from .config import CriticInputConfig, DecodeConfig, SamplerConfig, TrainConfig, VideoSpec
 from .critics.base import Critic
 from .distributed import SingleProcess
 from .errors import DRFInputError
@@ -40,6 +42,7 @@ from .plots import plot_question_scores, plot_reward_curves
 from .questions import QuestionSet
 from .reward import LOW_ANSWER_MASS, RewardFunction, RewardResult, answer_mass_note, reward_summary
 from .sampler import sample_video
+from .scoring import ScoredFrames
 from .trainer import ADAPTER_NAME, ProgressEvent, Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -229,6 +232,10 @@ class Critique:
     result: RewardResult
     explanations: list[dict[str, str]] = field(default_factory=list)
     heatmaps: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The frames scored `[F, 3, H, W]` (detached, float32).
+    frames: torch.Tensor | None = None
+    # The critic saw them as one still image (`scoring.ScoredFrames`).
+    still_image: bool = False
 
     @property
     def total(self) -> float:
@@ -240,6 +247,11 @@ class Critique:
     def report(self) -> str:
         """Markdown: the summary, every question's score, and the critic's free-text answers."""
         lines = ["# Critique", "", "```", reward_summary(self.result), "```", ""]
+        if self.still_image:
+            lines += [
+                "One frame: the critic saw it as a still image, and questions about motion or time were left out.",
+                "",
+            ]
         if any(q.answer_mass is not None for q in self.result.per_question):
             lines += [
                 "Yes/No mass: the share of the critic's probability on the words Yes and No when asked a yes/no "
@@ -272,6 +284,7 @@ class Critique:
             "per_aspect": self.result.per_aspect,
             "per_question": [q.to_dict() for q in self.result.per_question],
             "explanations": self.explanations,
+            "still_image": self.still_image,
         }
 
 
@@ -300,4 +313,33 @@ def critique(
             answer = explain_with.generate(frames, query.question, critic_input, max_new_tokens=max_new_tokens)
             explanations.append({"aspect": aspect.name, "question": query.question, "answer": answer.strip()})
     maps = reward_heatmaps(reward, frames, questions) if heatmaps else {}
-    return Critique(result=result, explanations=explanations, heatmaps=maps)
+    return Critique(result=result, explanations=explanations, heatmaps=maps, frames=frames)
+
+
+def critique_sample(
+    reward: RewardFunction,
+    frames: torch.Tensor,
+    questions: QuestionSet,
+    decode: DecodeConfig,
+    critic_input: CriticInputConfig,
+    explain_with: Critic | None = None,
+    heatmaps: bool = False,
+    max_new_tokens: int = 64,
+) -> Critique:
+    """`critique` of what training scores of a whole sample `frames` `[F, 3, H, W]` (`scoring.ScoredFrames`):
+    a video's frames at `decode`'s frame selection, told their true rate; one frame as a still image,
+    asked `questions` without those about motion or time. `reward` and `critic_input` are for the
+    whole clip (this function adapts both, as the trainer does)."""
+    check_frames(frames)
+    scored = ScoredFrames.of(frames.shape[0], decode)
+    verdict = critique(
+        scored.reward(reward),
+        scored.pick(frames),
+        scored.questions(questions),
+        explain_with=explain_with,
+        critic_input=scored.critic_input(critic_input),
+        heatmaps=heatmaps,
+        max_new_tokens=max_new_tokens,
+    )
+    verdict.still_image = scored.still_image
+    return verdict

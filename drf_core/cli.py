@@ -193,13 +193,15 @@ def _train(args: argparse.Namespace, parallel) -> int:
     return 0
 
 
-@command("critique", "score a video (file or frames folder) against a prompt's questions, with explanations")
+@command(
+    "critique",
+    "score a video (file or frames folder) or a still image against a prompt's questions, with explanations",
+)
 def cmd_critique(args: argparse.Namespace) -> int:
-    from .api import critique
-    from .config import CriticInputConfig, RewardConfig
+    from .api import critique_sample
+    from .config import CriticInputConfig, DecodeConfig, RewardConfig
     from .critics import load_critic
     from .decompose import decompose
-    from .frames import select_frames
     from .media import load_frames, save_animation
     from .questions import QuestionSet
     from .reward import DRFReward
@@ -214,15 +216,16 @@ def cmd_critique(args: argparse.Namespace) -> int:
     frames = load_frames(args.video)
     if args.max_frames < 1:
         raise DRFInputError(f"--max-frames must be at least 1, got {args.max_frames}")
-    picked = select_frames("uniform", len(frames), min(args.max_frames, len(frames)))
-    frames = frames[picked]
-    visual = CriticInputConfig(height=args.size, width=args.size, video_fps=args.video_fps).for_frames(picked)
-    result = critique(
+    # Up to --max-frames frames spread over a video; a still image (one frame) as a picture, without motion questions.
+    decode = DecodeConfig("uniform", min(args.max_frames, len(frames)))
+    visual = CriticInputConfig(height=args.size, width=args.size, video_fps=args.video_fps)
+    result = critique_sample(
         DRFReward(critic, RewardConfig(), visual),
         frames,
         questions,
+        decode,
+        visual,
         explain_with=None if args.no_explain else critic,
-        critic_input=visual,
         heatmaps=bool(args.out),
     )
     if args.out:
@@ -352,7 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = parsers["critique"]
     p.add_argument("--critic", required=True, help="local Qwen2.5-VL folder")
-    p.add_argument("--video", required=True, help="video file, animated GIF/WebP, or folder of frames")
+    p.add_argument(
+        "--video",
+        required=True,
+        help="video file, animated GIF/WebP, folder of frames, or a still image (a picture: no motion questions)",
+    )
     p.add_argument("--prompt", help="the prompt the video was made from")
     p.add_argument("--questions", help="a QuestionSet JSON file instead of --prompt")
     p.add_argument("--decomposer", default="rules", choices=DECOMPOSERS.names())

@@ -256,6 +256,11 @@ class CriticInputConfig(_Serializable):
         qwen-vl-utils does for a picture) instead of a one-frame video padded to two frames."""
         return dataclasses.replace(self, mode="images")
 
+    def for_sample(self, frame_indices: Sequence[int], still_image: bool) -> CriticInputConfig:
+        """How the critic sees the frames scored of one sample: a still image as an image
+        (`for_still_image`), frames of a video at their true rate (`for_frames`)."""
+        return self.for_still_image() if still_image else self.for_frames(frame_indices)
+
 
 @dataclass
 class RewardConfig(_Serializable):

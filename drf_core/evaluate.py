@@ -1,8 +1,10 @@
 """Is a LoRA worth keeping? The base model against the LoRA on prompts x seeds, with intervals.
 
 `evaluate_lora` samples every prompt of the given question sets from every seed twice, without
-and with the LoRA, from the same noise (one generator seeded per video), decodes the frames the
-config selects, and lets the critic score both videos with every question of the prompt. The
+and with the LoRA, from the same noise (one generator seeded per video), and lets the critic score
+what training scores of both samples (`scoring.ScoredFrames`: the frames the config selects of a
+video; an image model's one frame as a still image, its questions about motion or time left out)
+with every question of the prompt. The
 unit of evidence is a (prompt, seed) pair; `Evaluation` then holds, per aspect and in total, the
 base mean, the LoRA mean and their paired difference, each with a confidence interval over the
 pairs (`INTERVALS`: Student t, or a seeded percentile bootstrap); the win rate (LoRA total above
@@ -30,13 +32,13 @@ from .api import sample_videos, warn_on_frame_rate
 from .config import EvaluateConfig
 from .critics.base import Critic
 from .errors import DRFInputError
-from .frames import select_frames
 from .lora import LoRAWeights
 from .models.base import VideoBackend
 from .plots import _to_image
 from .questions import QuestionSet
 from .registry import Registry
 from .reward import DRFReward, RewardResult
+from .scoring import ScoredFrames
 
 
 def parse_seeds(text: str, what: str = "seeds") -> list[int]:
@@ -200,6 +202,8 @@ class Evaluation:
     pairs: list[PairScores]
     aspects: list[AspectComparison] = field(default_factory=list)
     questions: list[QuestionChange] = field(default_factory=list)
+    # The samples were one image each: scored as still images, without questions about motion or time.
+    still_image: bool = False
 
     @property
     def wins(self) -> int:
@@ -236,6 +240,11 @@ class Evaluation:
             f"win rate {self.win_rate:.2f} ({self.wins} wins, {self.ties} ties, {self.losses} losses)"
         )
 
+    def _frames_text(self) -> str:
+        if self.still_image:
+            return "one image (scored as a still image; questions about motion or time left out)"
+        return f"{self.config.video.num_frames} frames"
+
     def report(self) -> str:
         c = self.config
         level = f"{100 * c.confidence:g}%"
@@ -250,7 +259,7 @@ class Evaluation:
             "",
             f"{len(prompts)} prompt(s) x {len(c.seeds)} seed(s) {list(c.seeds)} = {len(self.pairs)} pairs; the "
             f"same noise for the base model and the LoRA (strength {c.strength:g}); "
-            f"{c.video.width}x{c.video.height}, {c.video.num_frames} frames, {c.sampler.num_inference_steps} steps, "
+            f"{c.video.width}x{c.video.height}, {self._frames_text()}, {c.sampler.num_inference_steps} steps, "
             f"guidance {c.sampler.guidance_scale:g}.",
             f"Intervals: {level} {method}. Reward: yes/no `{c.reward.yes_no}`, higher is better.",
             "",
@@ -329,6 +338,7 @@ class Evaluation:
 
         return {
             "config": self.config.to_dict(),
+            "still_image": self.still_image,
             "win_rate": self.win_rate,
             "wins": self.wins,
             "ties": self.ties,
@@ -363,7 +373,7 @@ def _question_value(score: Any) -> float:
     return float(score.probability) if score.probability is not None else float(score.value)
 
 
-def summarize(pairs: list[PairScores], config: EvaluateConfig) -> Evaluation:
+def summarize(pairs: list[PairScores], config: EvaluateConfig, still_image: bool = False) -> Evaluation:
     """The statistics of scored pairs (see the module docstring)."""
     interval = INTERVALS.get(config.interval)
 
@@ -394,7 +404,7 @@ def summarize(pairs: list[PairScores], config: EvaluateConfig) -> Evaluation:
         QuestionChange(prompt, aspect, kind, question, float(np.mean(base)), float(np.mean(lora)))
         for (prompt, aspect, kind, question), (base, lora) in by_question.items()
     ]
-    return Evaluation(config=config, pairs=pairs, aspects=aspects, questions=questions)
+    return Evaluation(config=config, pairs=pairs, aspects=aspects, questions=questions, still_image=still_image)
 
 
 def evaluate_lora(
@@ -406,15 +416,17 @@ def evaluate_lora(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Evaluation:
-    """Score base and LoRA videos of every prompt x seed (same noise) and compare them."""
+    """Score base and LoRA videos of every prompt x seed (same noise) and compare them; an image model's
+    samples are scored as still images, as training scores them (`scoring.ScoredFrames`)."""
     config.validate()
     if not question_sets:
         raise DRFInputError("no prompts to evaluate; connect question sets (one per prompt), e.g. held-out prompts")
+    # Sizes the model cannot make, a frame selection that does not fit, or an image's motion-only questions
+    # are refused here, before anything is sampled.
+    view = ScoredFrames.of(backend.num_frames_out(config.video), config.decode)
+    question_sets = [view.questions(qs) for qs in question_sets]
     warn_on_frame_rate(backend, config.critic_input)
-    reward = DRFReward(critic, config.reward, config.critic_input)
-    indices = select_frames(
-        config.decode.frame_selection, backend.num_frames_out(config.video), config.decode.frame_selection_count
-    )
+    reward = view.reward(DRFReward(critic, config.reward, config.critic_input))
     total = 2 * len(question_sets) * len(config.seeds)
     done = 0
 
@@ -425,7 +437,7 @@ def evaluate_lora(
             lora=lora if with_lora else None, strength=config.strength, should_stop=should_stop,
         )[0]  # fmt: skip
         with torch.no_grad():
-            result = reward(video[indices].float(), questions)
+            result = reward(view.pick(video).float(), questions)
         done += 1
         if progress is not None:
             progress(done, total)
@@ -436,4 +448,4 @@ def evaluate_lora(
         for qs in question_sets
         for seed in config.seeds
     ]
-    return summarize(pairs, config)
+    return summarize(pairs, config, view.still_image)

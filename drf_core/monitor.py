@@ -19,6 +19,10 @@ also written into the evaluation (`best_step`, `best_score`, `evaluations_since_
 `stop_reason`), so `restore(rows)` rebuilds the state from `metrics.jsonl` on resume (the best
 parameters come back from the checkpoint).
 
+An image model's samples (one frame) are still images (`scoring.ScoredFrames`): the held-out
+questions and the held-out prompts' own questions then leave out motion and time and speak of an
+image, as the training questions do (the paraphrase patterns say "video").
+
 `question_movers` lists the yes/no questions whose p(expected answer) moved most since the start.
 
 Knows the `VideoBackend` and `RewardFunction` interfaces; nothing about optimizers or ComfyUI.
@@ -40,6 +44,7 @@ from .models.base import VideoBackend
 from .questions import QuestionSet
 from .reward import RewardFunction, RewardResult
 from .sampler import sample_video
+from .scoring import ScoredFrames
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +106,21 @@ class Monitor:
         self.config = config
         self.settings: MonitorConfig = config.monitor
         self.training_sets = dict(training_sets)
+        scored = ScoredFrames.of(backend.num_frames_out(config.video), config.decode)
         given = {qs.prompt: qs for qs in held_out_prompt_sets}
-        self.prompt_sets = {p: given.get(p) or decompose(p, method="rules") for p in self.settings.prompts}
+        self.prompt_sets = {
+            p: scored.questions(given.get(p) or decompose(p, method="rules")) for p in self.settings.prompts
+        }
         self.frame_indices = list(frame_indices)
         self.reward = reward
         method = self.settings.held_out_questions
         chat = reward.chat_model if method == "llm" else None
-        self.question_sets = {p: held_out_questions(qs, method, chat) for p, qs in self.training_sets.items()}
+
+        def held_out(question_set: QuestionSet) -> QuestionSet | None:
+            reworded = held_out_questions(question_set, method, chat)
+            return None if reworded is None else scored.questions(reworded)
+
+        self.question_sets = {p: held_out(qs) for p, qs in self.training_sets.items()}
         self.best_step: int | None = None
         self.best_score = float("-inf")
         self.best_parameters: dict[str, torch.Tensor] | None = None

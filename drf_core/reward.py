@@ -240,8 +240,7 @@ class DRFReward(RewardFunction):
     def for_frames(self, frame_indices: Sequence[int], still_image: bool = False) -> DRFReward:
         """The critic is told the true rate of frames taken at `frame_indices` (`CriticInputConfig.for_frames`);
         a `still_image` is handed to it as an image, not as a one-frame video (`CriticInputConfig.for_still_image`)."""
-        visual = self.critic_input.for_still_image() if still_image else self.critic_input.for_frames(frame_indices)
-        return DRFReward(self.critic, self.config, visual)
+        return DRFReward(self.critic, self.config, self.critic_input.for_sample(frame_indices, still_image))
 
     @property
     def chat_model(self) -> Critic:

@@ -233,10 +233,13 @@ def sample_video(
     on_step: StepCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> torch.Tensor:
-    """A preview without gradient: encode, draw noise, sample all steps, decode -> `[B, F, 3, H, W]`."""
+    """A preview without gradient: draw noise, encode, sample all steps, decode -> `[B, F, 3, H, W]`.
+
+    The noise comes first: it checks the sizes (`spec`), so a size the model cannot make is refused
+    before the text encoder runs."""
     with torch.no_grad():
-        embeddings = backend.encode_prompts(prompts, negative_prompt, sampler_config.guidance_scale)
         noise = backend.init_noise(spec, len(prompts), generator)
+        embeddings = backend.encode_prompts(prompts, negative_prompt, sampler_config.guidance_scale)
         latents = sample_latents(
             backend, embeddings, noise, sampler_config, 0, on_step=on_step, should_stop=should_stop
         )

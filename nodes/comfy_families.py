@@ -268,10 +268,14 @@ class FluxFamily(ComfyFamily):
             )
 
     def num_frames_out(self, vae: Any, spec: VideoSpec) -> int:
-        """Core EmptySD3LatentImage's sizes (steps of 16); one image, whatever `num_frames` says (logged)."""
+        """Core EmptySD3LatentImage's sizes (steps of 16); one image: `num_frames` other than 1 is refused
+        (a setting that would be ignored misleads: the run's videos, memory and report would not be what it says)."""
         _check_multiple_of_16("Flux", spec)
         if spec.num_frames != 1:
-            logger.warning("Flux makes one image per prompt; num_frames %d is treated as 1", spec.num_frames)
+            raise DRFInputError(
+                f"num_frames is {spec.num_frames}, but Flux is an image model: it makes one image per prompt; set "
+                "num_frames to 1 on Train LoRA, Sample Video and Evaluate LoRA"
+            )
         return 1
 
     def noise_shape(self, vae: Any, latent_format: Any, spec: VideoSpec, batch_size: int) -> tuple[int, ...]:

@@ -1,7 +1,10 @@
 """Critique Video: the critic's verdict on a video, as a report, a chart and gradient heatmaps.
 
-The frames scored are the ones training would score (the reward settings' frame selection, told
-to the critic at their true frame rate), so a critique explains the reward the trainer sees. The
+The frames scored are the ones training would score (`drf_core.scoring`, through
+`api.critique_sample`): of a video, the reward settings' frame selection, told to the critic at
+their true frame rate; an IMAGE batch of one frame (e.g. VAE Decode of an image model such as Flux)
+is a still image, which the critic sees as a picture, and the questions about motion or time are
+left out, as when training an image model. So a critique explains the reward the trainer sees. The
 report gives, per yes/no question, the share of the critic's probability on {Yes, No}: a low share
 means the critic wanted to say something else. Heatmaps are the reward's gradient with respect to
 the pixels, per aspect: where changing the video would raise that aspect's score most.
@@ -11,9 +14,9 @@ from __future__ import annotations
 
 from ..drf_core import api
 from ..drf_core.errors import DRFInputError
-from ..drf_core.frames import select_frames
 from ..drf_core.media import from_pil, labelled_side_by_side
 from ..drf_core.reward import DRFReward
+from ..drf_core.scoring import ScoredFrames
 from .reward import RewardSettings
 from .spec import (
     CRITIC,
@@ -45,7 +48,12 @@ class CritiqueVideo(DRFNode):
         ),
         inputs=(
             Socket("critic", CRITIC, "The critic (from Load VLM Critic)."),
-            Socket("frames", "IMAGE", "The video as an IMAGE batch of frames (e.g. from Sample Video or Load Video)."),
+            Socket(
+                "frames",
+                "IMAGE",
+                "The video as an IMAGE batch of frames (e.g. from Sample Video or Load Video). One frame is a still "
+                "image: the critic sees a picture and questions about motion or time are left out.",
+            ),
             Socket("questions", QUESTIONS, "The questions for this video's prompt (one question set)."),
             Boolean("explain", True, "Let the critic answer the explanation queries in words (slower)."),
             Boolean("heatmaps", True, "Compute per-aspect gradient heatmaps (one backward pass per aspect)."),
@@ -80,16 +88,16 @@ class CritiqueVideo(DRFNode):
             )
         settings = reward or RewardSettings()
         video = engine_frames(frames, "frames")
-        picked = select_frames(settings.decode.frame_selection, video.shape[0], settings.decode.frame_selection_count)
-        video = video[picked]
+        # A frame selection that does not fit, or an image's questions all about motion: refused before loading.
+        ScoredFrames.of(video.shape[0], settings.decode).questions(questions[0])
         vlm = critic.get()
-        visual = settings.critic_input.for_frames(picked)  # the critic is told the picked frames' true rate
-        verdict = api.critique(
-            DRFReward(vlm, settings.reward, visual),
+        verdict = api.critique_sample(
+            DRFReward(vlm, settings.reward, settings.critic_input),
             video,
             questions[0],
+            settings.decode,
+            settings.critic_input,
             explain_with=vlm if explain else None,
-            critic_input=visual,
             heatmaps=heatmaps,
             max_new_tokens=max_new_tokens,
         )
@@ -97,7 +105,7 @@ class CritiqueVideo(DRFNode):
         maps = comfy_image(
             labelled_side_by_side(list(verdict.heatmaps.values()), list(verdict.heatmaps))
             if verdict.heatmaps
-            else video
+            else verdict.frames
         )
         report = verdict.report()
         previews = [Preview(chart), Preview(maps, animated=True, fps=4.0)]

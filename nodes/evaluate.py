@@ -3,7 +3,8 @@
 Calls `drf_core.evaluate.evaluate_lora` with the connected question sets (their prompts are the
 prompts evaluated: connect a Decompose Prompt of held-out prompts to judge a LoRA on prompts it
 never trained on). Shows the summary on the node and returns the Markdown report, the chart and
-the win rate.
+the win rate. An image model's samples (Flux: one frame, `num_frames` 1) are scored as training
+scores them: as still images, the questions about motion or time left out (`drf_core.scoring`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class EvaluateLoRA(DRFNode):
             Float("lora_strength", _EVALUATE.strength, -4.0, 4.0, "How strongly the LoRA applies.", 0.05),
             Int("width", _VIDEO.width, 16, 4096, "Width of the videos (multiple of 16).", 16),
             Int("height", _VIDEO.height, 16, 4096, "Height of the videos (multiple of 16).", 16),
-            Int("num_frames", _VIDEO.num_frames, 1, 1025, "Frames per video (Wan: 4n+1).", 4),
+            Int("num_frames", _VIDEO.num_frames, 1, 1025, "Frames per video (Wan: 4n+1; image models: 1).", 4),
             Int("steps", _SAMPLER.num_inference_steps, 1, 1000, "Denoising steps."),
             Float("guidance_scale", _SAMPLER.guidance_scale, 0.0, 30.0, "Classifier-free guidance.", 0.1),
             String("negative_prompt", "", "Negative prompt while sampling (empty: none).", multiline=True),
@@ -122,6 +123,7 @@ class EvaluateLoRA(DRFNode):
                 f"the LoRA is for {lora.family} models but the video model is {backend.family}; "
                 "connect a LoRA trained on this model family"
             )
+        backend.num_frames_out(config.video)  # sizes the model cannot make are refused before the critic loads
         try:
             evaluation = evaluate_lora(
                 backend,

@@ -53,7 +53,7 @@ class SampleVideo(DRFNode):
             String("negative_prompt", "", "What the video should not show (empty: none).", multiline=True),
             Int("width", _VIDEO.width, 16, 4096, "Width in pixels (multiple of 16).", 16),
             Int("height", _VIDEO.height, 16, 4096, "Height in pixels (multiple of 16).", 16),
-            Int("num_frames", _VIDEO.num_frames, 1, 1025, "Number of frames (Wan: 4n+1).", 4),
+            Int("num_frames", _VIDEO.num_frames, 1, 1025, "Number of frames (Wan: 4n+1; image models: 1).", 4),
             Int("steps", _SAMPLER.num_inference_steps, 1, 1000, "Denoising steps."),
             Float("guidance_scale", _SAMPLER.guidance_scale, 0.0, 30.0, "Classifier-free guidance.", 0.1),
             Combo("scheduler", ["default", *SCHEDULERS.names()], "default: the model folder's scheduler.", "default"),

@@ -419,7 +419,7 @@ class TrainLoRA(DRFNode):
             Float("lora_alpha", _LORA.alpha, 0.1, 1024.0, "LoRA alpha; the update is scaled by alpha/rank.", 1.0),
             Int("width", _VIDEO.width, 16, 4096, "Width of the training videos (multiple of 16).", 16),
             Int("height", _VIDEO.height, 16, 4096, "Height of the training videos (multiple of 16).", 16),
-            Int("num_frames", _VIDEO.num_frames, 1, 1025, "Frames per training video (Wan: 4n+1).", 4),
+            Int("num_frames", _VIDEO.num_frames, 1, 1025, "Frames per training video (Wan: 4n+1; image models: 1).", 4),
             Int("num_inference_steps", _SAMPLER.num_inference_steps, 1, 1000, "Denoising steps T per video."),
             Int(
                 "truncated_backprop_steps",
@@ -483,7 +483,9 @@ class TrainLoRA(DRFNode):
             [qs.prompt for qs in questions], settings, reward or RewardSettings(), options or _OPTIONS
         )
         run_dir, moved = run_folder(ctx.folders.output_dir() / RUNS_FOLDER, run_name, resume)
-        backend, vlm = video_model.get(), critic.get()
+        backend = video_model.get()
+        backend.num_frames_out(config.video)  # sizes the model cannot make are refused before the critic loads
+        vlm = critic.get()
         if initial_lora is not None and initial_lora.family != backend.family:
             raise DRFInputError(
                 f"initial_lora is for {initial_lora.family} models but the video model is {backend.family}; "

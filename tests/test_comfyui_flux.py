@@ -5,7 +5,8 @@ Runs `comfy_scripts/flux_image.py` with ComfyUI's interpreter. ComfyUI's Flux de
 loads (one double and one single block, 545 million parameters, random weights) from a file through core
 UNETLoader; Flux's VAE at its fixed size through core VAELoader; the text as conditioning tensors through
 core FluxGuidance (T5-XXL and CLIP-L have fixed sizes). The template's settings: euler, simple, cfg 1.0,
-guidance 3.5, EmptySD3LatentImage.
+guidance 3.5, EmptySD3LatentImage. Critique Video and Evaluate LoRA score its images in image mode, as
+the trainer does; num_frames other than 1 is refused.
 """
 
 from __future__ import annotations
@@ -62,3 +63,29 @@ def test_the_saved_lora_in_core_lora_loader_equals_sample_video_with_it(report):
     lora = report["lora"]
     assert lora["latent_max_abs_diff"] == 0.0 and lora["pixels_max_abs_diff"] == 0.0
     assert lora["lora_changes_latents"] > 0.1 and lora["lora_changes_pixels"] > 0.01
+
+
+def test_critique_video_scores_the_one_frame_image_as_the_trainer_does(report):
+    critique = report["critique"]
+    assert critique["critic_modes"] == ["images"] and critique["questions_asked"] > 0
+    assert critique["temporal_questions_asked"] == [] and critique["says_still_image"]
+    assert critique["total"] == critique["trainer_reward"]  # exact: the trainer's code path
+
+
+def test_evaluate_lora_scores_flux_samples_as_still_images(report):
+    evaluate = report["evaluate"]
+    assert evaluate["critic_modes"] == ["images"] and evaluate["questions_asked"] > 0
+    assert evaluate["temporal_questions_asked"] == [] and evaluate["says_one_image"]
+    # The base sample at the node's seed is Sample Video's image: the trainer's reward for it, as Critique Video's.
+    assert evaluate["base_cell"] == f"{report['critique']['trainer_reward']:+.4f}"
+    assert evaluate["win_rate"] in (0.0, 0.5, 1.0)
+
+
+def test_num_frames_other_than_one_is_refused_before_any_expensive_work(report):
+    refused = report["num_frames_refused"]
+    for node in ("sample", "train", "evaluate"):
+        message = refused["messages"][node]
+        assert message is not None, f"{node} accepted num_frames 5 for Flux"
+        assert message.startswith("DRFInputError: num_frames is 5") and "image model" in message
+        assert "set num_frames to 1 on Train LoRA, Sample Video and Evaluate LoRA" in message
+    assert refused["prompts_encoded"] == 0

@@ -15,7 +15,11 @@ cfg 1.0, EmptySD3LatentImage). Reports:
    in image mode: finite gradient on every adapter, none on Flux's or the VAE's weights;
 3. the pack's trainer on the image: the critic is asked about a picture (mode "images") and no
    question about motion; the saved LoRA (`diffusion_model.<ComfyUI name>` keys) applied by core
-   LoraLoaderModelOnly + KSampler equals Sample Video with that LoRA, and differs from the base.
+   LoraLoaderModelOnly + KSampler equals Sample Video with that LoRA, and differs from the base;
+4. Critique Video on Sample Video's IMAGE (one frame) and Evaluate LoRA on the trained LoRA score
+   the images as the trainer does: a picture, no motion question, the trainer's reward;
+5. num_frames other than 1 is refused by Sample Video, Train LoRA and Evaluate LoRA (naming the
+   setting), before the text is encoded or the critic loaded.
 """
 
 from __future__ import annotations
@@ -58,13 +62,19 @@ def main() -> int:
     )
     from drf_pack.drf_core.critics import load_critic
     from drf_pack.drf_core.decompose import decompose
-    from drf_pack.drf_core.questions import TEMPORAL_TAGS
+    from drf_pack.drf_core.errors import DRFInputError
+    from drf_pack.drf_core.questions import TEMPORAL_TAGS, for_still_image
     from drf_pack.drf_core.reward import DRFReward
     from drf_pack.drf_core.sampler import sample_latents
+    from drf_pack.nodes.critic import CritiqueVideo
+    from drf_pack.nodes.evaluate import EvaluateLoRA
     from drf_pack.nodes.loaders import VideoModelFromComfy
-    from drf_pack.nodes.local import LocalContext, LocalFolders
+    from drf_pack.nodes.local import LocalContext, LocalFolders, run_node
     from drf_pack.nodes.lora import TrainedLoRAWire
+    from drf_pack.nodes.reward import RewardSettings
     from drf_pack.nodes.sample import SampleVideo
+    from drf_pack.nodes.spec import engine_frames
+    from drf_pack.nodes.train import TrainLoRA
 
     import nodes as core
 
@@ -232,6 +242,78 @@ def main() -> int:
         "lora_changes_pixels": (lora_pixels - core_pixels).abs().max().item(),
     }
     lap("lora")
+
+    # 4. Critique Video and Evaluate LoRA in image mode, against the trainer's reward for the same image
+    class Loaded:  # the critic wire: the recording critic above
+        def get(self):
+            return critic
+
+    settings = RewardSettings(critic_input=CriticInputConfig(height=28, width=28))  # frame selection: 8 of a video
+    modes.clear()
+    asked.clear()
+    with torch.inference_mode(), torch.inference_mode(False):
+        critique = run_node(
+            CritiqueVideo, ctx, critic=Loaded(), frames=node_frames, questions=[video_questions], explain=False,
+            heatmaps=False, reward=settings,
+        )  # fmt: skip
+    report_text, _, _, critique_total = critique.outputs
+    image_questions = for_still_image(video_questions)
+    with torch.inference_mode(False), torch.no_grad():
+        trainers = reward.for_frames([0], still_image=True)(engine_frames(node_frames.cpu(), "frames"), image_questions)
+    report["critique"] = {
+        "critic_modes": sorted(set(modes)),
+        "temporal_questions_asked": sorted(temporal_questions & set(asked)),
+        "questions_asked": len(set(asked)),
+        "says_still_image": "still image" in report_text,
+        "total": critique_total,
+        "trainer_reward": trainers.total.item(),
+    }
+    modes.clear()
+    asked.clear()
+    evaluate_node = dict(
+        video_model=wire, critic=Loaded(), questions=[video_questions], lora=lora_wire, seeds=str(SEED), width=WIDTH,
+        height=HEIGHT, num_frames=1, steps=STEPS, guidance_scale=CFG, reward=settings,
+    )  # fmt: skip
+    with torch.inference_mode(), torch.inference_mode(False):
+        evaluation_text, _, win_rate = run_node(EvaluateLoRA, ctx, **evaluate_node).outputs
+    base_row = next(line for line in evaluation_text.splitlines() if line.startswith(f"| {PROMPT} | {SEED} |"))
+    report["evaluate"] = {
+        "critic_modes": sorted(set(modes)),
+        "temporal_questions_asked": sorted(temporal_questions & set(asked)),
+        "questions_asked": len(set(asked)),
+        "says_one_image": "one image (scored as a still image" in evaluation_text,
+        "base_cell": base_row.split("|")[3].strip(),  # Sample Video's image at the same seed: node_frames
+        "win_rate": win_rate,
+    }
+    lap("critique and evaluate")
+
+    # 5. num_frames other than 1: refused before the text encoder or the critic runs
+    class NotLoaded:
+        def get(self):
+            raise AssertionError("the critic was loaded before num_frames was checked")
+
+    encoded: list[object] = []
+    encode = backend.encode_prompts
+    backend.encode_prompts = lambda *args, **kw: encoded.append(args) or encode(*args, **kw)
+    refusals = {}
+    train_node = dict(
+        video_model=wire, critic=NotLoaded(), questions=[video_questions], run_name="refused", width=WIDTH,
+        height=HEIGHT, num_frames=5,
+    )  # fmt: skip
+    for name, node, inputs in (
+        ("sample", SampleVideo, {**sample_node, "num_frames": 5}),
+        ("train", TrainLoRA, train_node),
+        ("evaluate", EvaluateLoRA, {**evaluate_node, "critic": NotLoaded(), "num_frames": 5}),
+    ):
+        try:
+            with torch.inference_mode(), torch.inference_mode(False):
+                run_node(node, ctx, **inputs)
+            refusals[name] = None
+        except (DRFInputError, AssertionError) as error:  # AssertionError: the critic was loaded first
+            refusals[name] = f"{type(error).__name__}: {error}"
+    backend.encode_prompts = encode
+    report["num_frames_refused"] = {"messages": refusals, "prompts_encoded": len(encoded)}
+    lap("refusals")
     (out_dir / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     return 0
 
