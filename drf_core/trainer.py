@@ -54,16 +54,16 @@ from .config import TrainConfig
 from .devices import device_memory_mb, host_memory_mb, reset_peak_memory
 from .distributed import SingleProcess
 from .errors import DRFInputError, TrainingDivergedError
-from .frames import select_frames
 from .io import write_text_atomic
 from .lora import LoRAWeights
 from .models.base import VideoBackend
 from .monitor import Monitor, training_movers, yes_no_answers
 from .offload import VAE, VIDEO_MODEL, PhaseOffload, active_offload, phase_offload
-from .questions import QuestionSet, for_still_image
+from .questions import QuestionSet
 from .regularize import DriftPenalty
 from .reward import RewardFunction
 from .sampler import SamplingInterrupted, draw_truncation_steps, sample_latents
+from .scoring import ScoredFrames
 
 logger = logging.getLogger(__name__)
 
@@ -153,12 +153,12 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.progress = progress
         self.should_stop = should_stop or (lambda: False)
-        num_frames = backend.num_frames_out(config.video)
-        # One frame (an image family such as Flux): the critic sees a picture, and questions about motion go.
-        self.still_image = num_frames == 1
-        if self.still_image:
-            question_sets = [for_still_image(qs) for qs in question_sets]
-            held_out_question_sets = [for_still_image(qs) for qs in held_out_question_sets]
+        # One frame (an image family such as Flux): the critic sees a picture, and questions about motion go;
+        # a video's scored frames are the frame selection's, at their true rate (`scoring.ScoredFrames`).
+        scored = ScoredFrames.of(backend.num_frames_out(config.video), config.decode)
+        self.still_image = scored.still_image
+        question_sets = [scored.questions(qs) for qs in question_sets]
+        held_out_question_sets = [scored.questions(qs) for qs in held_out_question_sets]
         self.questions = self._match_questions(config.prompts, question_sets)
         presets = backend.lora_target_presets
         if config.lora.target_preset not in presets:
@@ -166,14 +166,8 @@ class Trainer:
                 f"train.lora.target_preset {config.lora.target_preset!r} is not known for {backend.family}; "
                 f"choose one of {sorted(presets)}"
             )
-        # An image is its one frame, whatever the frame selection (made for videos) asks for.
-        self.frame_indices = (
-            [0]
-            if self.still_image
-            else select_frames(config.decode.frame_selection, num_frames, config.decode.frame_selection_count)
-        )
-        # A critic is told the scored frames' true rate (video fps over their spacing), or that it sees an image.
-        self.reward = reward.for_frames(self.frame_indices, still_image=self.still_image)
+        self.frame_indices = list(scored.frame_indices)
+        self.reward = scored.reward(reward)
         self.monitor = (
             Monitor(backend, self.reward, config, self.questions, held_out_question_sets, self.frame_indices)
             if config.monitor.interval
