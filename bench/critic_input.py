@@ -10,7 +10,7 @@ measures exactly that part, at Wan's length and aspect ratio (128x224, 33 frames
 combinations of {first 5, uniform 8} x {448x448, official size}:
 
 - random latents of the video's shape (requires_grad, as the sampler's output is) are decoded with
-  `backend.decode(frame_indices, checkpoint_per_latent_frame=True)`, scored by `DRFReward` with the
+  `backend.decode` with `checkpoint_per_latent_frame`, scored by `DRFReward` with the
   critic's gradient checkpointing on (the engine's defaults), and `backward()` runs to the latents;
 - step 1 warms up, the next `--timed-steps` are timed (median); peak memory above what is allocated
   before a step is `max_memory_allocated` on CUDA, and on the CPU the allocator's running total
@@ -65,6 +65,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from drf_core.decompose import decompose
     from drf_core.frames import select_frames
     from drf_core.models import load_video_backend
+    from drf_core.models.base import DecodeOptions
     from drf_core.reward import DRFReward
 
     device = resolve_device(spec["device"])
@@ -81,7 +82,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     def step() -> float:
         latents = noise.clone().requires_grad_(True)
-        frames = backend.decode(latents, indices, checkpoint_per_latent_frame=True)[0]
+        frames = backend.decode(latents, indices, DecodeOptions(checkpoint_per_latent_frame=True))[0]
         result = reward(frames, questions)
         (-result.total).backward()
         facts.update(frames=list(frames.shape), reward=float(result.total.detach()))

@@ -56,7 +56,7 @@ from .distributed import SingleProcess
 from .errors import DRFInputError, TrainingDivergedError
 from .io import write_text_atomic
 from .lora import LoRAWeights
-from .models.base import VideoBackend
+from .models.base import DecodeOptions, VideoBackend
 from .monitor import Monitor, training_movers, yes_no_answers
 from .offload import VAE, VIDEO_MODEL, PhaseOffload, active_offload, phase_offload
 from .questions import QuestionSet
@@ -403,10 +403,7 @@ class Trainer:
             if self.offload is not None and latents.requires_grad:  # backward in stages (`_backward`)
                 decoded = latents.detach().requires_grad_()
                 self._decoded_latents = (latents, decoded)
-            decode_args = (decoded, self.frame_indices, c.decode.checkpoint_per_latent_frame)
-            decode_args += (c.decode.checkpoint_residual_blocks, c.decode.segment_latent_frames)
-            decode_args += (c.decode.frame_by_frame_backward, self._cache_host(), c.decode.backward_tiles)
-            decode_args += (c.decode.cache_interval,)
+            decode_args = (decoded, self.frame_indices, DecodeOptions.from_config(c.decode, self._cache_host()))
             if c.decode.checkpoint_decode and not c.decode.frame_by_frame_backward and latents.requires_grad:
                 # reentrant: the forward keeps nothing
                 frames = checkpoint(self.backend.decode, *decode_args, use_reentrant=True)

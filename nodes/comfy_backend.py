@@ -65,8 +65,8 @@ from ..drf_core.config import LoRAConfig, VideoSpec
 from ..drf_core.devices import autocast_off
 from ..drf_core.errors import DRFInputError
 from ..drf_core.lora import LORA_FORMATS, LoRAModuleWeights, LoRAWeights
-from ..drf_core.models.base import DenoisingScheduler, PromptEmbeddings, VideoBackend
-from .comfy_families import DecodeOptions, family_of
+from ..drf_core.models.base import NO_SAVERS, DecodeOptions, DenoisingScheduler, PromptEmbeddings, VideoBackend
+from .comfy_families import family_of
 from .comfy_names import SOLVERS
 from .comfy_solver import ComfyEmbeddings, ComfyExpertChain, ComfySolverRun
 from .wan_experts import BOTH, EXPERT_KEY, expert_of, experts_trained, module_name, split_experts
@@ -453,28 +453,10 @@ class ComfyVideoBackend(VideoBackend):
     # --- decoding ------------------------------------------------------------------------------
 
     def decode(
-        self,
-        latents: torch.Tensor,
-        frame_indices: Sequence[int] | None = None,
-        checkpoint_per_latent_frame: bool = False,
-        checkpoint_residual_blocks: bool = False,
-        segment_latent_frames: int = 0,
-        frame_by_frame_backward: bool = False,
-        cache_host: torch.device | None = None,
-        backward_tiles: int = 1,
-        cache_interval: int = 1,
+        self, latents: torch.Tensor, frame_indices: Sequence[int] | None = None, options: DecodeOptions = NO_SAVERS
     ) -> torch.Tensor:
         """Core VAEDecode's computation with gradient, as the family decodes (`ComfyFamily.decode`); runs
         without autocast, as core VAE Decode does."""
-        options = DecodeOptions(
-            checkpoint_per_latent_frame,
-            checkpoint_residual_blocks,
-            segment_latent_frames,
-            frame_by_frame_backward,
-            cache_host,
-            backward_tiles,
-            cache_interval,
-        )
         with autocast_off(self.vae.device):
             return self.kind.decode(self.vae, latents, frame_indices, options)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import comfy.model_base
@@ -35,25 +34,13 @@ from torch.utils.checkpoint import checkpoint
 from ..drf_core.config import VideoSpec
 from ..drf_core.errors import DRFInputError
 from ..drf_core.models import FLUX_MODULE_NAMES
+from ..drf_core.models.base import DecodeOptions
 from ..drf_core.models.vae_backward import decode_frame_by_frame, split_decoder
 from ..drf_core.models.wan import WanBackend, latent_frames_needed
 from ..drf_core.registry import Registry
 from .comfy_wan_vae import check_vae_matches_model, wan_vae_layout
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """The decode options the trainer passes (`VideoBackend.decode`)."""
-
-    checkpoint_per_latent_frame: bool = False
-    checkpoint_residual_blocks: bool = False
-    segment_latent_frames: int = 0
-    frame_by_frame_backward: bool = False
-    cache_host: torch.device | None = None
-    backward_tiles: int = 1
-    cache_interval: int = 1
 
 
 class ComfyFamily(ABC):

@@ -26,6 +26,7 @@ from drf_core.critics import load_critic
 from drf_core.decompose import decompose
 from drf_core.errors import DRFInputError
 from drf_core.models import load_video_backend
+from drf_core.models.base import DecodeOptions
 from drf_core.reward import DRFReward
 from drf_core.trainer import Trainer
 
@@ -84,15 +85,21 @@ def train(tiny_models, tmp_path, mode, record=None):
 
 
 def test_phase_offload_trains_the_same_lora_as_none(tiny_models, tmp_path, host_copies):
+    """The same numbers up to float rounding: the staged backward sums the same terms, but the weights moved
+    to new memory may be summed in another order by the CPU kernels (on some CPUs the step-0 gradient norm
+    differs in the 7th digit). A lost or doubled stage changes them by orders of magnitude more."""
     plain, plain_lora, _ = train(tiny_models, tmp_path, "none")
     moved, moved_lora, trainer = train(tiny_models, tmp_path, "phase")
     assert trainer.offload is not None and len(trainer.offload.moves) > 10  # it really moved, every phase
-    assert [r["reward"] for r in moved.metrics] == [r["reward"] for r in plain.metrics]
-    assert [r["drift"] for r in moved.metrics] == [r["drift"] for r in plain.metrics]
-    assert [r["grad_norm"] for r in moved.metrics] == [r["grad_norm"] for r in plain.metrics]
+    assert moved.metrics[0]["reward"] == plain.metrics[0]["reward"]  # before any update: the same forward
+    for key in ("reward", "drift", "grad_norm"):
+        moved_values, plain_values = [r[key] for r in moved.metrics], [r[key] for r in plain.metrics]
+        assert moved_values == pytest.approx(plain_values, rel=1e-5, abs=1e-12), key
+    assert plain.metrics[-1]["drift"] > 0 and plain.metrics[0]["grad_norm"] > 0
     assert moved_lora.keys() == plain_lora.keys() and plain_lora
+    learning_rate = config().optimizer.learning_rate  # Adam moves each weight by up to about this per step
     for name, value in plain_lora.items():
-        assert torch.equal(moved_lora[name], value), name
+        torch.testing.assert_close(moved_lora[name], value, rtol=0, atol=learning_rate / 30, msg=name)
 
 
 def test_each_phase_finds_only_its_model_on_the_device(tiny_models, tmp_path, host_copies):
@@ -158,10 +165,9 @@ def test_decode_memory_savers_keep_frames_and_gradients(tiny_models, options):
     for kwargs in ({}, options):
         kwargs = dict(kwargs)
         whole = kwargs.pop("whole", False)
+        kwargs.pop("size", None)
         x = latents.clone().requires_grad_()
-        args = (x, [0, 7, 16], True, kwargs.get("checkpoint_residual_blocks", False))
-        args += (kwargs.get("segment_latent_frames", 0), kwargs.get("frame_by_frame_backward", False))
-        args += (kwargs.get("cache_host"), kwargs.get("backward_tiles", 1))
+        args = (x, [0, 7, 16], DecodeOptions(checkpoint_per_latent_frame=True, **kwargs))
         frames = checkpoint(backend.decode, *args, use_reentrant=True) if whole else backend.decode(*args)
         weights = torch.linspace(0, 1, frames.numel()).view_as(frames) if weights is None else weights
         (frames * weights).sum().backward()

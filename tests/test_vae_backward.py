@@ -11,6 +11,7 @@ import torch
 
 from drf_core.config import VideoSpec
 from drf_core.models import load_video_backend, vae_backward
+from drf_core.models.base import DecodeOptions
 from drf_core.models.vae_backward import decode_frame_by_frame, split_decoder
 
 SIZE = 64  # pixels: the tail's input is 32 x 32, so 2 and 3 tiles per side leave cores narrower than the halo
@@ -28,7 +29,7 @@ def latents(backend):
 
 def _decode_with_grad(backend, latents, **options):
     x = latents.clone().requires_grad_()
-    frames = backend.decode(x, [0, 4, 8], **options)
+    frames = backend.decode(x, [0, 4, 8], DecodeOptions(**options))
     weights = torch.linspace(-1, 1, frames.numel()).view_as(frames)
     (frames * weights).sum().backward()
     return frames.detach(), x.grad

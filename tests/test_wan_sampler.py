@@ -22,6 +22,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransform
 from drf_core.config import SamplerConfig, VideoSpec
 from drf_core.errors import DRFInputError, ModelFolderError
 from drf_core.models import SCHEDULERS, VIDEO_BACKENDS, WanBackend, load_video_backend
+from drf_core.models.base import DecodeOptions
 from drf_core.sampler import (
     CHECKPOINTING,
     SamplingInterrupted,
@@ -213,7 +214,7 @@ def _lora_grads(backend, checkpointing="none", grad_steps=2, checkpoint_vae=Fals
     embeddings = backend.encode_prompts([PROMPT], NEGATIVE, config.guidance_scale)
     noise = backend.init_noise(SPEC, 1, _seed())
     latents = sample_latents(backend, embeddings, noise, config, grad_steps)
-    frames = backend.decode(latents, frame_indices, checkpoint_per_latent_frame=checkpoint_vae)
+    frames = backend.decode(latents, frame_indices, DecodeOptions(checkpoint_per_latent_frame=checkpoint_vae))
     _loss(frames).backward()
     return {name: p.grad.clone() for name, p in params.items()}
 
@@ -290,7 +291,7 @@ def test_per_latent_frame_vae_checkpointing_matches_plain_decode(backend):
     latents = torch.randn(1, 16, 3, 4, 4, generator=_seed(2)).requires_grad_(True)
     plain = backend.decode(latents)
     (plain_grad,) = torch.autograd.grad(_loss(plain), latents)
-    checkpointed = backend.decode(latents, checkpoint_per_latent_frame=True)
+    checkpointed = backend.decode(latents, options=DecodeOptions(checkpoint_per_latent_frame=True))
     (checkpointed_grad,) = torch.autograd.grad(_loss(checkpointed), latents)
     assert torch.equal(checkpointed, plain)
     assert torch.equal(checkpointed_grad, plain_grad)

@@ -22,9 +22,46 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..config import LoRAConfig, VideoSpec
+from ..config import DecodeConfig, LoRAConfig, VideoSpec
 from ..errors import DRFInputError
 from ..lora import LoRAWeights
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How `VideoBackend.decode` spends memory in backward; the frames and gradients are the same.
+
+    `checkpoint_per_latent_frame` checkpoints each latent frame's decode; `checkpoint_residual_blocks`
+    also the decoder's residual blocks (`models/vae_blocks.py`); `segment_latent_frames` > 0 keeps only
+    each segment's input for backward. `frame_by_frame_backward` keeps only each latent frame's starting
+    cache (on `cache_host` when given; every `cache_interval`-th one, the others decoded again) and decodes
+    frame by frame again in backward (`vae_backward.decode_frame_by_frame`), in `backward_tiles` x
+    `backward_tiles` spatial tiles when > 1 (same gradients up to summation order).
+    """
+
+    checkpoint_per_latent_frame: bool = False
+    checkpoint_residual_blocks: bool = False
+    segment_latent_frames: int = 0
+    frame_by_frame_backward: bool = False
+    cache_host: torch.device | None = None
+    backward_tiles: int = 1
+    cache_interval: int = 1
+
+    @classmethod
+    def from_config(cls, decode: DecodeConfig, cache_host: torch.device | None = None) -> DecodeOptions:
+        """A run's decode settings (`cache_host`: where the caches go when `decode.caches_on_host`)."""
+        return cls(
+            checkpoint_per_latent_frame=decode.checkpoint_per_latent_frame,
+            checkpoint_residual_blocks=decode.checkpoint_residual_blocks,
+            segment_latent_frames=decode.segment_latent_frames,
+            frame_by_frame_backward=decode.frame_by_frame_backward,
+            cache_host=cache_host,
+            backward_tiles=decode.backward_tiles,
+            cache_interval=decode.cache_interval,
+        )
+
+
+NO_SAVERS = DecodeOptions()  # keep everything for backward: the fastest
 
 
 @dataclass
@@ -119,27 +156,13 @@ class VideoBackend(ABC):
 
     @abstractmethod
     def decode(
-        self,
-        latents: torch.Tensor,
-        frame_indices: Sequence[int] | None = None,
-        checkpoint_per_latent_frame: bool = False,
-        checkpoint_residual_blocks: bool = False,
-        segment_latent_frames: int = 0,
-        frame_by_frame_backward: bool = False,
-        cache_host: torch.device | None = None,
-        backward_tiles: int = 1,
-        cache_interval: int = 1,
+        self, latents: torch.Tensor, frame_indices: Sequence[int] | None = None, options: DecodeOptions = NO_SAVERS
     ) -> torch.Tensor:
         """Frames `[B, F, 3, H, W]` float32 in 0..1, differentiable w.r.t. `latents`.
 
         With `frame_indices`, only those output frames are returned, and latent frames after the
-        last one needed are not decoded at all. `checkpoint_residual_blocks` also checkpoints the
-        decoder's residual blocks (`models/vae_blocks.py`): less memory in backward, same values;
-        `segment_latent_frames` > 0 keeps only each segment's input for backward (same values);
-        `frame_by_frame_backward` keeps only each latent frame's starting cache (on `cache_host`
-        when given) and decodes frame by frame again in backward (`vae_backward.decode_frame_by_frame`),
-        in `backward_tiles` x `backward_tiles` spatial tiles when > 1 (same values, same gradients up to
-        summation order), keeping every `cache_interval`-th frame's cache (the others decoded again).
+        last one needed are not decoded at all. `options` trade time for memory in backward and never
+        change values (`DecodeOptions`).
         """
 
     def offload_groups(self) -> dict[str, tuple[list[torch.nn.Module], torch.device]]:

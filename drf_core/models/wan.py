@@ -37,7 +37,7 @@ from ..config import VideoSpec
 from ..devices import autocast_off
 from ..errors import DRFInputError, ModelFolderError
 from ..offload import TEXT_ENCODER, VAE, VIDEO_MODEL, execution_device
-from .base import DenoisingScheduler, PromptEmbeddings, VideoBackend
+from .base import NO_SAVERS, DecodeOptions, DenoisingScheduler, PromptEmbeddings, VideoBackend
 from .diffusers_schedulers import DiffusersScheduler, build_scheduler
 from .peft_lora import PeftLoRA
 from .vae_backward import decode_frame_by_frame, split_decoder
@@ -486,26 +486,14 @@ class WanBackend(PeftLoRA, VideoBackend):
         return latent_frames_needed(num_latent_frames, frame_indices, self._temporal_scale)
 
     def decode(
-        self,
-        latents: torch.Tensor,
-        frame_indices: Sequence[int] | None = None,
-        checkpoint_per_latent_frame: bool = False,
-        checkpoint_residual_blocks: bool = False,
-        segment_latent_frames: int = 0,
-        frame_by_frame_backward: bool = False,
-        cache_host: torch.device | None = None,
-        backward_tiles: int = 1,
-        cache_interval: int = 1,
+        self, latents: torch.Tensor, frame_indices: Sequence[int] | None = None, options: DecodeOptions = NO_SAVERS
     ) -> torch.Tensor:
         """`AutoencoderKLWan._decode` frame by frame + `postprocess_video(output_type="pt")`.
 
-        `segment_latent_frames` > 0: the latent frames are decoded in segments of that many, each
-        keeping only its input for backward (`_decode_segment`), so backward holds the causal caches
-        of one segment at a time instead of every latent frame's. `frame_by_frame_backward` keeps
-        only each latent frame's starting cache (on `cache_host` when given) and decodes one latent
-        frame at a time again in backward (`vae_backward.decode_frame_by_frame`), in
-        `backward_tiles` x `backward_tiles` spatial tiles when > 1; it replaces the segment and
-        per-frame checkpoints.
+        `options.segment_latent_frames` > 0: the latent frames are decoded in segments of that many,
+        each keeping only its input for backward (`_decode_segment`), so backward holds the causal
+        caches of one segment at a time instead of every latent frame's. `frame_by_frame_backward`
+        (`vae_backward.decode_frame_by_frame`) replaces the segment and per-frame checkpoints.
 
         Runs without autocast (`autocast_off`), in the VAE's dtype, as the pipeline decodes.
         """
@@ -514,21 +502,10 @@ class WanBackend(PeftLoRA, VideoBackend):
         vae = self.vae
         device = execution_device(vae, get_module_execution_device)
         with autocast_off(device):  # the VAE's own dtype, as the pipeline decodes
-            return self._decode(latents.to(device, dtype=vae.dtype), frame_indices, checkpoint_per_latent_frame,
-                                checkpoint_residual_blocks, segment_latent_frames, frame_by_frame_backward,
-                                cache_host, backward_tiles, cache_interval)  # fmt: skip
+            return self._decode(latents.to(device, dtype=vae.dtype), frame_indices, options)
 
     def _decode(
-        self,
-        latents: torch.Tensor,
-        frame_indices: Sequence[int] | None,
-        checkpoint_per_latent_frame: bool,
-        checkpoint_residual_blocks: bool,
-        segment_latent_frames: int,
-        frame_by_frame_backward: bool,
-        cache_host: torch.device | None,
-        backward_tiles: int,
-        cache_interval: int,
+        self, latents: torch.Tensor, frame_indices: Sequence[int] | None, options: DecodeOptions
     ) -> torch.Tensor:
         from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
@@ -544,16 +521,19 @@ class WanBackend(PeftLoRA, VideoBackend):
         x = vae.post_quant_conv(latents[:, :, :needed])  # a 1x1x1 conv: the prefix of the full result
         vae.clear_cache()
         cache: list[Any] = [None] * len(vae._feat_map)
-        if frame_by_frame_backward and torch.is_grad_enabled():
+        blocks = options.checkpoint_residual_blocks
+        if options.frame_by_frame_backward and torch.is_grad_enabled():
 
             def step(frame: torch.Tensor, index: int, cache: list[Any]) -> tuple[torch.Tensor, list[Any]]:
-                return _run_decoder_chunk(vae.decoder, frame, cache, index == 0, checkpoint_residual_blocks)
+                return _run_decoder_chunk(vae.decoder, frame, cache, index == 0, blocks)
 
-            split = split_decoder(vae.decoder) if backward_tiles > 1 else None
-            out = decode_frame_by_frame(step, x, cache, cache_host, split, backward_tiles, cache_interval)
+            tiles = options.backward_tiles
+            split = split_decoder(vae.decoder) if tiles > 1 else None
+            out = decode_frame_by_frame(step, x, cache, options.cache_host, split, tiles, options.cache_interval)
         else:
             chunks = []
-            step = segment_latent_frames if segment_latent_frames > 0 and torch.is_grad_enabled() else needed
+            segment = options.segment_latent_frames
+            step = segment if segment > 0 and torch.is_grad_enabled() else needed
             decode_part = _decode_segment if step < needed else _decode_range
             for start in range(0, needed, step):
                 out, cache = decode_part(
@@ -561,8 +541,8 @@ class WanBackend(PeftLoRA, VideoBackend):
                     x[:, :, start : start + step],
                     cache,
                     start == 0,
-                    checkpoint_per_latent_frame,
-                    checkpoint_residual_blocks,
+                    options.checkpoint_per_latent_frame,
+                    blocks,
                 )
                 chunks.append(out)
             out = torch.cat(chunks, 2)

@@ -55,6 +55,7 @@ def main() -> int:
         VideoSpec,
     )
     from drf_pack.drf_core.decompose import decompose
+    from drf_pack.drf_core.models.base import DecodeOptions
     from drf_pack.drf_core.reward import RewardFunction, RewardResult
     from drf_pack.drf_core.sampler import sample_latents
     from drf_pack.nodes import comfy_backend
@@ -152,7 +153,7 @@ def main() -> int:
             results = []
             for kwargs in ({}, saver):
                 x = wide.clone().requires_grad_()
-                frames = subset_backend.decode(x, frame_indices=[0, 4], **kwargs)
+                frames = subset_backend.decode(x, [0, 4], DecodeOptions(**kwargs))
                 (frames * torch.linspace(0, 1, frames.numel()).view_as(frames)).sum().backward()
                 results.append((frames.detach(), x.grad))
             (plain, plain_grad), (saved, saved_grad) = results
@@ -216,7 +217,7 @@ def main() -> int:
             backend, embeddings, noise, SamplerConfig(num_inference_steps=STEPS, guidance_scale=CFG), 2
         )
         report["adapted_clone_loaded_by_comfyui"] = any(m.model is backend.patcher for m in mm.current_loaded_models)
-        backend.decode(latents, frame_indices=[0, 4], checkpoint_per_latent_frame=True).mean().backward()
+        backend.decode(latents, [0, 4], DecodeOptions(checkpoint_per_latent_frame=True)).mean().backward()
         down = {n: p.grad for n, p in named.items() if n.endswith("lora_down.weight")}
         report["adapter_tensors"] = len(named)
         report["down_with_gradient"] = sum(1 for g in down.values() if g is not None and g.abs().sum() > 0)

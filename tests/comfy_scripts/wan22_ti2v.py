@@ -94,6 +94,7 @@ def main() -> int:
     )
     from drf_pack.drf_core.decompose import decompose
     from drf_pack.drf_core.errors import DRFInputError
+    from drf_pack.drf_core.models.base import DecodeOptions
     from drf_pack.drf_core.reward import RewardFunction, RewardResult
     from drf_pack.drf_core.sampler import sample_latents
     from drf_pack.nodes.loaders import VideoModelFromComfy
@@ -195,8 +196,8 @@ def main() -> int:
         latents.retain_grad()
         start_time = time.perf_counter()
         by_frame = backend.decode(
-            latents, frame_indices=[0, 4], frame_by_frame_backward=True, checkpoint_residual_blocks=True,
-            cache_host=torch.device("cpu"),
+            latents, frame_indices=[0, 4], options=DecodeOptions(frame_by_frame_backward=True,
+            checkpoint_residual_blocks=True, cache_host=torch.device("cpu")),
         )  # fmt: skip
         weights = torch.linspace(0, 1, by_frame.numel()).view_as(by_frame)
         (by_frame * weights).sum().backward()
@@ -231,9 +232,12 @@ def main() -> int:
         wide = torch.randn(1, 48, 2, 4, 4, generator=torch.Generator().manual_seed(6))
         results = []
         start_time = time.perf_counter()
-        for kwargs in ({}, {"frame_by_frame_backward": True, "cache_host": torch.device("cpu"), "backward_tiles": 2}):
+        for options in (
+            DecodeOptions(),
+            DecodeOptions(frame_by_frame_backward=True, cache_host=torch.device("cpu"), backward_tiles=2),
+        ):
             x = wide.clone().requires_grad_()
-            frames = backend.decode(x, **kwargs)
+            frames = backend.decode(x, options=options)
             (frames * torch.linspace(0, 1, frames.numel()).view_as(frames)).sum().backward()
             results.append((frames.detach(), x.grad))
         seconds["decode_4x4_latent_plain_and_tiled_backward"] = time.perf_counter() - start_time
