@@ -339,12 +339,16 @@ def _diffusers_wan_split(decoder: torch.nn.Module) -> DecoderSplit | None:
     return DecoderSplit(trunk, tail, trunk_slots, _tail_halo([*blocks[cut:], decoder.conv_out]))
 
 
-@DECODER_SPLITS.register("comfy.ldm.wan.vae.Decoder3d")
-def _comfy_wan_split(decoder: torch.nn.Module) -> DecoderSplit | None:
+def _comfy_split(decoder: torch.nn.Module, first_chunk: bool) -> DecoderSplit:
+    """ComfyUI's Wan decoders: `conv1`, `middle`, `upsamples`, `head`, cut after the last upsample layer
+    that upsamples in time. `first_chunk`: the upsample layers take it (true for latent frame 0)."""
     layers = list(decoder.upsamples)
-    temporal = [i for i, layer in enumerate(layers) if getattr(layer, "mode", None) == "upsample3d"]
-    cut = temporal[-1] + 1 if temporal else 0
-    cached = (torch.nn.Conv3d,)
+    modes = [{getattr(m, "mode", None) for m in layer.modules()} for layer in layers]
+    in_time = [i for i, found in enumerate(modes) if "upsample3d" in found]
+    cut = in_time[-1] + 1 if in_time else 0
+
+    def upsample(layer: torch.nn.Module, x: torch.Tensor, index: int, cache: list[Any], slot: list[int]):
+        return layer(x, cache, slot, index == 0) if first_chunk else layer(x, cache, slot)
 
     def trunk(x: torch.Tensor, index: int, cache: list[Any]) -> torch.Tensor:
         slot = [0]
@@ -352,48 +356,29 @@ def _comfy_wan_split(decoder: torch.nn.Module) -> DecoderSplit | None:
         for layer in decoder.middle:
             x = layer(x, cache, slot) if _slots([layer]) else layer(x)
         for layer in layers[:cut]:
-            x = layer(x, cache, slot)
+            x = upsample(layer, x, index, cache, slot)
         return x
 
     def tail(h: torch.Tensor, index: int, cache: list[Any]) -> torch.Tensor:
         slot = [trunk_slots]
         for layer in layers[cut:]:
-            h = layer(h, cache, slot)
-        for layer in decoder.head:
-            h = _cached_conv(layer, h, cache, slot) if isinstance(layer, cached) else layer(h)
-        return h
-
-    trunk_slots = _slots([decoder.conv1, *decoder.middle, *layers[:cut]])
-    return DecoderSplit(trunk, tail, trunk_slots, _tail_halo([*layers[cut:], *decoder.head]))
-
-
-@DECODER_SPLITS.register("comfy.ldm.wan.vae2_2.Decoder3d")
-def _comfy_wan22_split(decoder: torch.nn.Module) -> DecoderSplit | None:
-    """The Wan 2.2 VAE's decoder: residual up blocks (`Up_ResidualBlock`, whose shortcut `DupUp3D` only
-    repeats pixels) taking `first_chunk` for latent frame 0, then the head; cut after the last block
-    that upsamples in time."""
-    layers = list(decoder.upsamples)
-    temporal = [
-        i for i, layer in enumerate(layers) if any(getattr(m, "mode", None) == "upsample3d" for m in layer.modules())
-    ]
-    cut = temporal[-1] + 1 if temporal else 0
-
-    def trunk(x: torch.Tensor, index: int, cache: list[Any]) -> torch.Tensor:
-        slot = [0]
-        x = _cached_conv(decoder.conv1, x, cache, slot)
-        for layer in decoder.middle:
-            x = layer(x, cache, slot) if _slots([layer]) else layer(x)
-        for layer in layers[:cut]:
-            x = layer(x, cache, slot, index == 0)
-        return x
-
-    def tail(h: torch.Tensor, index: int, cache: list[Any]) -> torch.Tensor:
-        slot = [trunk_slots]
-        for layer in layers[cut:]:
-            h = layer(h, cache, slot, index == 0)
+            h = upsample(layer, h, index, cache, slot)
         for layer in decoder.head:
             h = _cached_conv(layer, h, cache, slot) if isinstance(layer, torch.nn.Conv3d) else layer(h)
         return h
 
     trunk_slots = _slots([decoder.conv1, *decoder.middle, *layers[:cut]])
     return DecoderSplit(trunk, tail, trunk_slots, _tail_halo([*layers[cut:], *decoder.head]))
+
+
+@DECODER_SPLITS.register("comfy.ldm.wan.vae.Decoder3d")
+def _comfy_wan21_split(decoder: torch.nn.Module) -> DecoderSplit | None:
+    """The Wan 2.1 VAE's decoder: residual blocks, attention and `Resample` layers in `upsamples`."""
+    return _comfy_split(decoder, first_chunk=False)
+
+
+@DECODER_SPLITS.register("comfy.ldm.wan.vae2_2.Decoder3d")
+def _comfy_wan22_split(decoder: torch.nn.Module) -> DecoderSplit | None:
+    """The Wan 2.2 VAE's decoder: residual up blocks (`Up_ResidualBlock`, whose shortcut `DupUp3D` only
+    repeats pixels) that take `first_chunk` for latent frame 0."""
+    return _comfy_split(decoder, first_chunk=True)
