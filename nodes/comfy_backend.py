@@ -16,10 +16,9 @@ the rest run on what core Load Diffusion Model / Load CLIP / Load VAE give:
   Preview LoRAs are applied with ComfyUI's own patching (`load_lora`, `add_patches`), i.e. exactly
   as LoraLoaderModelOnly applies them;
 - prompts are encoded with the given CLIP (as core CLIP Text Encode does) or looked up among
-  CONDITIONING the user encoded already;
+  CONDITIONING the user encoded already (`comfy_prompts.py`, which keeps the entries Flux needs
+  beside the text tensor; without FluxGuidance ComfyUI's Flux default 3.5 applies);
 - decoding runs the family's VAE decode with gradient (`ComfyFamily.decode`);
-- CONDITIONING keeps the entries Flux needs beside the text tensor (`pooled_output`, and `guidance`
-  as core FluxGuidance sets it; without it ComfyUI's Flux default 3.5 applies);
 - what differs between the Wan 2.1 and the Wan 2.2 VAE (latent shape, sizes, first chunk, `unpatchify`,
   frame rate) comes from `comfy_wan_vae.py`, so Wan 2.2 TI2V-5B (ComfyUI's WAN22 with the Wan 2.2 VAE)
   runs here as a text-to-video model;
@@ -30,10 +29,8 @@ the rest run on what core Load Diffusion Model / Load CLIP / Load VAE give:
   the weight as ComfyUI casts it per layer; on scaled-fp8 layers their difference is divided by the
   layer's scale, which ComfyUI multiplies in after the weight functions (`_TrainedWeight`).
 
-ComfyUI runs every prompt in `torch.inference_mode()`, so weights it loaded (and the latent format's
-constants) are inference tensors, which autograd refuses to save for backward.
-`make_autograd_safe` replaces them with ordinary copies; it is the only place that deals with
-this, and runs after ComfyUI has loaded a model onto its device (loading can create new ones).
+ComfyUI runs every prompt in `torch.inference_mode()`, so the weights it loaded are inference tensors;
+`comfy_autograd.make_autograd_safe` makes them usable by autograd once ComfyUI has loaded a model.
 
 LoRA weights travel in the family's own module names (diffusers names for Wan, like the diffusers
 backend's, so a LoRA trained here previews on the diffusers backend and vice versa; ComfyUI's own
@@ -66,8 +63,10 @@ from ..drf_core.devices import autocast_off
 from ..drf_core.errors import DRFInputError
 from ..drf_core.lora import LORA_FORMATS, LoRAModuleWeights, LoRAWeights
 from ..drf_core.models.base import NO_SAVERS, DecodeOptions, DenoisingScheduler, PromptEmbeddings, VideoBackend
+from .comfy_autograd import make_autograd_safe
 from .comfy_families import family_of
 from .comfy_names import SOLVERS
+from .comfy_prompts import ComfyPrompts
 from .comfy_solver import ComfyEmbeddings, ComfyExpertChain, ComfySolverRun
 from .wan_experts import BOTH, EXPERT_KEY, expert_of, experts_trained, module_name, split_experts
 
@@ -76,150 +75,9 @@ logger = logging.getLogger(__name__)
 MODEL_PREFIX = "diffusion_model."
 # The key of the one MODEL of a model that is not Wan 2.2 A14B (whose keys are `WAN_EXPERTS`).
 ONE_MODEL = "model"
-# The CONDITIONING entries kept beside the text tensor (Flux: its vector input and FluxGuidance's value).
-CONDITIONING_EXTRAS = ("pooled_output", "guidance")
 # The pack's scheduler names (SamplerConfig.scheduler) -> ComfyUI (sampler, scheduler); "default"
 # is the pair chosen on the Video Model from ComfyUI node.
 DRF_SCHEDULER_NAMES = {"unipc": ("uni_pc", "simple"), "flow_euler": ("euler", "simple")}
-
-
-# ----------------------------------------------------------------------------------------------
-# Inference tensors
-# ----------------------------------------------------------------------------------------------
-
-
-def _is_inference(tensor: torch.Tensor) -> bool:
-    """True for tensors made in inference mode; some moved by `Module.to()` say otherwise, so the
-    version counter (which inference tensors lack) is read as well."""
-    if tensor.is_inference():
-        return True
-    try:
-        tensor._version  # noqa: B018 (the read is the test)
-    except RuntimeError:
-        return True
-    return False
-
-
-def make_autograd_safe(module: torch.nn.Module, *holders: Any) -> int:
-    """Replace every inference-mode parameter and buffer of `module` (and tensor attribute of each
-    plain object in `holders`, e.g. a latent format) by an ordinary copy; returns how many.
-
-    Values, dtypes, devices and `requires_grad` stay as they were.
-    """
-    replaced = 0
-    with torch.inference_mode(False):
-        for name, param in list(module.named_parameters(remove_duplicate=False)):
-            if _is_inference(param):
-                copy = torch.nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
-                comfy.utils.set_attr(module, name, copy)
-                replaced += 1
-        for name, buffer in list(module.named_buffers(remove_duplicate=False)):
-            if buffer is not None and _is_inference(buffer):
-                owner_name, _, attr = name.rpartition(".")
-                owner = module.get_submodule(owner_name) if owner_name else module
-                owner._buffers[attr] = buffer.clone()
-                replaced += 1
-        for holder in holders:
-            for attr, value in list(vars(holder).items()):
-                if isinstance(value, torch.Tensor) and _is_inference(value):
-                    setattr(holder, attr, value.clone())
-                    replaced += 1
-    if replaced:
-        logger.debug("replaced %d inference tensors of %s by ordinary copies", replaced, type(module).__name__)
-    return replaced
-
-
-# ----------------------------------------------------------------------------------------------
-# Prompts
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ComfyPrompts:
-    """Where text conditioning comes from: a CLIP, and/or CONDITIONING already encoded for given texts."""
-
-    clip: Any = None
-    encoded: dict[str, torch.Tensor] = field(default_factory=dict)
-    extras: dict[str, dict[str, Any]] = field(default_factory=dict)  # CONDITIONING_EXTRAS per text
-
-    def tensor(self, text: str) -> torch.Tensor:
-        """`[1, L, D]` for `text` (encoded once, as core CLIP Text Encode encodes it)."""
-        if text not in self.encoded:
-            if self.clip is None:
-                known = ", ".join(repr(t[:60]) for t in self.encoded) or "none"
-                raise DRFInputError(
-                    f"no CLIP is connected to Video Model from ComfyUI and no CONDITIONING was given for the text "
-                    f"{text[:80]!r} (conditioning is given for: {known}); connect a CLIP, or encode exactly this "
-                    "text and connect it with its prompt"
-                )
-            tokens = self.clip.tokenize(text)
-            conditioning = self.clip.encode_from_tokens_scheduled(tokens)
-            self.encoded[text] = conditioning_tensor(conditioning, f"the CLIP's encoding of {text[:40]!r}")
-            self.extras[text] = conditioning_extras(conditioning)
-        return self.encoded[text]
-
-    def batch(self, texts: Sequence[str]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The texts' tensors stacked `[B, L, D]`, and their extras batched as ComfyUI batches conditioning."""
-        tensor = _stack([self.tensor(text) for text in texts])
-        extras = [self.extras.get(text, {}) for text in texts]
-        batched: dict[str, Any] = {}
-        for key in CONDITIONING_EXTRAS:
-            values = [e.get(key) for e in extras]
-            if all(v is None for v in values):
-                continue
-            if key == "pooled_output":
-                if any(v is None for v in values):
-                    raise DRFInputError(
-                        "some prompts of one batch have a pooled output and some not; encode them all with the same "
-                        "CLIP (or use videos_per_step 1)"
-                    )
-                batched[key] = torch.cat(values, dim=0)
-            elif len(set(values)) > 1:
-                raise DRFInputError(
-                    f"the prompts of one batch have different {key} values {sorted(set(map(str, values)))}; "
-                    "use one value for all of them (or videos_per_step 1)"
-                )
-            else:
-                batched[key] = values[0]
-        return tensor, batched
-
-
-def conditioning_tensor(conditioning: Any, what: str) -> torch.Tensor:
-    """The text tensor `[1, L, D]` of a one-entry CONDITIONING (its extra entries are not used)."""
-    if not isinstance(conditioning, list) or len(conditioning) != 1 or not isinstance(conditioning[0][0], torch.Tensor):
-        raise DRFInputError(
-            f"{what} must be a CONDITIONING with one entry (as CLIP Text Encode makes it); combined or "
-            "area conditioning is not supported for training"
-        )
-    tensor = conditioning[0][0]
-    if tensor.ndim != 3 or tensor.shape[0] != 1:
-        raise DRFInputError(f"{what} holds a tensor of shape {tuple(tensor.shape)}; expected [1, tokens, width]")
-    with torch.inference_mode(False):
-        return tensor.detach().clone()
-
-
-def conditioning_extras(conditioning: Any) -> dict[str, Any]:
-    """The `CONDITIONING_EXTRAS` entries of a one-entry CONDITIONING that are set (tensors as ordinary copies)."""
-    options = conditioning[0][1] if isinstance(conditioning, list) and conditioning else {}
-    kept = {}
-    for key in CONDITIONING_EXTRAS:
-        value = options.get(key)
-        if isinstance(value, torch.Tensor):
-            with torch.inference_mode(False):
-                value = value.detach().clone()
-        if value is not None:
-            kept[key] = value
-    return kept
-
-
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    lengths = {t.shape[1] for t in tensors}
-    if len(lengths) > 1:
-        raise DRFInputError(
-            f"the prompts of one batch encode to different token counts {sorted(lengths)}; ComfyUI conditions a "
-            "batch with one length: use videos_per_step 1 or prompts of similar length"
-        )
-    return torch.cat(tensors, dim=0)
 
 
 # ----------------------------------------------------------------------------------------------

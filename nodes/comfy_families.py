@@ -105,7 +105,7 @@ def _check_multiple_of_16(family: str, spec: VideoSpec) -> None:
 
 def _loaded_stage(vae: Any, latents: torch.Tensor) -> torch.nn.Module:
     """The VAE's first stage, loaded by ComfyUI for decoding `latents`, usable by autograd and frozen."""
-    from .comfy_backend import make_autograd_safe
+    from .comfy_autograd import make_autograd_safe
 
     model_management.load_models_gpu(
         [vae.patcher], memory_required=vae.memory_used_decode(latents.shape, vae.vae_dtype)

@@ -192,13 +192,8 @@ class VideoModelFromComfy(DRFNode):
             choices = ", ".join(COMFY_SCHEDULERS)
             raise DRFInputError(f"unknown ComfyUI scheduler {scheduler!r}; choose one of: {choices}")
         try:
-            from .comfy_backend import (
-                ComfyPrompts,
-                ComfyVideoBackend,
-                ComfyVideoModel,
-                conditioning_extras,
-                conditioning_tensor,
-            )
+            from .comfy_backend import ComfyVideoBackend, ComfyVideoModel
+            from .comfy_prompts import ComfyPrompts, conditioning_extras, conditioning_tensor
         except ImportError as error:
             raise DRFInputError(f"Video Model from ComfyUI runs only inside ComfyUI ({error})") from None
         if clip is None and positive is None:

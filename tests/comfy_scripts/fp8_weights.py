@@ -62,7 +62,8 @@ def main() -> int:
     from drf_pack.drf_core import api
     from drf_pack.drf_core.config import LoRAConfig, SamplerConfig, VideoSpec
     from drf_pack.drf_core.sampler import sample_latents
-    from drf_pack.nodes.comfy_backend import ComfyPrompts, ComfyVideoBackend
+    from drf_pack.nodes.comfy_backend import ComfyVideoBackend
+    from drf_pack.nodes.comfy_prompts import ComfyPrompts
     from safetensors.torch import load_file, save_file
 
     import nodes as core
