@@ -86,12 +86,15 @@ def pack_nodes_module() -> ModuleType:
 
 
 def shrink(prompt: dict, **extra) -> dict:
-    """Small values for the inputs named in SHRINK, kept inside each DRF input's own range."""
+    """Small values for the inputs named in SHRINK, kept inside each DRF input's own range. One frame stays
+    one frame: an image model's workflow (Flux) refuses any other count."""
     nodes = pack_nodes_module()
     values = {**SHRINK, **extra}
     for node in prompt.values():
         spec = nodes.NODES_BY_ID[node["class_type"]].SPEC if node["class_type"] in nodes.NODES_BY_ID else None
         for name in node["inputs"]:
+            if name == "num_frames" and node["inputs"][name] == 1 and "num_frames" not in extra:
+                continue
             if name in values and not isinstance(node["inputs"][name], list):
                 value = values[name]
                 item = spec.input(name) if spec is not None else None

@@ -223,13 +223,13 @@ def main() -> int:
             "first_latent_frame_grad": x.grad[:, :, 0].abs().sum().item(),
         }
     save()
-    # 3b. the backward in 2x2 spatial tiles (the 16GB preset's decode.backward_tiles) on a 4x4 latent, so that
-    # tiles are smaller than the frame: the same frames and latent gradient as the plain decode; and the decoder
-    # cut into trunk and tail computes exactly what the decoder computes
+    # 3b. the backward in 2x2 spatial tiles (the 16GB preset's decode.backward_tiles) on a 4x8 latent, so that
+    # a tile and its halo are narrower than the frame: the same frames and latent gradient as the plain decode;
+    # and the decoder cut into trunk and tail computes exactly what the decoder computes
     with torch.inference_mode(False):
         from drf_pack.drf_core.models.vae_backward import split_decoder
 
-        wide = torch.randn(1, 48, 2, 4, 4, generator=torch.Generator().manual_seed(6))
+        wide = torch.randn(1, 48, 2, 4, 8, generator=torch.Generator().manual_seed(6))
         results = []
         start_time = time.perf_counter()
         for options in (
@@ -240,7 +240,7 @@ def main() -> int:
             frames = backend.decode(x, options=options)
             (frames * torch.linspace(0, 1, frames.numel()).view_as(frames)).sum().backward()
             results.append((frames.detach(), x.grad))
-        seconds["decode_4x4_latent_plain_and_tiled_backward"] = time.perf_counter() - start_time
+        seconds["decode_4x8_latent_plain_and_tiled_backward"] = time.perf_counter() - start_time
         (plain, plain_grad), (tiled, tiled_grad) = results
         stage = vae.first_stage_model
         split = split_decoder(stage.decoder)
