@@ -100,18 +100,18 @@ class Monitor:
         config: TrainConfig,
         training_sets: Mapping[str, QuestionSet],
         held_out_prompt_sets: Sequence[QuestionSet],
-        frame_indices: Sequence[int],
+        scored: ScoredFrames,
     ) -> None:
+        """`reward` is already the one for `scored` (the trainer's), which says what of a sample is scored."""
         self.backend = backend
         self.config = config
         self.settings: MonitorConfig = config.monitor
         self.training_sets = dict(training_sets)
-        scored = ScoredFrames.of(backend.num_frames_out(config.video), config.decode)
         given = {qs.prompt: qs for qs in held_out_prompt_sets}
         self.prompt_sets = {
             p: scored.questions(given.get(p) or decompose(p, method="rules")) for p in self.settings.prompts
         }
-        self.frame_indices = list(frame_indices)
+        self.frame_indices = list(scored.frame_indices)
         self.reward = reward
         method = self.settings.held_out_questions
         chat = reward.chat_model if method == "llm" else None

@@ -157,8 +157,7 @@ class Trainer:
         # a video's scored frames are the frame selection's, at their true rate (`scoring.ScoredFrames`).
         scored = ScoredFrames.of(backend.num_frames_out(config.video), config.decode)
         self.still_image = scored.still_image
-        question_sets = [scored.questions(qs) for qs in question_sets]
-        held_out_question_sets = [scored.questions(qs) for qs in held_out_question_sets]
+        question_sets = [scored.questions(qs) for qs in question_sets]  # the monitor adapts its held-out sets
         self.questions = self._match_questions(config.prompts, question_sets)
         presets = backend.lora_target_presets
         if config.lora.target_preset not in presets:
@@ -169,7 +168,7 @@ class Trainer:
         self.frame_indices = list(scored.frame_indices)
         self.reward = scored.reward(reward)
         self.monitor = (
-            Monitor(backend, self.reward, config, self.questions, held_out_question_sets, self.frame_indices)
+            Monitor(backend, self.reward, config, self.questions, held_out_question_sets, scored)
             if config.monitor.interval
             else None
         )
