@@ -126,15 +126,11 @@ VIDEO_MODELS: dict[str, VideoModelSpec] = {
             "in_channels": 48,
             "out_channels": 48,
         },
-        vae={
+        vae={  # the Wan 2.2 VAE: the Wan 2.1 VAE's stages, wider, residual, 48 channels, patchified
+            **_WAN21_VAE,
             "base_dim": 160,
             "decoder_base_dim": 256,
             "z_dim": 48,
-            "dim_mult": [1, 2, 4, 4],
-            "num_res_blocks": 2,
-            "attn_scales": [],
-            "temperal_downsample": [False, True, True],
-            "dropout": 0.0,
             "is_residual": True,
             "in_channels": 12,
             "out_channels": 12,
